@@ -1,0 +1,106 @@
+//! The admin plane on `[admin] listen` (axum): the lane REST API, the
+//! Consul-compatible registration endpoints of the embedded registry,
+//! `/metrics` and `/healthz`. Control plane only; it changes state through
+//! [`Control`] and never touches the request path.
+
+mod error;
+mod lanes;
+mod registry;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::control::Control;
+
+pub use error::ApiError;
+
+/// How long a mutating call waits for the snapshot that includes its change,
+/// so that a 2xx answer means "already routed that way".
+const PUBLISH_WAIT: Duration = Duration::from_secs(5);
+
+/// The admin router.
+pub fn router(control: Arc<Control>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/rules", get(rules))
+        .route("/api/v1/lanes", post(lanes::create).get(lanes::list))
+        .route(
+            "/api/v1/lanes/:name",
+            get(lanes::show).patch(lanes::patch).delete(lanes::delete),
+        )
+        .route("/api/v1/instances", get(registry::list))
+        .route("/v1/agent/service/register", put(registry::register))
+        .route(
+            "/v1/agent/service/deregister/:id",
+            put(registry::deregister),
+        )
+        .route("/v1/agent/check/pass/:id", put(registry::check_pass))
+        .route("/v1/agent/check/warn/:id", put(registry::check_warn))
+        .route("/v1/agent/check/fail/:id", put(registry::check_fail))
+        .fallback(not_found)
+        .with_state(control)
+}
+
+/// Serves the admin API on an already bound listener until the process ends.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    control: Arc<Control>,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(control)).await
+}
+
+async fn healthz(State(c): State<Arc<Control>>) -> Response {
+    if c.ready() {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no snapshot built yet\n",
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(c): State<Arc<Control>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        c.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn status(State(c): State<Arc<Control>>) -> Json<serde_json::Value> {
+    let snap = c.snapshot();
+    let age = snap.built_at.elapsed().map_or(0.0, |d| d.as_secs_f64());
+    Json(json!({
+        "ready": c.ready(),
+        "snapshot": {"generation": snap.generation, "age_seconds": age},
+        "lanes": snap.lane_count(),
+        "instances": c.registry.lock().await.len(),
+        "rules_errors": c.rules_errors().iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+    }))
+}
+
+async fn rules(State(c): State<Arc<Control>>) -> Json<serde_json::Value> {
+    let errors = c.rules_errors();
+    Json(json!({
+        "file": c.config.routes.file.as_ref().map(|f| f.display().to_string()),
+        "status": if errors.is_empty() { "ok" } else { "rejected: serving the last good rules" },
+        "errors": errors.iter().map(|e| json!({
+            "file": e.file.display().to_string(), "line": e.line, "column": e.column, "message": e.message,
+        })).collect::<Vec<_>>(),
+    }))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such admin endpoint")
+}

@@ -1,0 +1,104 @@
+//! The embedded registry's endpoints, compatible with Consul's agent API
+//! (`/v1/agent/service/register`, `…/deregister/<id>`, `/v1/agent/check/…`)
+//! so deploy tooling written for Consul works unchanged, plus
+//! `/api/v1/instances`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use serde_json::Value;
+
+use super::{ApiError, PUBLISH_WAIT};
+use crate::control::Control;
+use crate::discovery::register::parse_registration;
+use crate::discovery::registry::RegistryError;
+use crate::discovery::Health;
+
+pub async fn register(State(c): State<Arc<Control>>, body: Bytes) -> Result<(), ApiError> {
+    let d = &c.config.discovery;
+    let instance = parse_registration(&body, &d.version_key, &d.lane_key).map_err(|e| {
+        c.metrics
+            .admin_rejects
+            .with_label_values(&["register"])
+            .inc();
+        ApiError::bad_request(format!("invalid service registration: {e}"))
+    })?;
+    let changed = c.registry.lock().await.register(instance)?;
+    if changed {
+        let generation = c.changed();
+        c.wait_built(generation, PUBLISH_WAIT).await;
+    }
+    Ok(())
+}
+
+pub async fn deregister(
+    State(c): State<Arc<Control>>,
+    Path(id): Path<String>,
+) -> Result<(), ApiError> {
+    let existed = c.registry.lock().await.deregister(&id)?;
+    if existed {
+        let generation = c.changed();
+        c.wait_built(generation, PUBLISH_WAIT).await;
+    }
+    Ok(())
+}
+
+async fn check(
+    c: Arc<Control>,
+    id: String,
+    status: Health,
+    note: Option<String>,
+) -> Result<(), ApiError> {
+    let changed = c
+        .registry
+        .lock()
+        .await
+        .update_check(&id, status, note)
+        .map_err(|e| match e {
+            RegistryError::CheckNotFound(_) => {
+                c.metrics.admin_rejects.with_label_values(&["check"]).inc();
+                ApiError::not_found(e.to_string())
+            }
+            RegistryError::Store(e) => e.into(),
+        })?;
+    if changed {
+        let generation = c.changed();
+        c.wait_built(generation, PUBLISH_WAIT).await;
+    }
+    Ok(())
+}
+
+pub async fn check_pass(
+    State(c): State<Arc<Control>>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<(), ApiError> {
+    check(c, id, Health::Passing, q.get("note").cloned()).await
+}
+
+pub async fn check_warn(
+    State(c): State<Arc<Control>>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<(), ApiError> {
+    check(c, id, Health::Warning, q.get("note").cloned()).await
+}
+
+pub async fn check_fail(
+    State(c): State<Arc<Control>>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<(), ApiError> {
+    check(c, id, Health::Critical, q.get("note").cloned()).await
+}
+
+pub async fn list(State(c): State<Arc<Control>>) -> Result<Json<Value>, ApiError> {
+    let catalog = c.registry.lock().await.catalog();
+    let list: Vec<&crate::discovery::Instance> = catalog.instances.iter().map(|i| &**i).collect();
+    serde_json::to_value(list)
+        .map(Json)
+        .map_err(|e| ApiError::internal(e.to_string()))
+}

@@ -1,0 +1,789 @@
+//! The lane store: every lane's service → version overrides, parent and
+//! strictness, kept in `<data_dir>/lanes.json`, with the baseline lane always
+//! present. Control plane only: synchronous, called with the store behind a
+//! `tokio::sync::Mutex`; the data plane sees lanes through a compiled
+//! snapshot.
+//!
+//! Every mutation is validated, applied to a copy, written with
+//! [`write_atomic`](super::file::write_atomic) and only then committed, so a
+//! failed write leaves memory as it was. The whole file is rewritten per
+//! change; lanes are few (hundreds) and small, so that costs well under a
+//! millisecond plus an fsync.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use super::file::{persist, read_json};
+use super::StoreError;
+
+/// The name of the root lane.
+pub const BASELINE: &str = "baseline";
+/// The store's file name inside the data directory.
+pub const FILE_NAME: &str = "lanes.json";
+/// The on-disk format version this build reads and writes.
+const FORMAT: u32 = 1;
+
+/// A named test environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lane {
+    pub name: String,
+    /// service → version overrides (on the baseline: the pinned versions).
+    pub services: BTreeMap<String, String>,
+    /// The lane to fall back to; `None` only for the baseline.
+    pub parent: Option<String>,
+    /// A missing version is a 503, never a fallback.
+    pub strict: bool,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// Unix seconds of the last change.
+    pub updated_at: u64,
+}
+
+/// Body of `POST /api/v1/lanes`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaneSpec {
+    pub name: String,
+    #[serde(default)]
+    pub services: BTreeMap<String, String>,
+    /// Defaults to the baseline.
+    pub parent: Option<String>,
+    #[serde(default)]
+    pub strict: bool,
+}
+
+/// Body of `PATCH /api/v1/lanes/<name>`; absent fields are left alone.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LanePatch {
+    /// Merged into the lane's services; a `null` version removes the override.
+    pub services: Option<BTreeMap<String, Option<String>>>,
+    pub parent: Option<String>,
+    pub strict: Option<bool>,
+}
+
+/// What `create` did: creating an identical lane again is not an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreateOutcome {
+    Created(Lane),
+    Existing(Lane),
+}
+
+impl CreateOutcome {
+    pub fn lane(&self) -> &Lane {
+        match self {
+            CreateOutcome::Created(l) | CreateOutcome::Existing(l) => l,
+        }
+    }
+
+    pub fn into_lane(self) -> Lane {
+        match self {
+            CreateOutcome::Created(l) | CreateOutcome::Existing(l) => l,
+        }
+    }
+}
+
+/// Why a lane operation was refused. Messages name the lane and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum LaneError {
+    /// Bad input (400).
+    #[error("{0}")]
+    Invalid(String),
+    /// Clashes with the current state (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// No such lane (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// The change could not be saved; nothing changed (500).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Serialize)]
+struct StoredRef<'a> {
+    version: u32,
+    lanes: Vec<&'a Lane>,
+}
+
+#[derive(Deserialize)]
+struct Stored {
+    version: u32,
+    lanes: Vec<Lane>,
+}
+
+/// The durable set of lanes.
+#[derive(Debug)]
+pub struct LaneStore {
+    path: PathBuf,
+    lanes: BTreeMap<String, Lane>,
+}
+
+impl LaneStore {
+    /// Loads `<data_dir>/lanes.json`. A missing file is a store holding only
+    /// the baseline; if the baseline is absent it is created and written at
+    /// once. An unreadable, corrupt or inconsistent file (unknown parent,
+    /// cycle, bad name) is an error naming the file, never a silent reset.
+    pub fn open(data_dir: &Path) -> Result<LaneStore, StoreError> {
+        let path = data_dir.join(FILE_NAME);
+        let corrupt = |detail: String| StoreError::Corrupt {
+            path: path.clone(),
+            detail,
+        };
+        let mut lanes = BTreeMap::new();
+        if let Some(stored) = read_json::<Stored>(&path)? {
+            if stored.version != FORMAT {
+                return Err(corrupt(format!(
+                    "format version {} is not supported by this laneway (expected {FORMAT})",
+                    stored.version
+                )));
+            }
+            for lane in stored.lanes {
+                let name = lane.name.clone();
+                if lanes.insert(name.clone(), lane).is_some() {
+                    return Err(corrupt(format!("lane {name:?} appears twice")));
+                }
+            }
+            check_consistent(&lanes).map_err(corrupt)?;
+        }
+        let mut store = LaneStore { path, lanes };
+        if !store.lanes.contains_key(BASELINE) {
+            let now = unix_now();
+            let mut next = store.lanes.clone();
+            next.insert(
+                BASELINE.to_owned(),
+                Lane {
+                    name: BASELINE.to_owned(),
+                    services: BTreeMap::new(),
+                    parent: None,
+                    strict: false,
+                    created_at: now,
+                    updated_at: now,
+                },
+            );
+            store.commit(next)?;
+        }
+        Ok(store)
+    }
+
+    /// Creates a lane. The same name with the same body again is
+    /// `Existing` (so a retried request is harmless); with a different body
+    /// it is a `Conflict` naming what differs.
+    pub fn create(&mut self, spec: LaneSpec) -> Result<CreateOutcome, LaneError> {
+        if spec.name == BASELINE {
+            return Err(LaneError::Invalid(format!(
+                "lane \"{BASELINE}\" always exists and cannot be created; patch its services instead"
+            )));
+        }
+        check_lane_name(&spec.name)?;
+        let name = spec.name;
+        let parent = spec.parent.unwrap_or_else(|| BASELINE.to_owned());
+        for (service, version) in &spec.services {
+            check_override(&name, service, version)?;
+        }
+        if let Some(existing) = self.lanes.get(&name) {
+            let differs = differences(existing, &spec.services, &parent, spec.strict);
+            if differs.is_empty() {
+                return Ok(CreateOutcome::Existing(existing.clone()));
+            }
+            return Err(LaneError::Conflict(format!(
+                "lane {name:?} already exists and differs in {}; patch it or pick another name",
+                differs.join(", ")
+            )));
+        }
+        self.check_parent(&name, &parent)?;
+        let now = unix_now();
+        let lane = Lane {
+            name: name.clone(),
+            services: spec.services,
+            parent: Some(parent),
+            strict: spec.strict,
+            created_at: now,
+            updated_at: now,
+        };
+        let mut next = self.lanes.clone();
+        next.insert(name, lane.clone());
+        self.commit(next)?;
+        Ok(CreateOutcome::Created(lane))
+    }
+
+    /// Merges `patch` into the lane. The baseline accepts `services` only.
+    /// A patch that changes nothing returns the lane without writing.
+    pub fn patch(&mut self, name: &str, patch: LanePatch) -> Result<Lane, LaneError> {
+        let current = self.lanes.get(name).ok_or_else(|| not_found(name))?;
+        if name == BASELINE && (patch.parent.is_some() || patch.strict.is_some()) {
+            return Err(LaneError::Invalid(format!(
+                "lane \"{BASELINE}\" is the root: it has no parent and is never strict; \
+                 only its \"services\" (version pins) can be changed"
+            )));
+        }
+        let mut lane = current.clone();
+        for (service, version) in patch.services.into_iter().flatten() {
+            match version {
+                Some(version) => {
+                    check_override(name, &service, &version)?;
+                    lane.services.insert(service, version);
+                }
+                None => {
+                    check_service(name, &service)?;
+                    lane.services.remove(&service);
+                }
+            }
+        }
+        if let Some(parent) = patch.parent {
+            self.check_parent(name, &parent)?;
+            lane.parent = Some(parent);
+        }
+        if let Some(strict) = patch.strict {
+            lane.strict = strict;
+        }
+        if lane == *current {
+            return Ok(lane);
+        }
+        lane.updated_at = unix_now().max(lane.created_at);
+        let mut next = self.lanes.clone();
+        next.insert(name.to_owned(), lane.clone());
+        self.commit(next)?;
+        Ok(lane)
+    }
+
+    /// Deletes a lane and returns it. The baseline cannot be deleted, nor a
+    /// lane that is another lane's parent.
+    pub fn delete(&mut self, name: &str) -> Result<Lane, LaneError> {
+        if name == BASELINE {
+            return Err(LaneError::Invalid(format!(
+                "lane \"{BASELINE}\" is the root of every lane and cannot be deleted"
+            )));
+        }
+        if !self.lanes.contains_key(name) {
+            return Err(not_found(name));
+        }
+        let children: Vec<String> = self
+            .lanes
+            .values()
+            .filter(|l| l.parent.as_deref() == Some(name))
+            .map(|l| format!("{:?}", l.name))
+            .collect();
+        if !children.is_empty() {
+            return Err(LaneError::Conflict(format!(
+                "lane {name:?} is the parent of {}; delete them or patch their \"parent\" first",
+                children.join(", ")
+            )));
+        }
+        let mut next = self.lanes.clone();
+        let lane = next.remove(name).ok_or_else(|| not_found(name))?;
+        self.commit(next)?;
+        Ok(lane)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Lane> {
+        self.lanes.get(name)
+    }
+
+    /// All lanes, sorted by name.
+    pub fn list(&self) -> Vec<Lane> {
+        self.lanes.values().cloned().collect()
+    }
+
+    /// The fallback chain of `name`: the lane, its parent, …, the baseline.
+    /// Empty when the lane does not exist.
+    pub fn chain(&self, name: &str) -> Vec<&Lane> {
+        let mut chain = Vec::new();
+        let mut next = self.lanes.get(name);
+        // The store has no cycles; the bound only guards against a bug.
+        while let Some(lane) = next.filter(|_| chain.len() <= self.lanes.len()) {
+            chain.push(lane);
+            next = lane.parent.as_deref().and_then(|p| self.lanes.get(p));
+        }
+        chain
+    }
+
+    /// The file this store persists to.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `parent` must exist and must not have `lane` on its own chain.
+    fn check_parent(&self, lane: &str, parent: &str) -> Result<(), LaneError> {
+        if parent == lane {
+            return Err(LaneError::Invalid(format!(
+                "lane {lane:?} cannot be its own parent"
+            )));
+        }
+        if !self.lanes.contains_key(parent) {
+            return Err(LaneError::Invalid(format!(
+                "lane {lane:?}: parent lane {parent:?} does not exist; create it first or use \"{BASELINE}\""
+            )));
+        }
+        let chain = self.chain(parent);
+        if chain.iter().any(|l| l.name == lane) {
+            let path: Vec<&str> = std::iter::once(lane)
+                .chain(
+                    chain
+                        .iter()
+                        .map(|l| l.name.as_str())
+                        .take_while(|n| *n != lane),
+                )
+                .chain(std::iter::once(lane))
+                .collect();
+            return Err(LaneError::Invalid(format!(
+                "lane {lane:?}: parent {parent:?} would form a cycle ({})",
+                path.join(" → ")
+            )));
+        }
+        Ok(())
+    }
+
+    /// Writes `next`, then makes it the current state.
+    fn commit(&mut self, next: BTreeMap<String, Lane>) -> Result<(), StoreError> {
+        let stored = StoredRef {
+            version: FORMAT,
+            lanes: next.values().collect(),
+        };
+        let mut bytes =
+            serde_json::to_vec_pretty(&stored).map_err(|source| StoreError::Encode {
+                path: self.path.clone(),
+                source,
+            })?;
+        bytes.push(b'\n');
+        persist(&self.path, &bytes)?;
+        self.lanes = next;
+        Ok(())
+    }
+}
+
+fn not_found(name: &str) -> LaneError {
+    LaneError::NotFound(format!("lane {name:?} does not exist"))
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// What differs between an existing lane and a create request, for the
+/// conflict message.
+fn differences(
+    existing: &Lane,
+    services: &BTreeMap<String, String>,
+    parent: &str,
+    strict: bool,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    if existing.services != *services {
+        let keys: BTreeSet<&String> = existing.services.keys().chain(services.keys()).collect();
+        let shown: Vec<String> = keys
+            .into_iter()
+            .filter(|k| existing.services.get(*k) != services.get(*k))
+            .map(|k| {
+                let show = |v: Option<&String>| v.map_or("none".to_owned(), |v| format!("{v:?}"));
+                format!(
+                    "{k:?}: {} now, {} requested",
+                    show(existing.services.get(k)),
+                    show(services.get(k))
+                )
+            })
+            .collect();
+        let more = shown.len().saturating_sub(5);
+        let mut text = format!("services ({}", shown[..shown.len().min(5)].join("; "));
+        if more > 0 {
+            text.push_str(&format!("; and {more} more"));
+        }
+        text.push(')');
+        out.push(text);
+    }
+    if existing.parent.as_deref() != Some(parent) {
+        out.push(format!(
+            "parent ({:?} now, {parent:?} requested)",
+            existing.parent.as_deref().unwrap_or("none")
+        ));
+    }
+    if existing.strict != strict {
+        out.push(format!(
+            "strict ({} now, {strict} requested)",
+            existing.strict
+        ));
+    }
+    out
+}
+
+/// A lane name is a DNS label: it is used in `<lane>.<lane_domain>`.
+fn check_lane_name(name: &str) -> Result<(), LaneError> {
+    let problem = if name.is_empty() {
+        "is empty"
+    } else if name.len() > 63 {
+        "is longer than 63 characters"
+    } else if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        "may contain only lowercase letters, digits and '-'"
+    } else if name.starts_with('-') || name.ends_with('-') {
+        "may not start or end with '-'"
+    } else {
+        return Ok(());
+    };
+    Err(LaneError::Invalid(format!(
+        "lane name {name:?} {problem}: it is used as a DNS label in <lane>.<lane_domain>"
+    )))
+}
+
+fn bad_text(value: &str) -> Option<&'static str> {
+    if value.is_empty() {
+        Some("is empty")
+    } else if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Some("contains whitespace or control characters")
+    } else {
+        None
+    }
+}
+
+fn check_service(lane: &str, service: &str) -> Result<(), LaneError> {
+    match bad_text(service) {
+        Some(problem) => Err(LaneError::Invalid(format!(
+            "lane {lane:?}: service name {service:?} {problem}"
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn check_override(lane: &str, service: &str, version: &str) -> Result<(), LaneError> {
+    check_service(lane, service)?;
+    match bad_text(version) {
+        Some(problem) => Err(LaneError::Invalid(format!(
+            "lane {lane:?}: version {version:?} of service {service:?} {problem}"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Invariants of a loaded file: names valid, only the baseline without a
+/// parent, parents exist, no cycles.
+fn check_consistent(lanes: &BTreeMap<String, Lane>) -> Result<(), String> {
+    for lane in lanes.values() {
+        let name = &lane.name;
+        if name != BASELINE {
+            check_lane_name(name).map_err(|e| e.to_string())?;
+        }
+        for (service, version) in &lane.services {
+            check_override(name, service, version).map_err(|e| e.to_string())?;
+        }
+        match (name == BASELINE, lane.parent.as_deref()) {
+            (true, None) => {}
+            (true, Some(p)) => return Err(format!("lane \"{BASELINE}\" has a parent ({p:?})")),
+            (false, None) => return Err(format!("lane {name:?} has no parent")),
+            (false, Some(p)) if !lanes.contains_key(p) => {
+                return Err(format!("lane {name:?} has an unknown parent {p:?}"))
+            }
+            (false, Some(_)) => {}
+        }
+        let mut seen = BTreeSet::from([name.as_str()]);
+        let mut at = lane.parent.as_deref();
+        while let Some(p) = at {
+            if !seen.insert(p) {
+                return Err(format!("lane {name:?} is on a parent cycle through {p:?}"));
+            }
+            at = lanes.get(p).and_then(|l| l.parent.as_deref());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::allocation::file::tmp_path;
+
+    fn spec(json: &str) -> LaneSpec {
+        serde_json::from_str(json).expect("valid spec json")
+    }
+
+    fn patch(json: &str) -> LanePatch {
+        serde_json::from_str(json).expect("valid patch json")
+    }
+
+    fn open() -> (tempfile::TempDir, LaneStore) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = LaneStore::open(dir.path()).expect("open");
+        (dir, store)
+    }
+
+    fn invalid(r: Result<impl std::fmt::Debug, LaneError>) -> String {
+        match r {
+            Err(LaneError::Invalid(m)) => m,
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn open_creates_and_persists_baseline() {
+        let (dir, store) = open();
+        let baseline = store.get(BASELINE).expect("baseline");
+        assert_eq!((baseline.parent.as_deref(), baseline.strict), (None, false));
+        assert!(
+            dir.path().join(FILE_NAME).exists(),
+            "baseline written at once"
+        );
+        let reopened = LaneStore::open(dir.path()).expect("reopen");
+        assert_eq!(reopened.get(BASELINE), Some(baseline));
+    }
+
+    #[test]
+    fn create_is_idempotent_and_conflicts_name_the_difference() {
+        let (_dir, mut store) = open();
+        let body = r#"{"name":"t-42","services":{"user-api":"v7"}}"#;
+        let created = store.create(spec(body)).expect("create");
+        assert!(
+            matches!(&created, CreateOutcome::Created(l) if l.parent.as_deref() == Some(BASELINE))
+        );
+        let again = store.create(spec(body)).expect("idempotent");
+        assert_eq!(again, CreateOutcome::Existing(created.into_lane()));
+
+        let msg = match store.create(spec(
+            r#"{"name":"t-42","services":{"user-api":"v8","cart":"v1"},"strict":true}"#,
+        )) {
+            Err(LaneError::Conflict(m)) => m,
+            other => panic!("expected Conflict, got {other:?}"),
+        };
+        assert!(msg.starts_with("lane \"t-42\" already exists"), "{msg}");
+        assert!(
+            msg.contains("\"user-api\": \"v7\" now, \"v8\" requested"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("\"cart\": none now, \"v1\" requested"),
+            "{msg}"
+        );
+        assert!(msg.contains("strict (false now, true requested)"), "{msg}");
+        assert!(!msg.contains("parent"), "{msg}");
+        assert_eq!(store.list().len(), 2);
+    }
+
+    #[test]
+    fn spec_rejects_unknown_fields() {
+        assert!(serde_json::from_str::<LaneSpec>(r#"{"name":"a","sevrices":{}}"#).is_err());
+        assert!(serde_json::from_str::<LanePatch>(r#"{"name":"a"}"#).is_err());
+    }
+
+    #[test]
+    fn bad_names_and_overrides_are_invalid() {
+        let (_dir, mut store) = open();
+        for bad in ["", "T-1", "-a", "a-", "a_b", "a.b", &"a".repeat(64)] {
+            let msg = invalid(store.create(LaneSpec {
+                name: bad.to_owned(),
+                services: BTreeMap::new(),
+                parent: None,
+                strict: false,
+            }));
+            assert!(msg.contains("DNS label"), "{bad:?}: {msg}");
+        }
+        assert!(store
+            .create(spec(&format!(r#"{{"name":"{}"}}"#, "a".repeat(63))))
+            .is_ok());
+        assert!(invalid(store.create(spec(r#"{"name":"baseline"}"#))).contains("always exists"));
+        assert!(
+            invalid(store.create(spec(r#"{"name":"a","services":{"":"v1"}}"#)))
+                .contains("service name \"\" is empty")
+        );
+        assert!(
+            invalid(store.create(spec(r#"{"name":"a","services":{"web":""}}"#)))
+                .contains("version \"\" of service \"web\" is empty")
+        );
+        assert!(
+            invalid(store.create(spec(r#"{"name":"a","services":{"my web":"v1"}}"#)))
+                .contains("whitespace")
+        );
+        assert!(store.get("a").is_none());
+    }
+
+    #[test]
+    fn unknown_parent_is_invalid() {
+        let (_dir, mut store) = open();
+        let msg = invalid(store.create(spec(r#"{"name":"a","parent":"ghost"}"#)));
+        assert!(
+            msg.contains("parent lane \"ghost\" does not exist"),
+            "{msg}"
+        );
+        let msg = invalid(store.patch(BASELINE, patch(r#"{"parent":"a"}"#)));
+        assert!(msg.contains("only its \"services\""), "{msg}");
+    }
+
+    #[test]
+    fn patch_merges_and_null_removes() {
+        let (_dir, mut store) = open();
+        store
+            .create(spec(r#"{"name":"t-1","services":{"web":"v1","api":"v1"}}"#))
+            .expect("create");
+        let lane = store
+            .patch(
+                "t-1",
+                patch(
+                    r#"{"services":{"web":"v2","api":null,"cart":"v3","gone":null},"strict":true}"#,
+                ),
+            )
+            .expect("patch");
+        let services: Vec<(&str, &str)> = lane
+            .services
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(services, [("cart", "v3"), ("web", "v2")]);
+        assert!(lane.strict);
+        assert_eq!(store.get("t-1"), Some(&lane));
+        assert!(
+            matches!(store.patch("nope", LanePatch::default()), Err(LaneError::NotFound(m)) if m.contains("\"nope\""))
+        );
+        let msg = invalid(store.patch("t-1", patch(r#"{"services":{"web":" "}}"#)));
+        assert!(msg.contains("whitespace"), "{msg}");
+        assert_eq!(
+            store.get("t-1"),
+            Some(&lane),
+            "rejected patch changes nothing"
+        );
+    }
+
+    #[test]
+    fn parent_cycle_is_rejected() {
+        let (_dir, mut store) = open();
+        store.create(spec(r#"{"name":"a"}"#)).expect("a");
+        store
+            .create(spec(r#"{"name":"b","parent":"a"}"#))
+            .expect("b");
+        store
+            .create(spec(r#"{"name":"c","parent":"b"}"#))
+            .expect("c");
+        let msg = invalid(store.patch("a", patch(r#"{"parent":"c"}"#)));
+        assert!(msg.contains("cycle (a → c → b → a)"), "{msg}");
+        assert!(invalid(store.patch("a", patch(r#"{"parent":"a"}"#))).contains("its own parent"));
+        let names: Vec<&str> = store.chain("c").iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["c", "b", "a", BASELINE]);
+        store
+            .patch("c", patch(r#"{"parent":"a"}"#))
+            .expect("re-parent");
+        assert_eq!(store.chain("c").len(), 3);
+    }
+
+    #[test]
+    fn baseline_rules() {
+        let (_dir, mut store) = open();
+        let lane = store
+            .patch(BASELINE, patch(r#"{"services":{"web":"v5"}}"#))
+            .expect("pin a version");
+        assert_eq!(lane.services.get("web").map(String::as_str), Some("v5"));
+        assert!(invalid(store.patch(BASELINE, patch(r#"{"strict":false}"#))).contains("root"));
+        assert!(invalid(store.delete(BASELINE)).contains("cannot be deleted"));
+        assert!(invalid(store.create(spec(r#"{"name":"a","parent":"a"}"#))).contains("own parent"));
+    }
+
+    #[test]
+    fn delete_refuses_a_parent_in_use() {
+        let (_dir, mut store) = open();
+        store.create(spec(r#"{"name":"a"}"#)).expect("a");
+        store
+            .create(spec(r#"{"name":"b","parent":"a"}"#))
+            .expect("b");
+        store
+            .create(spec(r#"{"name":"c","parent":"a"}"#))
+            .expect("c");
+        let msg = match store.delete("a") {
+            Err(LaneError::Conflict(m)) => m,
+            other => panic!("expected Conflict, got {other:?}"),
+        };
+        assert!(msg.contains("parent of \"b\", \"c\""), "{msg}");
+        assert!(matches!(store.delete("zzz"), Err(LaneError::NotFound(_))));
+        assert_eq!(store.delete("b").expect("delete leaf").name, "b");
+        assert!(store.get("b").is_none());
+    }
+
+    #[test]
+    fn state_survives_reopen() {
+        let (dir, mut store) = open();
+        store
+            .create(spec(
+                r#"{"name":"a","services":{"web":"v1"},"strict":true}"#,
+            ))
+            .expect("a");
+        store
+            .create(spec(r#"{"name":"b","parent":"a"}"#))
+            .expect("b");
+        store
+            .patch(BASELINE, patch(r#"{"services":{"web":"v0"}}"#))
+            .expect("pin");
+        store.delete("b").expect("delete");
+        let reopened = LaneStore::open(dir.path()).expect("reopen");
+        assert_eq!(reopened.list(), store.list());
+        assert_eq!(
+            reopened
+                .list()
+                .iter()
+                .map(|l| l.name.as_str())
+                .collect::<Vec<_>>(),
+            ["a", BASELINE]
+        );
+    }
+
+    #[test]
+    fn failed_write_leaves_state_unchanged() {
+        let (dir, mut store) = open();
+        store.create(spec(r#"{"name":"a"}"#)).expect("a");
+        let before = store.list();
+        std::fs::create_dir(tmp_path(&dir.path().join(FILE_NAME))).expect("block the temp file");
+        assert!(matches!(
+            store.create(spec(r#"{"name":"b"}"#)),
+            Err(LaneError::Store(_))
+        ));
+        assert!(matches!(
+            store.patch("a", patch(r#"{"strict":true}"#)),
+            Err(LaneError::Store(_))
+        ));
+        let err = store.delete("a").expect_err("cannot write");
+        assert!(err.to_string().contains("lanes.json"), "{err}");
+        assert_eq!(store.list(), before);
+    }
+
+    #[test]
+    fn corrupt_or_inconsistent_file_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join(FILE_NAME);
+        std::fs::write(&file, "{\"version\":1,\"lanes\":[").expect("write");
+        let msg = LaneStore::open(dir.path())
+            .expect_err("truncated")
+            .to_string();
+        assert!(msg.contains("lanes.json is corrupt"), "{msg}");
+
+        let lane = |name: &str, parent: Option<&str>| Lane {
+            name: name.into(),
+            services: BTreeMap::new(),
+            parent: parent.map(Into::into),
+            strict: false,
+            created_at: 0,
+            updated_at: 0,
+        };
+        let write = |lanes: Vec<Lane>| {
+            let body = serde_json::json!({"version": 1, "lanes": lanes});
+            std::fs::write(&file, body.to_string()).expect("write");
+        };
+        write(vec![
+            lane(BASELINE, None),
+            lane("a", Some("b")),
+            lane("b", Some("a")),
+        ]);
+        let msg = LaneStore::open(dir.path()).expect_err("cycle").to_string();
+        assert!(msg.contains("cycle"), "{msg}");
+        write(vec![lane(BASELINE, None), lane("a", Some("ghost"))]);
+        let msg = LaneStore::open(dir.path())
+            .expect_err("unknown parent")
+            .to_string();
+        assert!(msg.contains("unknown parent \"ghost\""), "{msg}");
+        write(vec![lane("a", Some(BASELINE))]);
+        let msg = LaneStore::open(dir.path())
+            .expect_err("missing baseline parent")
+            .to_string();
+        assert!(msg.contains("unknown parent \"baseline\""), "{msg}");
+    }
+}

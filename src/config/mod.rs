@@ -1,0 +1,528 @@
+//! The laneway configuration file (`laneway.toml`): schema, loading and
+//! validation with file:line errors. Control plane only; nothing here runs on
+//! the request path.
+
+pub mod error;
+pub mod routes;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub use error::{ConfigError, ConfigErrors};
+
+/// The whole configuration, as read from `laneway.toml`, with relative paths
+/// already resolved against the directory of that file.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this configuration came from.
+    pub path: PathBuf,
+    pub proxy: ProxyConfig,
+    pub admin: AdminConfig,
+    pub lanes: LanesConfig,
+    pub discovery: DiscoveryConfig,
+    pub store: StoreConfig,
+    pub routes: RoutesConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub listen: Vec<SocketAddr>,
+    /// Worker threads of the data plane.
+    pub threads: usize,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    /// Idle upstream connections kept for reuse.
+    pub upstream_keepalive: usize,
+    /// How many other instances a request may try after a connect failure.
+    pub connect_retries: usize,
+    /// Add `X-Laneway-Lane` and `X-Laneway-Version` to responses.
+    pub response_headers: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct LanesConfig {
+    /// Hostname entries are `<lane>.<domain>` and `<production-host>.<lane>.<domain>`.
+    pub domain: String,
+    pub header: http::HeaderName,
+    pub cookie: String,
+    /// Versions that make an instance part of the baseline when the baseline
+    /// lane does not pin a version for its service.
+    pub baseline_versions: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiscoveryMode {
+    Embedded,
+}
+
+#[derive(Debug, Clone)]
+pub struct DiscoveryConfig {
+    pub mode: DiscoveryMode,
+    pub version_key: String,
+    pub lane_key: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct RoutesConfig {
+    /// The route rules file; `None` means no rules (every request is a 404).
+    pub file: Option<PathBuf>,
+    /// Watch the rules file and hot-swap it when it changes.
+    pub watch: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// A `tracing` filter, e.g. `info` or `laneway=debug,info`.
+    pub level: String,
+    pub format: LogFormat,
+    pub access_log: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+// ---- raw schema, exactly as written in the file ----
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    proxy: RawProxy,
+    #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
+    lanes: RawLanes,
+    #[serde(default)]
+    discovery: RawDiscovery,
+    #[serde(default)]
+    store: RawStore,
+    #[serde(default)]
+    routes: RawRoutes,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawProxy {
+    listen: Option<Vec<Spanned<String>>>,
+    threads: Option<Spanned<usize>>,
+    connect_timeout: Option<Spanned<String>>,
+    read_timeout: Option<Spanned<String>>,
+    write_timeout: Option<Spanned<String>>,
+    upstream_keepalive: Option<usize>,
+    connect_retries: Option<usize>,
+    response_headers: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLanes {
+    domain: Option<Spanned<String>>,
+    header: Option<Spanned<String>>,
+    cookie: Option<Spanned<String>>,
+    baseline_versions: Option<Vec<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDiscovery {
+    mode: Option<Spanned<String>>,
+    version_key: Option<Spanned<String>>,
+    lane_key: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    data_dir: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRoutes {
+    file: Option<String>,
+    watch: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    level: Option<String>,
+    format: Option<Spanned<String>>,
+    access_log: Option<bool>,
+}
+
+impl Config {
+    /// Reads and validates `path`. Every problem found is returned, each with
+    /// its file and line.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let source = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(path, 0, 0, format!("cannot read configuration: {e}")))?;
+        Self::parse(&source, path)
+    }
+
+    /// Parses configuration text; `path` names the file in errors and anchors
+    /// relative paths.
+    pub fn parse(source: &str, path: &Path) -> Result<Config, ConfigErrors> {
+        let raw: RawConfig =
+            toml::from_str(source).map_err(|e| ConfigError::from_toml(path, source, &e))?;
+        let mut v = Validator {
+            path,
+            source,
+            errors: Vec::new(),
+        };
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| Path::new("."));
+
+        let listen = match raw.proxy.listen {
+            Some(list) if list.is_empty() => {
+                v.err(0, "[proxy] listen must name at least one address");
+                Vec::new()
+            }
+            Some(list) => list
+                .iter()
+                .filter_map(|a| v.socket_addr(a, "[proxy] listen"))
+                .collect(),
+            None => vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+        };
+        let threads = match raw.proxy.threads {
+            Some(t) if *t.get_ref() == 0 => {
+                v.err(t.span().start, "[proxy] threads must be at least 1");
+                1
+            }
+            Some(t) => t.into_inner(),
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        let proxy = ProxyConfig {
+            listen,
+            threads,
+            connect_timeout: v.duration(raw.proxy.connect_timeout, "connect_timeout", 2),
+            read_timeout: v.duration(raw.proxy.read_timeout, "read_timeout", 60),
+            write_timeout: v.duration(raw.proxy.write_timeout, "write_timeout", 60),
+            upstream_keepalive: raw.proxy.upstream_keepalive.unwrap_or(256),
+            connect_retries: raw.proxy.connect_retries.unwrap_or(2),
+            response_headers: raw.proxy.response_headers.unwrap_or(true),
+        };
+
+        let admin = AdminConfig {
+            listen: raw
+                .admin
+                .listen
+                .as_ref()
+                .and_then(|a| v.socket_addr(a, "[admin] listen"))
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9900))),
+        };
+
+        let domain = match raw.lanes.domain {
+            Some(d) => {
+                let name = d
+                    .get_ref()
+                    .trim()
+                    .trim_end_matches('.')
+                    .to_ascii_lowercase();
+                if !is_hostname(&name) {
+                    v.err(
+                        d.span().start,
+                        format!("[lanes] domain {:?} is not a valid DNS name", d.get_ref()),
+                    );
+                }
+                name
+            }
+            None => "lanes.test".to_string(),
+        };
+        let header = match raw.lanes.header {
+            Some(h) => match http::HeaderName::from_bytes(h.get_ref().as_bytes()) {
+                Ok(name) => name,
+                Err(_) => {
+                    v.err(
+                        h.span().start,
+                        format!(
+                            "[lanes] header {:?} is not a valid header name",
+                            h.get_ref()
+                        ),
+                    );
+                    http::HeaderName::from_static("x-laneway-lane")
+                }
+            },
+            None => http::HeaderName::from_static("x-laneway-lane"),
+        };
+        let cookie = match raw.lanes.cookie {
+            Some(c) => {
+                let name = c.get_ref();
+                if name.is_empty() || !name.bytes().all(is_cookie_name_byte) {
+                    v.err(
+                        c.span().start,
+                        format!("[lanes] cookie {name:?} is not a valid cookie name"),
+                    );
+                }
+                c.into_inner()
+            }
+            None => "laneway_lane".to_string(),
+        };
+        let lanes = LanesConfig {
+            domain,
+            header,
+            cookie,
+            baseline_versions: raw
+                .lanes
+                .baseline_versions
+                .unwrap_or_else(|| vec!["stable".to_string()]),
+        };
+
+        let mode = match raw.discovery.mode {
+            None => DiscoveryMode::Embedded,
+            Some(m) => match m.get_ref().as_str() {
+                "embedded" => DiscoveryMode::Embedded,
+                "consul" => {
+                    v.err(
+                        m.span().start,
+                        "[discovery] mode \"consul\" is not available in this build; use \"embedded\"",
+                    );
+                    DiscoveryMode::Embedded
+                }
+                other => {
+                    v.err(
+                        m.span().start,
+                        format!("[discovery] mode {other:?} is unknown; expected \"embedded\""),
+                    );
+                    DiscoveryMode::Embedded
+                }
+            },
+        };
+        let discovery = DiscoveryConfig {
+            mode,
+            version_key: v.key(raw.discovery.version_key, "version_key", "version"),
+            lane_key: v.key(raw.discovery.lane_key, "lane_key", "lane"),
+        };
+
+        let store = StoreConfig {
+            data_dir: base.join(raw.store.data_dir.as_deref().unwrap_or("data")),
+        };
+        let routes = RoutesConfig {
+            file: raw.routes.file.map(|f| base.join(f)),
+            watch: raw.routes.watch.unwrap_or(true),
+        };
+        let log = LogConfig {
+            level: raw.log.level.unwrap_or_else(|| "info".to_string()),
+            format: match raw.log.format {
+                None => LogFormat::Text,
+                Some(f) => {
+                    match f.get_ref().as_str() {
+                        "text" => LogFormat::Text,
+                        "json" => LogFormat::Json,
+                        other => {
+                            v.err(
+                            f.span().start,
+                            format!("[log] format {other:?} is unknown; expected \"text\" or \"json\""),
+                        );
+                            LogFormat::Text
+                        }
+                    }
+                }
+            },
+            access_log: raw.log.access_log.unwrap_or(true),
+        };
+
+        if v.errors.is_empty() {
+            Ok(Config {
+                path: path.to_path_buf(),
+                proxy,
+                admin,
+                lanes,
+                discovery,
+                store,
+                routes,
+                log,
+            })
+        } else {
+            Err(ConfigErrors(v.errors))
+        }
+    }
+}
+
+struct Validator<'a> {
+    path: &'a Path,
+    source: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl Validator<'_> {
+    fn err(&mut self, offset: usize, message: impl Into<String>) {
+        let e = if offset == 0 {
+            ConfigError::new(self.path, 0, 0, message)
+        } else {
+            ConfigError::at_offset(self.path, self.source, offset, message)
+        };
+        self.errors.push(e);
+    }
+
+    fn socket_addr(&mut self, a: &Spanned<String>, what: &str) -> Option<SocketAddr> {
+        match a.get_ref().parse() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.err(
+                    a.span().start,
+                    format!(
+                        "{what}: {:?} is not an IP:port address (e.g. \"127.0.0.1:8080\")",
+                        a.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, d: Option<Spanned<String>>, key: &str, default_secs: u64) -> Duration {
+        match d {
+            None => Duration::from_secs(default_secs),
+            Some(d) => match humantime::parse_duration(d.get_ref()) {
+                Ok(v) if !v.is_zero() => v,
+                _ => {
+                    self.err(
+                        d.span().start,
+                        format!(
+                            "[proxy] {key} {:?} is not a positive duration (e.g. \"2s\", \"500ms\")",
+                            d.get_ref()
+                        ),
+                    );
+                    Duration::from_secs(default_secs)
+                }
+            },
+        }
+    }
+
+    fn key(&mut self, k: Option<Spanned<String>>, name: &str, default: &str) -> String {
+        match k {
+            None => default.to_string(),
+            Some(k) if k.get_ref().trim().is_empty() || k.get_ref().contains('=') => {
+                self.err(
+                    k.span().start,
+                    format!("[discovery] {name} must be a non-empty key without '='"),
+                );
+                default.to_string()
+            }
+            Some(k) => k.into_inner(),
+        }
+    }
+}
+
+/// A DNS name of letters, digits, hyphens and dots, no empty label.
+pub fn is_hostname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+fn is_cookie_name_byte(b: u8) -> bool {
+    b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(src: &str) -> Result<Config, ConfigErrors> {
+        Config::parse(src, Path::new("/etc/laneway/laneway.toml"))
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let c = parse(
+            r#"
+[proxy]
+listen = ["127.0.0.1:8080", "127.0.0.1:8081"]
+threads = 2
+[admin]
+listen = "127.0.0.1:9900"
+[lanes]
+domain = "Lanes.Test"
+header = "X-Laneway-Lane"
+cookie = "laneway_lane"
+[discovery]
+mode = "embedded"
+version_key = "version"
+[store]
+data_dir = "./data"
+[routes]
+file = "routes.toml"
+"#,
+        )
+        .expect("valid config");
+        assert_eq!(c.proxy.listen.len(), 2);
+        assert_eq!(c.proxy.threads, 2);
+        assert_eq!(c.lanes.domain, "lanes.test");
+        assert_eq!(c.store.data_dir, Path::new("/etc/laneway/./data"));
+        assert_eq!(
+            c.routes.file.as_deref(),
+            Some(Path::new("/etc/laneway/routes.toml"))
+        );
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let err = parse("[proxy]\nlisten = [\"127.0.0.1:1\"]\nlisen = 3\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("laneway.toml:3:"), "{msg}");
+        assert!(msg.contains("lisen"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_section_is_an_error() {
+        let msg = parse("[proxi]\nlisten = []\n").unwrap_err().to_string();
+        assert!(msg.contains("proxi") && msg.contains(":1:"), "{msg}");
+    }
+
+    #[test]
+    fn every_semantic_error_is_reported_with_its_line() {
+        let err = parse(
+            "[proxy]\nlisten = [\"nonsense\"]\nconnect_timeout = \"soon\"\n[lanes]\ndomain = \"bad domain\"\n[discovery]\nmode = \"zookeeper\"\n",
+        )
+        .unwrap_err();
+        let lines: Vec<usize> = err.0.iter().map(|e| e.line).collect();
+        assert_eq!(lines, vec![2, 3, 5, 7], "{err}");
+        assert!(err.to_string().contains("zookeeper"));
+    }
+
+    #[test]
+    fn defaults_apply_when_sections_are_missing() {
+        let c = parse("").expect("empty config is valid");
+        assert_eq!(c.proxy.listen, vec!["127.0.0.1:8080".parse().unwrap()]);
+        assert_eq!(c.lanes.header.as_str(), "x-laneway-lane");
+        assert_eq!(c.lanes.baseline_versions, vec!["stable".to_string()]);
+        assert!(c.routes.file.is_none());
+    }
+}

@@ -1,0 +1,224 @@
+//! The schema of the route rules file (`routes.toml`), exactly as written by
+//! hand: server blocks holding locations. Control plane only; the rules are
+//! validated and compiled by [`crate::routing::rules::RuleSet::compile`].
+//!
+//! Every value that a later check may reject is kept [`Spanned`], so that an
+//! error can name its file and line. Unknown keys are rejected by serde
+//! (`deny_unknown_fields`), with the line of the offending key.
+//!
+//! ```toml
+//! [[server]]
+//! names = ["bj.example.com", "*.example.com", "~^(?<city>[a-z]+)\\.example\\.com$"]
+//! default = true
+//!
+//! [[server.location]]
+//! match = "/user/"
+//! service = "user-api"
+//! rewrite = ["^/user/(.*)$", "/u/$1"]
+//! set_headers = { "X-City" = "$city" }
+//! ```
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The whole rules file.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RoutesFile {
+    #[serde(default)]
+    pub server: Vec<Spanned<ServerDef>>,
+}
+
+/// One `[[server]]` block.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerDef {
+    /// Host patterns: exact (`a.example.com`), leading wildcard
+    /// (`*.example.com`, `.example.com`), trailing wildcard (`www.example.*`)
+    /// or regex (`~^(?<city>[a-z]+)\.example\.com$`).
+    #[serde(default)]
+    pub names: Vec<Spanned<String>>,
+    /// Marks the server that answers hosts no other server names.
+    #[serde(default)]
+    pub default: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub location: Vec<Spanned<LocationDef>>,
+}
+
+/// One `[[server.location]]` block. Exactly one of `service`, `return` and
+/// `redirect` must be present.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocationDef {
+    /// nginx location syntax: `/p`, `= /p`, `^~ /p`, `~ regex`, `~* regex`.
+    #[serde(rename = "match")]
+    pub pattern: Spanned<String>,
+    /// Proxy to this service.
+    pub service: Option<Spanned<String>>,
+    /// Answer directly with a status and a body.
+    #[serde(rename = "return")]
+    pub ret: Option<Spanned<ReturnDef>>,
+    /// Answer with a redirect.
+    pub redirect: Option<Spanned<RedirectDef>>,
+    /// `[regex, replacement]`, like nginx `rewrite regex replacement break`.
+    pub rewrite: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Request headers set (or, with an empty value, removed) upstream.
+    pub set_headers: Option<OrderedTable>,
+    /// Request headers removed before proxying.
+    pub remove_headers: Option<Vec<Spanned<String>>>,
+    /// Headers added to the response.
+    pub add_response_headers: Option<OrderedTable>,
+    /// humantime durations: "1s", "250ms".
+    pub connect_timeout: Option<Spanned<String>>,
+    pub read_timeout: Option<Spanned<String>>,
+    pub write_timeout: Option<Spanned<String>>,
+}
+
+/// `return = { status = 200, body = "home", headers = { … } }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReturnDef {
+    pub status: Spanned<i64>,
+    #[serde(default)]
+    pub body: Option<Spanned<String>>,
+    #[serde(default)]
+    pub headers: Option<OrderedTable>,
+}
+
+/// `redirect = { status = 301, to = "https://$host/new/$1" }`; `status`
+/// defaults to 302, as nginx's `rewrite … redirect`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedirectDef {
+    #[serde(default)]
+    pub status: Option<Spanned<i64>>,
+    pub to: Spanned<String>,
+}
+
+/// A table of string keys to string values, kept in file order (header
+/// tables: the order they are written is the order they are applied).
+#[derive(Debug, Default)]
+pub struct OrderedTable(pub Vec<(Spanned<String>, Spanned<String>)>);
+
+impl<'de> Deserialize<'de> for OrderedTable {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TableVisitor(PhantomData<OrderedTable>);
+
+        impl<'de> Visitor<'de> for TableVisitor {
+            type Value = OrderedTable;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a table of header names to string values")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<OrderedTable, A::Error> {
+                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0));
+                while let Some((k, v)) = map.next_entry::<Spanned<String>, Spanned<String>>()? {
+                    entries.push((k, v));
+                }
+                Ok(OrderedTable(entries))
+            }
+        }
+
+        deserializer.deserialize_map(TableVisitor(PhantomData))
+    }
+}
+
+impl RoutesFile {
+    /// Parses the text of a rules file. Syntax errors and unknown keys stop
+    /// here, with their location; semantic checks happen when compiling.
+    pub fn parse(source: &str) -> Result<RoutesFile, toml::de::Error> {
+        toml::from_str(source)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::error::ConfigError;
+    use std::path::Path;
+
+    fn err(src: &str) -> String {
+        let e = RoutesFile::parse(src).expect_err("must fail");
+        ConfigError::from_toml(Path::new("routes.toml"), src, &e).to_string()
+    }
+
+    #[test]
+    fn full_location_parses_in_file_order() {
+        let src = r#"
+[[server]]
+names = ["a.example.com"]
+default = true
+
+[[server.location]]
+match = "/user/"
+service = "user-api"
+rewrite = ["^/user/(.*)$", "/u/$1"]
+set_headers = { "X-B" = "2", "X-A" = "$host" }
+remove_headers = ["X-Debug"]
+add_response_headers = { "X-Served-By" = "laneway" }
+connect_timeout = "1s"
+read_timeout = "30s"
+write_timeout = "30s"
+
+[[server.location]]
+match = "= /"
+return = { status = 200, body = "home", headers = { "Content-Type" = "text/plain" } }
+
+[[server.location]]
+match = "~ ^/old/(.*)$"
+redirect = { status = 301, to = "https://$host/new/$1" }
+"#;
+        let f = RoutesFile::parse(src).expect("valid");
+        assert_eq!(f.server.len(), 1);
+        let s = f.server[0].get_ref();
+        assert_eq!(s.location.len(), 3);
+        let l = s.location[0].get_ref();
+        let keys: Vec<&str> = l
+            .set_headers
+            .as_ref()
+            .unwrap()
+            .0
+            .iter()
+            .map(|(k, _)| k.get_ref().as_str())
+            .collect();
+        assert_eq!(keys, ["X-B", "X-A"]);
+        assert_eq!(
+            s.location[1]
+                .get_ref()
+                .ret
+                .as_ref()
+                .unwrap()
+                .get_ref()
+                .status
+                .get_ref(),
+            &200
+        );
+    }
+
+    #[test]
+    fn unknown_location_key_names_key_and_line() {
+        let msg = err(
+            "[[server]]\nnames = [\"a\"]\n[[server.location]]\nmatch = \"/\"\nservise = \"x\"\n",
+        );
+        assert!(msg.contains("servise"), "{msg}");
+        assert!(msg.starts_with("routes.toml:5:"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_key_in_inline_return_names_key_and_line() {
+        let msg = err("[[server]]\n[[server.location]]\nmatch = \"/\"\nreturn = { status = 200, bdy = \"x\" }\n");
+        assert!(msg.contains("bdy"), "{msg}");
+        assert!(msg.starts_with("routes.toml:4:"), "{msg}");
+    }
+
+    #[test]
+    fn header_value_must_be_a_string() {
+        let msg = err("[[server]]\n[[server.location]]\nmatch = \"/\"\nservice = \"a\"\nset_headers = { \"X\" = 1 }\n");
+        assert!(msg.starts_with("routes.toml:5:"), "{msg}");
+    }
+}

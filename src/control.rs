@@ -1,0 +1,264 @@
+//! The control plane: owns the durable stores (embedded registry, lane
+//! store) and the current route rules, and is the one writer of the
+//! `ArcSwap<Snapshot>`. Every change bumps a wanted generation and wakes the
+//! compiler task, which coalesces bursts into one build. Callers that need
+//! read-your-writes await [`Control::wait_built`].
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use tokio::sync::{watch, Mutex, Notify};
+use tracing::{debug, error, info, warn};
+
+use crate::allocation::lanes::LaneStore;
+use crate::allocation::StoreError;
+use crate::config::{Config, ConfigError};
+use crate::discovery::registry::Registry;
+use crate::discovery::Health;
+use crate::routing::rules::RuleSet;
+use crate::routing::snapshot::{BuildInput, Snapshot};
+use crate::telemetry::Metrics;
+
+/// Shared state of the control plane.
+pub struct Control {
+    pub config: Config,
+    pub metrics: Arc<Metrics>,
+    pub registry: Mutex<Registry>,
+    pub lanes: Mutex<LaneStore>,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    rules: ArcSwap<RuleSet>,
+    /// The errors of the last rejected rules reload, until a good one.
+    rules_errors: StdMutex<Vec<ConfigError>>,
+    wanted: AtomicU64,
+    built: watch::Sender<u64>,
+    wake: Notify,
+}
+
+/// Why laneway cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("route rules are invalid:\n{}", crate::config::ConfigErrors(.0.clone()))]
+    Rules(Vec<ConfigError>),
+}
+
+impl Control {
+    /// Opens the stores under `data_dir` and loads the rules. A corrupt store
+    /// or invalid rules at start is an error, never a silent reset.
+    pub fn open(config: Config, metrics: Arc<Metrics>) -> Result<Arc<Control>, StartError> {
+        std::fs::create_dir_all(&config.store.data_dir).map_err(|e| StoreError::Io {
+            path: config.store.data_dir.clone(),
+            source: e,
+        })?;
+        let registry = Registry::open(&config.store.data_dir)?;
+        let lanes = LaneStore::open(&config.store.data_dir)?;
+        let rules = match &config.routes.file {
+            Some(file) => RuleSet::load(file).map_err(StartError::Rules)?,
+            None => RuleSet::empty(),
+        };
+        let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::empty(&metrics)));
+        let (built, _) = watch::channel(0);
+        let control = Arc::new(Control {
+            config,
+            metrics,
+            registry: Mutex::new(registry),
+            lanes: Mutex::new(lanes),
+            snapshot,
+            rules: ArcSwap::from_pointee(rules),
+            rules_errors: StdMutex::new(Vec::new()),
+            wanted: AtomicU64::new(1),
+            built,
+            wake: Notify::new(),
+        });
+        Ok(control)
+    }
+
+    /// The handle the data plane loads snapshots from.
+    pub fn snapshot_handle(&self) -> Arc<ArcSwap<Snapshot>> {
+        self.snapshot.clone()
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Records that state changed; returns the generation that will include
+    /// the change.
+    pub fn changed(&self) -> u64 {
+        let generation = self.wanted.fetch_add(1, Ordering::SeqCst) + 1;
+        self.wake.notify_one();
+        generation
+    }
+
+    /// Waits until a snapshot of at least `generation` serves, or `timeout`.
+    pub async fn wait_built(&self, generation: u64, timeout: Duration) -> bool {
+        let mut rx = self.built.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|&g| g >= generation))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// True once the first snapshot has been built.
+    pub fn ready(&self) -> bool {
+        *self.built.borrow() >= 1
+    }
+
+    /// The errors of the last rejected rules reload (empty when the current
+    /// file is the one serving).
+    pub fn rules_errors(&self) -> Vec<ConfigError> {
+        self.rules_errors
+            .lock()
+            .map(|e| e.clone())
+            .unwrap_or_default()
+    }
+
+    /// Builds one snapshot from the current state and swaps it in.
+    async fn build_once(&self) {
+        let generation = self.wanted.load(Ordering::SeqCst);
+        let started = Instant::now();
+        let catalog = self.registry.lock().await.catalog();
+        let lanes = self.lanes.lock().await.list();
+        let previous = self.snapshot.load_full();
+        let snapshot = Snapshot::build(BuildInput {
+            generation,
+            rules: self.rules.load_full(),
+            lanes: &lanes,
+            catalog: &catalog,
+            baseline_versions: &self.config.lanes.baseline_versions,
+            metrics: &self.metrics,
+            previous: Some(&previous),
+        });
+        drop(previous);
+        let m = &self.metrics;
+        let mut by_health = [0i64; 3];
+        for i in &catalog.instances {
+            by_health[match i.health {
+                Health::Passing => 0,
+                Health::Warning => 1,
+                Health::Critical => 2,
+            }] += 1;
+        }
+        for (label, n) in ["passing", "warning", "critical"].iter().zip(by_health) {
+            m.instances.with_label_values(&[label]).set(n);
+        }
+        m.lanes.set(snapshot.lane_count() as i64);
+        self.snapshot.store(Arc::new(snapshot));
+        let elapsed = started.elapsed();
+        m.snapshot_swaps.inc();
+        m.snapshot_build_seconds.observe(elapsed.as_secs_f64());
+        m.snapshot_generation.set(generation as i64);
+        m.snapshot_timestamp.set(unix_now() as i64);
+        self.built.send_replace(generation);
+        debug!(
+            generation,
+            elapsed_us = elapsed.as_micros() as u64,
+            "snapshot swapped"
+        );
+    }
+
+    /// Runs the compiler: one build at start, then one per wake-up; changes
+    /// that arrive during a build are coalesced into the next one.
+    pub async fn run_compiler(self: Arc<Self>) {
+        loop {
+            let wanted = self.wanted.load(Ordering::SeqCst);
+            if *self.built.borrow() < wanted {
+                self.build_once().await;
+                continue;
+            }
+            self.wake.notified().await;
+        }
+    }
+
+    /// Loads the rules file again; on error keeps the last good rules, logs
+    /// every error with file:line and counts it.
+    pub fn reload_rules(&self) -> Result<(), Vec<ConfigError>> {
+        let Some(file) = &self.config.routes.file else {
+            return Ok(());
+        };
+        match RuleSet::load(file) {
+            Ok(rules) => {
+                self.rules.store(Arc::new(rules));
+                if let Ok(mut errs) = self.rules_errors.lock() {
+                    errs.clear();
+                }
+                self.metrics.rules_reloads.inc();
+                info!(file = %file.display(), "route rules reloaded");
+                self.changed();
+                Ok(())
+            }
+            Err(errors) => {
+                self.metrics.rules_errors.inc();
+                for e in &errors {
+                    error!(error = %e, "route rules rejected; keeping the last good rules");
+                }
+                if let Ok(mut errs) = self.rules_errors.lock() {
+                    errs.clone_from(&errors);
+                }
+                Err(errors)
+            }
+        }
+    }
+
+    /// Watches the rules file and reloads it when its content changes.
+    pub fn watch_rules(self: &Arc<Self>) -> Option<notify::RecommendedWatcher> {
+        use notify::Watcher;
+        let file = self.config.routes.file.clone()?;
+        if !self.config.routes.watch {
+            return None;
+        }
+        let dir = file
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let name = file.file_name().map(|n| n.to_os_string());
+        let mut watcher =
+            match notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+                if let Ok(ev) = ev {
+                    if ev.paths.iter().any(|p| p.file_name() == name.as_deref()) {
+                        let _ = tx.send(()); // the receiver only ends at shutdown
+                    }
+                }
+            }) {
+                Ok(w) => w,
+                Err(e) => {
+                    warn!(error = %e, "cannot watch the rules file; edits need a restart");
+                    return None;
+                }
+            };
+        if let Err(e) = watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
+            warn!(dir = %dir.display(), error = %e, "cannot watch the rules directory");
+            return None;
+        }
+        let control = self.clone();
+        tokio::spawn(async move {
+            let mut last = std::fs::read(&file).ok();
+            while rx.recv().await.is_some() {
+                // Let a burst of writes settle before reading the file.
+                while let Ok(Some(())) =
+                    tokio::time::timeout(Duration::from_millis(50), rx.recv()).await
+                {
+                }
+                let now = std::fs::read(&file).ok();
+                if now.is_none() || now == last {
+                    continue;
+                }
+                last = now;
+                if control.reload_rules().is_err() {
+                    debug!("rules reload rejected");
+                }
+            }
+        });
+        Some(watcher)
+    }
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

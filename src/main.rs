@@ -1,0 +1,139 @@
+//! The `laneway` command line: `run`, `check`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use laneway::config::Config;
+use laneway::control::Control;
+use laneway::routing::rules::RuleSet;
+use laneway::telemetry::{self, Metrics};
+
+/// laneway: a lane-aware reverse proxy for test environments.
+///
+/// Runs many versions of the same services side by side behind the
+/// production routing rules; each lane (a set of versions) is reached by
+/// header, cookie or hostname.
+#[derive(Parser)]
+#[command(name = "laneway", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the proxy, the admin API and the embedded registry.
+    Run {
+        /// The configuration file.
+        #[arg(short, long, default_value = "config/laneway.toml")]
+        config: PathBuf,
+    },
+    /// Validate the configuration and the route rules offline; print every
+    /// error with file and line, and exit non-zero if there is any.
+    Check {
+        /// The configuration file.
+        #[arg(short, long, default_value = "config/laneway.toml")]
+        config: PathBuf,
+        /// Check only this route rules file instead of a whole configuration.
+        #[arg(long, conflicts_with = "config")]
+        routes: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config } => match run(config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("laneway: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Check { config, routes } => check(config, routes),
+    }
+}
+
+fn check(config: PathBuf, routes: Option<PathBuf>) -> ExitCode {
+    let mut errors = Vec::new();
+    let mut summary = Vec::new();
+    let rules_file = match routes {
+        Some(r) => Some(r),
+        None => match Config::load(&config) {
+            Ok(cfg) => {
+                summary.push(format!("{}: ok", config.display()));
+                cfg.routes.file
+            }
+            Err(e) => {
+                errors.extend(e.0);
+                None
+            }
+        },
+    };
+    if let Some(file) = rules_file {
+        match RuleSet::load(&file) {
+            Ok(rules) => summary.push(format!(
+                "{}: ok ({} services referenced)",
+                file.display(),
+                rules.services().len()
+            )),
+            Err(e) => errors.extend(e),
+        }
+    }
+    for e in &errors {
+        eprintln!("error: {e}");
+    }
+    if errors.is_empty() {
+        for s in summary {
+            println!("{s}");
+        }
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("{} error(s)", errors.len());
+        ExitCode::FAILURE
+    }
+}
+
+fn run(config_path: PathBuf) -> anyhow::Result<()> {
+    let config = Config::load(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    telemetry::init_logging(&config.log);
+    let metrics = Arc::new(Metrics::new());
+    let control = Control::open(config, metrics).context("cannot start")?;
+
+    // The control and admin planes run on their own small runtime so the
+    // data plane's threads only ever serve requests.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("laneway-control")
+        .enable_all()
+        .build()
+        .context("cannot start the control runtime")?;
+    let admin_addr = control.config.admin.listen;
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(admin_addr))
+        .with_context(|| format!("cannot listen on the admin address {admin_addr}"))?;
+    let watcher = runtime.block_on(async {
+        tokio::spawn(control.clone().run_compiler());
+        let watcher = control.watch_rules();
+        let admin_control = control.clone();
+        tokio::spawn(async move {
+            if let Err(e) = laneway::admin::serve(listener, admin_control).await {
+                tracing::error!(error = %e, "admin API stopped");
+            }
+        });
+        watcher
+    });
+    tracing::info!(
+        admin = %admin_addr,
+        listen = ?control.config.proxy.listen,
+        "laneway starting"
+    );
+    let server = laneway::proxy::server::build(&control);
+    // `run_forever` never returns; the runtime and watcher live until exit.
+    let _keep = (runtime, watcher);
+    server.run_forever();
+}

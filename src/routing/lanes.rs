@@ -1,0 +1,255 @@
+//! Lane resolution on the request path: which lane a request wants, in the
+//! order of DESIGN.md (header, cookie, hostname, destination port,
+//! destination IP, baseline), and the production host recovered from a lane
+//! hostname. Pure lookups on the snapshot; no allocation.
+
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName};
+
+use super::snapshot::{LaneView, Snapshot};
+
+/// Where lanes come from in requests (static for the life of the process).
+#[derive(Debug, Clone)]
+pub struct LaneSettings {
+    pub header: HeaderName,
+    pub cookie: String,
+    /// Lowercase lane domain, e.g. `lanes.test`.
+    pub domain: String,
+}
+
+/// How a request's lane was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LaneSource {
+    Header,
+    Cookie,
+    Hostname,
+    Port,
+    Vip,
+    Default,
+}
+
+impl LaneSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LaneSource::Header => "header",
+            LaneSource::Cookie => "cookie",
+            LaneSource::Hostname => "hostname",
+            LaneSource::Port => "port",
+            LaneSource::Vip => "vip",
+            LaneSource::Default => "default",
+        }
+    }
+}
+
+/// The outcome of lane resolution.
+pub struct Resolved<'s, 'r> {
+    pub lane: &'s Arc<LaneView>,
+    pub source: LaneSource,
+    /// The host the production rules see: the request host, or the
+    /// production host recovered from `<host>.<lane>.<domain>`.
+    pub host: &'r str,
+    /// True when `host` was recovered from a lane hostname.
+    pub host_recovered: bool,
+}
+
+/// Resolves the lane of a request. `host` is the request's host (Host header
+/// or URI authority), possibly with a port.
+pub fn resolve<'s, 'r>(
+    snap: &'s Snapshot,
+    settings: &LaneSettings,
+    headers: &'r HeaderMap,
+    host: &'r str,
+) -> Resolved<'s, 'r> {
+    let from_host = lane_host(snap, &settings.domain, host);
+    let (host_out, recovered) = match &from_host {
+        Some((_, Some(production))) => (*production, true),
+        _ => (host, false),
+    };
+    let pick = |lane: &'s Arc<LaneView>, source| Resolved {
+        lane,
+        source,
+        host: host_out,
+        host_recovered: recovered,
+    };
+
+    for value in headers.get_all(&settings.header) {
+        if let Some(lane) = value.to_str().ok().and_then(|v| snap.lane(v.trim())) {
+            return pick(lane, LaneSource::Header);
+        }
+    }
+    if let Some(lane) = cookie_value(headers, &settings.cookie).and_then(|v| snap.lane(v)) {
+        return pick(lane, LaneSource::Cookie);
+    }
+    if let Some((lane, _)) = from_host {
+        return pick(lane, LaneSource::Hostname);
+    }
+    // Destination port and VIP entries are resolved here once allocated.
+    pick(snap.baseline(), LaneSource::Default)
+}
+
+/// For `<lane>.<domain>` or `<production-host>.<lane>.<domain>` naming a
+/// known lane: that lane and the production host, if any.
+fn lane_host<'s, 'r>(
+    snap: &'s Snapshot,
+    domain: &str,
+    host: &'r str,
+) -> Option<(&'s Arc<LaneView>, Option<&'r str>)> {
+    let name = strip_port(host).trim_end_matches('.');
+    if name.len() <= domain.len() + 1 {
+        return None;
+    }
+    let split = name.len() - domain.len();
+    if !name.is_char_boundary(split - 1)
+        || !name[split..].eq_ignore_ascii_case(domain)
+        || name.as_bytes()[split - 1] != b'.'
+    {
+        return None;
+    }
+    let prefix = &name[..split - 1];
+    let (production, lane_label) = match prefix.rfind('.') {
+        Some(dot) => (Some(&prefix[..dot]), &prefix[dot + 1..]),
+        None => (None, prefix),
+    };
+    let lane = if lane_label.bytes().any(|b| b.is_ascii_uppercase()) {
+        snap.lane(&lane_label.to_ascii_lowercase())
+    } else {
+        snap.lane(lane_label)
+    }?;
+    Some((lane, production.filter(|p| !p.is_empty())))
+}
+
+/// `host` without a trailing `:port` (IPv6 literals keep their brackets).
+pub fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return match host.find(']') {
+            Some(end) => &host[..=end],
+            None => host,
+        };
+    }
+    match host.rfind(':') {
+        Some(colon) if host[colon + 1..].bytes().all(|b| b.is_ascii_digit()) => &host[..colon],
+        _ => host,
+    }
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+pub fn cookie_value<'r>(headers: &'r HeaderMap, name: &str) -> Option<&'r str> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k.trim() == name).then(|| v.trim().trim_matches('"'))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::allocation::lanes::Lane;
+    use crate::discovery::Catalog;
+    use crate::routing::rules::RuleSet;
+    use crate::routing::snapshot::{BuildInput, BASELINE};
+    use crate::telemetry::Metrics;
+
+    fn snapshot(m: &Metrics) -> Snapshot {
+        let lane = |name: &str, parent: Option<&str>| Lane {
+            name: name.into(),
+            services: Default::default(),
+            parent: parent.map(Into::into),
+            strict: false,
+            created_at: 0,
+            updated_at: 0,
+        };
+        Snapshot::build(BuildInput {
+            generation: 1,
+            rules: Arc::new(RuleSet::empty()),
+            lanes: &[
+                lane(BASELINE, None),
+                lane("t-42", Some(BASELINE)),
+                lane("t-7", Some(BASELINE)),
+            ],
+            catalog: &Catalog::default(),
+            baseline_versions: &[],
+            metrics: m,
+            previous: None,
+        })
+    }
+
+    fn settings() -> LaneSettings {
+        LaneSettings {
+            header: HeaderName::from_static("x-laneway-lane"),
+            cookie: "laneway_lane".into(),
+            domain: "lanes.test".into(),
+        }
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn order_is_header_cookie_hostname_default() {
+        let m = Metrics::new();
+        let s = snapshot(&m);
+        let st = settings();
+        let both = headers(&[
+            ("x-laneway-lane", "t-42"),
+            ("cookie", "a=b; laneway_lane=t-7"),
+        ]);
+        let r = resolve(&s, &st, &both, "bj.example.com");
+        assert_eq!((&*r.lane.name, r.source), ("t-42", LaneSource::Header));
+
+        let cookie = headers(&[("cookie", "a=b; laneway_lane=t-7")]);
+        let r = resolve(&s, &st, &cookie, "x.t-42.lanes.test");
+        assert_eq!((&*r.lane.name, r.source), ("t-7", LaneSource::Cookie));
+        // The production host is still recovered from the lane hostname.
+        assert_eq!(r.host, "x");
+
+        let none = HeaderMap::new();
+        let r = resolve(&s, &st, &none, "bj.example.com.t-42.lanes.test:8080");
+        assert_eq!(
+            (&*r.lane.name, r.source, r.host),
+            ("t-42", LaneSource::Hostname, "bj.example.com")
+        );
+        assert!(r.host_recovered);
+
+        let r = resolve(&s, &st, &none, "T-7.Lanes.Test");
+        assert_eq!(
+            (&*r.lane.name, r.source, r.host_recovered),
+            ("t-7", LaneSource::Hostname, false)
+        );
+
+        let r = resolve(&s, &st, &none, "bj.example.com");
+        assert_eq!((&*r.lane.name, r.source), ("baseline", LaneSource::Default));
+    }
+
+    #[test]
+    fn unknown_lanes_fall_through_to_the_next_source() {
+        let m = Metrics::new();
+        let s = snapshot(&m);
+        let h = headers(&[("x-laneway-lane", "nope"), ("cookie", "laneway_lane=t-7")]);
+        let r = resolve(&s, &settings(), &h, "a.nope.lanes.test");
+        assert_eq!(
+            (&*r.lane.name, r.source, r.host),
+            ("t-7", LaneSource::Cookie, "a.nope.lanes.test")
+        );
+        let empty = HeaderMap::new();
+        let r = resolve(&s, &settings(), &empty, "lanes.test");
+        assert_eq!(r.source, LaneSource::Default);
+    }
+
+    #[test]
+    fn strip_port_handles_ipv6_and_names() {
+        assert_eq!(strip_port("a.b:80"), "a.b");
+        assert_eq!(strip_port("[::1]:80"), "[::1]");
+        assert_eq!(strip_port("a.b"), "a.b");
+    }
+}

@@ -1,0 +1,629 @@
+//! Compiles a parsed `routes.toml` into a [`RuleSet`] (control plane only):
+//! checks every value, compiles every regex and template, builds the host
+//! and location lookup structures. Every error is collected, each with its
+//! file, line and column, so `laneway check` can list them all at once.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderName;
+use toml::Spanned;
+
+use crate::config::error::{line_col, ConfigError};
+use crate::config::routes::{LocationDef, OrderedTable, RoutesFile, ServerDef};
+
+use super::host::{parse_name, HostTableBuilder, NameKind};
+use super::location::{parse_match, LocationKind, LocationTableBuilder};
+use super::pattern::Rx;
+use super::template::{RewriteTarget, Scope, Template, TemplateError};
+use super::{Action, Location, Rewrite, RuleSet, Server};
+
+pub(super) fn compile(source: &str, file: &Path) -> Result<RuleSet, Vec<ConfigError>> {
+    let parsed =
+        RoutesFile::parse(source).map_err(|e| vec![ConfigError::from_toml(file, source, &e)])?;
+    let mut c = Compiler {
+        file,
+        source,
+        file_arc: Arc::from(file),
+        errors: Vec::new(),
+        services: Vec::new(),
+        service_ids: HashMap::new(),
+    };
+    let mut hosts = HostTableBuilder::default();
+    let mut default: Option<(usize, usize)> = None;
+    let mut server_lines = Vec::with_capacity(parsed.server.len());
+    let mut servers = Vec::with_capacity(parsed.server.len());
+    for (si, def) in parsed.server.into_iter().enumerate() {
+        let line = c.line(def.span().start);
+        server_lines.push(line);
+        if let Some(d) = def.get_ref().default.as_ref().filter(|d| *d.get_ref()) {
+            match default {
+                Some((_, first)) => c.err(
+                    d.span(),
+                    format!(
+                        "two default servers: this one and the server at line {first}; keep one"
+                    ),
+                ),
+                None => default = Some((si, line)),
+            }
+        }
+        servers.push(c.server(si, line, def.into_inner(), &mut hosts, &server_lines));
+    }
+    if !c.errors.is_empty() {
+        // file order, for `laneway check`
+        c.errors.sort_by_key(|e| (e.line, e.column));
+        return Err(c.errors);
+    }
+    let default = default
+        .map(|(si, _)| si)
+        .or(if servers.is_empty() { None } else { Some(0) });
+    Ok(RuleSet {
+        file: c.file_arc,
+        servers: servers.into_boxed_slice(),
+        hosts: hosts.build(default),
+        services: c.services.into_boxed_slice(),
+    })
+}
+
+/// Built-in variable names a named capture may not take.
+const BUILTINS: &[&str] = &[
+    "host",
+    "uri",
+    "document_uri",
+    "args",
+    "query_string",
+    "is_args",
+    "request_uri",
+    "scheme",
+    "lane",
+];
+
+struct Compiler<'a> {
+    file: &'a Path,
+    source: &'a str,
+    file_arc: Arc<Path>,
+    errors: Vec<ConfigError>,
+    services: Vec<Arc<str>>,
+    service_ids: HashMap<String, Arc<str>>,
+}
+
+/// What a location's templates can see, from the server's regex names.
+struct ServerScope {
+    names: Vec<Box<str>>,
+    max_group: usize,
+}
+
+impl Compiler<'_> {
+    fn err(&mut self, span: Range<usize>, message: impl Into<String>) {
+        self.errors.push(ConfigError::at_offset(
+            self.file,
+            self.source,
+            span.start,
+            message,
+        ));
+    }
+
+    fn line(&self, offset: usize) -> usize {
+        line_col(self.source, offset).0
+    }
+
+    fn server(
+        &mut self,
+        si: usize,
+        line: usize,
+        def: ServerDef,
+        hosts: &mut HostTableBuilder,
+        server_lines: &[usize],
+    ) -> Server {
+        let mut scope = ServerScope {
+            names: Vec::new(),
+            max_group: 0,
+        };
+        let mut fallback_host: Option<String> = None;
+        for name in &def.names {
+            match parse_name(name.get_ref()) {
+                Err(m) => self.err(name.span(), m),
+                Ok(NameKind::Regex(p)) => {
+                    // nginx: a server name regex with an uppercase letter is caseless
+                    let caseless = p.bytes().any(|b| b.is_ascii_uppercase());
+                    match self.regex(&p, caseless, name.span(), "server name regex") {
+                        Some(rx) => {
+                            scope.names.extend(rx.names().map(Box::from));
+                            scope.max_group = scope.max_group.max(rx.groups);
+                            hosts.add_regex(rx, si);
+                        }
+                        None => continue,
+                    }
+                }
+                Ok(kind) => {
+                    if let NameKind::Exact(e) = &kind {
+                        fallback_host.get_or_insert_with(|| e.clone());
+                    }
+                    if let Err((other, msg)) = hosts.add(&kind, si) {
+                        let holder = if other == si {
+                            "this server already has it".to_string()
+                        } else {
+                            format!("the server at line {} already has it", server_lines[other])
+                        };
+                        self.err(name.span(), format!("{msg}: {holder}"));
+                    }
+                }
+            }
+        }
+
+        let mut table = LocationTableBuilder::default();
+        let mut regex_seen: HashMap<(bool, String), usize> = HashMap::new();
+        let mut locations: Vec<Location> = Vec::with_capacity(def.location.len());
+        for def in def.location {
+            let loc_line = self.line(def.span().start);
+            let Some((loc, span, rx)) = self.location(loc_line, def.into_inner(), &scope) else {
+                continue;
+            };
+            let li = locations.len();
+            let dup = if loc.kind.is_regex() {
+                regex_seen.insert(
+                    (loc.kind == LocationKind::RegexCaseless, loc.path.clone()),
+                    li,
+                )
+            } else {
+                let proxies = matches!(loc.action, Action::Proxy { .. });
+                table.add_static(loc.kind, &loc.path, li, proxies).err()
+            };
+            if let Some(other) = dup {
+                let what = match loc.kind {
+                    LocationKind::Exact => "exact path",
+                    LocationKind::Regex | LocationKind::RegexCaseless => "regex",
+                    LocationKind::Prefix | LocationKind::PrefixNoRegex => {
+                        "prefix (\"/p\" and \"^~ /p\" are the same prefix)"
+                    }
+                };
+                self.err(
+                    span,
+                    format!(
+                        "duplicate location {:?}: the location at line {} has the same {what}",
+                        loc.pattern, locations[other].line
+                    ),
+                );
+            }
+            if let Some(rx) = rx {
+                table.add_regex(rx, li);
+            }
+            locations.push(loc);
+        }
+        Server {
+            file: self.file_arc.clone(),
+            line,
+            names: def.names.into_iter().map(Spanned::into_inner).collect(),
+            default: def.default.is_some_and(|d| d.into_inner()),
+            locations,
+            table: table.build(),
+            fallback_host: fallback_host.unwrap_or_default().into_boxed_str(),
+        }
+    }
+
+    /// Compiles a regex and checks its group names; `None` after an error.
+    fn regex(
+        &mut self,
+        pattern: &str,
+        caseless: bool,
+        span: Range<usize>,
+        what: &str,
+    ) -> Option<Rx> {
+        let rx = match Rx::new(pattern, caseless) {
+            Ok(rx) => rx,
+            Err(e) => {
+                self.err(span, format!("{what} {pattern:?} does not compile: {e}"));
+                return None;
+            }
+        };
+        let bad: Vec<String> = rx
+            .names()
+            .filter(|n| {
+                BUILTINS.contains(n)
+                    || ["http_", "cookie_", "arg_"]
+                        .iter()
+                        .any(|p| n.starts_with(p))
+            })
+            .map(str::to_string)
+            .collect();
+        if !bad.is_empty() {
+            self.err(
+                span,
+                format!(
+                    "{what} {pattern:?}: named capture {:?} would hide the variable ${}; rename it",
+                    bad[0], bad[0]
+                ),
+            );
+            return None;
+        }
+        Some(rx)
+    }
+
+    /// Checks and compiles one location. Returns the location, the span of
+    /// its `match` (for duplicate errors) and its regex when it is one.
+    fn location(
+        &mut self,
+        line: usize,
+        def: LocationDef,
+        server: &ServerScope,
+    ) -> Option<(Location, Range<usize>, Option<Rx>)> {
+        let errors_before = self.errors.len();
+        let pattern_span = def.pattern.span();
+        let pattern = def.pattern.get_ref().clone();
+        let (kind, path) = match parse_match(&pattern) {
+            Ok((k, p)) => (k, p.to_string()),
+            Err(m) => {
+                self.err(pattern_span.clone(), m);
+                (LocationKind::Prefix, String::new())
+            }
+        };
+        let loc_rx = if kind.is_regex() {
+            let caseless = kind == LocationKind::RegexCaseless;
+            self.regex(&path, caseless, pattern_span.clone(), "location regex")
+        } else {
+            None
+        };
+        self.check_one_action(&def, &pattern, &pattern_span);
+        if def.service.is_none() {
+            self.check_proxy_only_keys(&def);
+        }
+
+        // The rewrite regex comes first: its groups are in scope for the
+        // templates. Named captures of every regex in play are visible;
+        // numbered ones come from the last regex that matched.
+        let rewrite_rx = self.rewrite_regex(&def);
+        let mut names = server.names.clone();
+        for rx in [loc_rx.as_ref(), rewrite_rx.as_ref().map(|(rx, _)| rx)]
+            .into_iter()
+            .flatten()
+        {
+            names.extend(rx.names().map(Box::from));
+        }
+        let (max_group, what) = match (&rewrite_rx, &loc_rx) {
+            (Some((rx, _)), _) => (rx.groups, "the rewrite regex"),
+            (None, Some(rx)) => (rx.groups, "the location regex"),
+            (None, None) => (server.max_group, "the server name regexes"),
+        };
+        let scope = Scope {
+            names,
+            max_group,
+            what,
+        };
+        let rewrite = rewrite_rx.and_then(|(rx, repl)| {
+            let target = RewriteTarget::parse(repl.get_ref(), &scope)
+                .map_err(|e| self.template_err(&repl, "rewrite replacement", e))
+                .ok()?;
+            Some(Rewrite {
+                pattern: rx_source(&def, 0),
+                replacement: repl.into_inner(),
+                regex: rx,
+                target,
+            })
+        });
+        let action = self.action(&def, &scope);
+        let set_headers = self.header_templates(def.set_headers.as_ref(), "set_headers", &scope);
+        let add_response_headers = self.header_templates(
+            def.add_response_headers.as_ref(),
+            "add_response_headers",
+            &scope,
+        );
+        let mut remove_headers = Vec::new();
+        for h in def.remove_headers.iter().flatten() {
+            if let Some(name) = self.header_name(h, "remove_headers") {
+                remove_headers.push(name);
+            }
+        }
+        let connect_timeout = self.duration(def.connect_timeout.as_ref(), "connect_timeout");
+        let read_timeout = self.duration(def.read_timeout.as_ref(), "read_timeout");
+        let write_timeout = self.duration(def.write_timeout.as_ref(), "write_timeout");
+
+        if self.errors.len() != errors_before {
+            return None;
+        }
+        let action = action?;
+        let uses_captures = set_headers.iter().any(|(_, t)| t.uses_captures())
+            || add_response_headers.iter().any(|(_, t)| t.uses_captures())
+            || rewrite.as_ref().is_some_and(|r| r.target.uses_captures())
+            || match &action {
+                Action::Proxy { .. } => false,
+                Action::Return { body, headers, .. } => {
+                    body.uses_captures() || headers.iter().any(|(_, t)| t.uses_captures())
+                }
+                Action::Redirect { to, .. } => to.uses_captures(),
+            };
+        Some((
+            Location {
+                file: self.file_arc.clone(),
+                line,
+                pattern,
+                kind,
+                path,
+                action,
+                rewrite,
+                set_headers,
+                remove_headers,
+                add_response_headers,
+                connect_timeout,
+                read_timeout,
+                write_timeout,
+                uses_captures,
+            },
+            pattern_span,
+            loc_rx,
+        ))
+    }
+
+    /// Exactly one of service, return and redirect.
+    fn check_one_action(&mut self, def: &LocationDef, pattern: &str, pattern_span: &Range<usize>) {
+        let present: Vec<(&str, Range<usize>)> = [
+            ("service", def.service.as_ref().map(|s| s.span())),
+            ("return", def.ret.as_ref().map(|s| s.span())),
+            ("redirect", def.redirect.as_ref().map(|s| s.span())),
+        ]
+        .into_iter()
+        .filter_map(|(n, span)| span.map(|s| (n, s)))
+        .collect();
+        match present.as_slice() {
+            [] => self.err(
+                pattern_span.clone(),
+                format!(
+                    "location {pattern:?} has no action: set one of service, return or redirect"
+                ),
+            ),
+            [_] => {}
+            [_, (_, second), ..] => {
+                let names: Vec<&str> = present.iter().map(|(n, _)| *n).collect();
+                self.err(
+                    second.clone(),
+                    format!(
+                        "location {pattern:?} has {} actions ({}): keep exactly one",
+                        present.len(),
+                        names.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+
+    /// Keys that only mean something when the location proxies.
+    fn check_proxy_only_keys(&mut self, def: &LocationDef) {
+        let first_key =
+            |t: &Option<OrderedTable>| t.as_ref().and_then(|t| t.0.first()).map(|(k, _)| k.span());
+        let keys = [
+            ("set_headers", first_key(&def.set_headers)),
+            (
+                "remove_headers",
+                def.remove_headers
+                    .as_ref()
+                    .and_then(|v| v.first())
+                    .map(|s| s.span()),
+            ),
+            ("add_response_headers", first_key(&def.add_response_headers)),
+            (
+                "connect_timeout",
+                def.connect_timeout.as_ref().map(|s| s.span()),
+            ),
+            ("read_timeout", def.read_timeout.as_ref().map(|s| s.span())),
+            (
+                "write_timeout",
+                def.write_timeout.as_ref().map(|s| s.span()),
+            ),
+        ];
+        for (key, span) in keys {
+            let Some(span) = span else { continue };
+            let hint = if key == "add_response_headers" && def.ret.is_some() {
+                "; put response headers in return = { headers = { … } }"
+            } else {
+                ""
+            };
+            self.err(
+                span,
+                format!("{key} applies only to a proxied location (service = …){hint}"),
+            );
+        }
+    }
+
+    /// The checked rewrite regex and replacement text, if any.
+    fn rewrite_regex(&mut self, def: &LocationDef) -> Option<(Rx, Spanned<String>)> {
+        let rw = def.rewrite.as_ref()?;
+        let items = rw.get_ref();
+        if def.service.is_none() {
+            self.err(
+                rw.span(),
+                "rewrite applies to a proxied location (service = …); \
+                 to answer with a redirect, use a regex match and redirect = { … }",
+            );
+            return None;
+        }
+        let [re, repl] = items.as_slice() else {
+            self.err(
+                rw.span(),
+                format!(
+                    "rewrite must be [regex, replacement], got {} item(s)",
+                    items.len()
+                ),
+            );
+            return None;
+        };
+        let rx = self.regex(re.get_ref(), false, re.span(), "rewrite regex");
+        let r = repl.get_ref();
+        if r.is_empty() || r == "?" {
+            self.err(repl.span(), "rewrite replacement is empty");
+            return None;
+        }
+        if r.starts_with("http://") || r.starts_with("https://") || r.starts_with("$scheme") {
+            self.err(
+                repl.span(),
+                format!(
+                    "rewrite replacement {r:?} would be a redirect in nginx; \
+                     use a regex match with redirect = {{ to = … }} instead"
+                ),
+            );
+            return None;
+        }
+        Some((rx?, repl.clone()))
+    }
+
+    /// The action (the first present one; [`Self::check_one_action`] reports extras).
+    fn action(&mut self, def: &LocationDef, scope: &Scope) -> Option<Action> {
+        if let Some(s) = &def.service {
+            return self.service(s);
+        }
+        if let Some(r) = &def.ret {
+            let r = r.get_ref();
+            let status = *r.status.get_ref();
+            if !(100..=599).contains(&status) {
+                self.err(
+                    r.status.span(),
+                    format!("return status {status} is not an HTTP status (100..=599)"),
+                );
+            }
+            let body = match &r.body {
+                Some(b) => self.template(b, "return body", scope),
+                None => Template::parse("", scope).ok(),
+            };
+            let headers = self.header_templates(r.headers.as_ref(), "return headers", scope);
+            return Some(Action::Return {
+                status: u16::try_from(status).ok()?,
+                body: body?,
+                headers,
+            });
+        }
+        let r = def.redirect.as_ref()?.get_ref();
+        let status = r.status.as_ref().map_or(302, |s| *s.get_ref());
+        if ![301, 302, 303, 307, 308].contains(&status) {
+            let span = r.status.as_ref().map_or(r.to.span(), |s| s.span());
+            self.err(
+                span,
+                format!(
+                    "redirect status {status} is not a redirect: use 301, 302, 303, 307 or 308"
+                ),
+            );
+        }
+        if r.to.get_ref().is_empty() {
+            self.err(r.to.span(), "redirect target is empty");
+        }
+        let to = self.template(&r.to, "redirect to", scope)?;
+        Some(Action::Redirect {
+            status: u16::try_from(status).ok()?,
+            to,
+        })
+    }
+
+    fn service(&mut self, s: &Spanned<String>) -> Option<Action> {
+        let name = s.get_ref();
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            self.err(
+                s.span(),
+                format!("service {name:?} is not a service name (letters, digits, '-', '_', '.')"),
+            );
+            return None;
+        }
+        let id = match self.service_ids.get(name) {
+            Some(id) => id.clone(),
+            None => {
+                let id: Arc<str> = Arc::from(name.as_str());
+                self.service_ids.insert(name.clone(), id.clone());
+                self.services.push(id.clone());
+                id
+            }
+        };
+        Some(Action::Proxy { service: id })
+    }
+
+    fn template(&mut self, t: &Spanned<String>, what: &str, scope: &Scope) -> Option<Template> {
+        Template::parse(t.get_ref(), scope)
+            .map_err(|e| self.template_err(t, what, e))
+            .ok()
+    }
+
+    fn template_err(&mut self, t: &Spanned<String>, what: &str, e: TemplateError) {
+        // point at the variable when the TOML string holds the text verbatim
+        let span = t.span();
+        let start = span.start + 1;
+        let offset = match self.source.get(start..start + t.get_ref().len()) {
+            Some(raw) if raw == t.get_ref() => start + e.offset,
+            _ => span.start,
+        };
+        self.errors.push(ConfigError::at_offset(
+            self.file,
+            self.source,
+            offset,
+            format!("{what}: {}", e.message),
+        ));
+    }
+
+    fn header_name(&mut self, h: &Spanned<String>, what: &str) -> Option<HeaderName> {
+        match HeaderName::from_bytes(h.get_ref().as_bytes()) {
+            Ok(n) => Some(n),
+            Err(_) => {
+                self.err(
+                    h.span(),
+                    format!("{what}: {:?} is not a valid HTTP header name", h.get_ref()),
+                );
+                None
+            }
+        }
+    }
+
+    fn header_templates(
+        &mut self,
+        table: Option<&OrderedTable>,
+        what: &str,
+        scope: &Scope,
+    ) -> Vec<(HeaderName, Template)> {
+        let mut out: Vec<(HeaderName, Template)> = Vec::new();
+        for (k, v) in table.iter().flat_map(|t| t.0.iter()) {
+            let name = self.header_name(k, what);
+            let value = self.template(v, &format!("{what} {:?}", k.get_ref()), scope);
+            if let Some(name) = &name {
+                if out.iter().any(|(n, _)| n == name) {
+                    self.err(
+                        k.span(),
+                        format!(
+                            "{what}: header {:?} is set twice (names are case-insensitive)",
+                            k.get_ref()
+                        ),
+                    );
+                }
+            }
+            if let (Some(name), Some(value)) = (name, value) {
+                out.push((name, value));
+            }
+        }
+        out
+    }
+
+    fn duration(&mut self, d: Option<&Spanned<String>>, key: &str) -> Option<Duration> {
+        let d = d?;
+        match humantime::parse_duration(d.get_ref()) {
+            Ok(v) if !v.is_zero() => Some(v),
+            _ => {
+                self.err(
+                    d.span(),
+                    format!(
+                        "{key} {:?} is not a positive duration (e.g. \"1s\", \"250ms\")",
+                        d.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+}
+
+/// The text of rewrite item `i`.
+fn rx_source(def: &LocationDef, i: usize) -> String {
+    def.rewrite
+        .as_ref()
+        .and_then(|r| r.get_ref().get(i))
+        .map(|s| s.get_ref().clone())
+        .unwrap_or_default()
+}

@@ -1,0 +1,246 @@
+//! Logging (`tracing`) set-up and the Prometheus registry with every laneway
+//! metric. Metric families are created once here; the snapshot compiler
+//! resolves their label children ahead of time so the request path only
+//! increments atomics.
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{LogConfig, LogFormat};
+
+/// The `tracing` target of the access log; filter it with `laneway::access=off`.
+pub const ACCESS_LOG_TARGET: &str = "laneway::access";
+
+/// Installs the global `tracing` subscriber. `RUST_LOG` overrides the
+/// configured level. The access log is turned off with `[log] access_log = false`.
+pub fn init_logging(cfg: &LogConfig) {
+    let mut filter = std::env::var("RUST_LOG").unwrap_or_else(|_| cfg.level.clone());
+    if !cfg.access_log {
+        filter.push_str(",laneway::access=off");
+    }
+    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|e| {
+        eprintln!("laneway: invalid log filter {filter:?} ({e}); using \"info\"");
+        EnvFilter::new("info")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match cfg.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    if let Err(e) = result {
+        eprintln!("laneway: logging already initialised: {e}");
+    }
+}
+
+/// Status classes used as the `class` label, indexed by `status / 100 - 1`.
+pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Index into [`STATUS_CLASSES`] for a status code.
+pub fn class_index(status: u16) -> usize {
+    (status / 100).clamp(1, 5) as usize - 1
+}
+
+/// Every laneway metric family.
+pub struct Metrics {
+    pub registry: Registry,
+    /// Requests by the lane that asked, and status class.
+    pub lane_requests: IntCounterVec,
+    /// Requests proxied to a (service, version), by status class.
+    pub upstream_requests: IntCounterVec,
+    /// Time from sending the request upstream to the end of the response.
+    pub upstream_duration: HistogramVec,
+    /// Whole-request latency seen by the client.
+    pub request_duration: Histogram,
+    /// Failed connection attempts to instances of a (service, version).
+    pub upstream_connect_errors: IntCounterVec,
+    /// Requests answered without an upstream: by reason (`not_found`,
+    /// `return`, `redirect`, `no_instance`, `strict`, `bad_request`).
+    pub local_responses: IntCounterVec,
+    pub snapshot_swaps: IntCounter,
+    pub snapshot_build_seconds: Histogram,
+    pub snapshot_generation: IntGauge,
+    pub snapshot_timestamp: IntGauge,
+    /// Rules-file reloads that failed and left the last good rules in place.
+    pub rules_errors: IntCounter,
+    pub rules_reloads: IntCounter,
+    pub instances: IntGaugeVec,
+    pub lanes: IntGauge,
+    /// Admin API requests rejected as bad input, by endpoint.
+    pub admin_rejects: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let latency_buckets = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ];
+        let m = Metrics {
+            lane_requests: IntCounterVec::new(
+                Opts::new(
+                    "laneway_requests_total",
+                    "Requests by lane and status class",
+                ),
+                &["lane", "class"],
+            )
+            .expect("metric definition"),
+            upstream_requests: IntCounterVec::new(
+                Opts::new(
+                    "laneway_upstream_requests_total",
+                    "Requests proxied to a service version, by status class",
+                ),
+                &["service", "version", "class"],
+            )
+            .expect("metric definition"),
+            upstream_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "laneway_upstream_duration_seconds",
+                    "Upstream response time by service version",
+                )
+                .buckets(latency_buckets.clone()),
+                &["service", "version"],
+            )
+            .expect("metric definition"),
+            request_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "laneway_request_duration_seconds",
+                    "Whole request time as seen by the client",
+                )
+                .buckets(latency_buckets),
+            )
+            .expect("metric definition"),
+            upstream_connect_errors: IntCounterVec::new(
+                Opts::new(
+                    "laneway_upstream_connect_errors_total",
+                    "Failed connection attempts to a service version's instances",
+                ),
+                &["service", "version"],
+            )
+            .expect("metric definition"),
+            local_responses: IntCounterVec::new(
+                Opts::new(
+                    "laneway_local_responses_total",
+                    "Requests answered by laneway itself, by reason",
+                ),
+                &["reason"],
+            )
+            .expect("metric definition"),
+            snapshot_swaps: IntCounter::new(
+                "laneway_snapshot_swaps_total",
+                "Snapshots compiled and swapped in",
+            )
+            .expect("metric definition"),
+            snapshot_build_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "laneway_snapshot_build_seconds",
+                    "Time to compile one snapshot",
+                )
+                .buckets(vec![
+                    0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0,
+                ]),
+            )
+            .expect("metric definition"),
+            snapshot_generation: IntGauge::new(
+                "laneway_snapshot_generation",
+                "Generation of the snapshot being served",
+            )
+            .expect("metric definition"),
+            snapshot_timestamp: IntGauge::new(
+                "laneway_snapshot_timestamp_seconds",
+                "Unix time the served snapshot was built",
+            )
+            .expect("metric definition"),
+            rules_errors: IntCounter::new(
+                "laneway_rules_errors_total",
+                "Rules reloads rejected; the last good rules stay in place",
+            )
+            .expect("metric definition"),
+            rules_reloads: IntCounter::new(
+                "laneway_rules_reloads_total",
+                "Rules files loaded successfully",
+            )
+            .expect("metric definition"),
+            instances: IntGaugeVec::new(
+                Opts::new("laneway_instances", "Registered instances by health"),
+                &["health"],
+            )
+            .expect("metric definition"),
+            lanes: IntGauge::new("laneway_lanes", "Lanes, baseline included")
+                .expect("metric definition"),
+            admin_rejects: IntCounterVec::new(
+                Opts::new(
+                    "laneway_admin_rejected_total",
+                    "Admin API requests rejected as bad input",
+                ),
+                &["endpoint"],
+            )
+            .expect("metric definition"),
+            registry,
+        };
+        m.register_all();
+        m
+    }
+
+    fn register_all(&self) {
+        let r = &self.registry;
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(self.lane_requests.clone()),
+            Box::new(self.upstream_requests.clone()),
+            Box::new(self.upstream_duration.clone()),
+            Box::new(self.request_duration.clone()),
+            Box::new(self.upstream_connect_errors.clone()),
+            Box::new(self.local_responses.clone()),
+            Box::new(self.snapshot_swaps.clone()),
+            Box::new(self.snapshot_build_seconds.clone()),
+            Box::new(self.snapshot_generation.clone()),
+            Box::new(self.snapshot_timestamp.clone()),
+            Box::new(self.rules_errors.clone()),
+            Box::new(self.rules_reloads.clone()),
+            Box::new(self.instances.clone()),
+            Box::new(self.lanes.clone()),
+            Box::new(self.admin_rejects.clone()),
+        ];
+        for c in collectors {
+            r.register(c).expect("metric names are unique");
+        }
+    }
+
+    /// The registry in Prometheus text format.
+    pub fn render(&self) -> String {
+        let encoder = prometheus::TextEncoder::new();
+        encoder
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_else(|e| format!("# error encoding metrics: {e}\n"))
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Pre-resolved counters for a fixed label prefix, one per status class.
+#[derive(Clone)]
+pub struct ClassCounters(pub [IntCounter; 5]);
+
+impl ClassCounters {
+    pub fn new(vec: &IntCounterVec, prefix: &[&str]) -> ClassCounters {
+        let mut labels: Vec<&str> = prefix.to_vec();
+        labels.push("");
+        let last = labels.len() - 1;
+        ClassCounters(STATUS_CLASSES.map(|class| {
+            labels[last] = class;
+            vec.with_label_values(&labels)
+        }))
+    }
+
+    pub fn inc(&self, status: u16) {
+        self.0[class_index(status)].inc();
+    }
+}
