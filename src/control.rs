@@ -13,7 +13,9 @@ use arc_swap::ArcSwap;
 use tokio::sync::{watch, Mutex, Notify};
 use tracing::{debug, error, info, warn};
 
+use crate::allocation::auto::AutoLanes;
 use crate::allocation::lanes::LaneStore;
+use crate::allocation::pools::{unix_now_ms, Pools};
 use crate::allocation::StoreError;
 use crate::config::{Config, ConfigError};
 use crate::discovery::registry::Registry;
@@ -28,6 +30,8 @@ pub struct Control {
     pub metrics: Arc<Metrics>,
     pub registry: Mutex<Registry>,
     pub lanes: Mutex<LaneStore>,
+    /// Auto-lane bookkeeping (which auto lanes lost their instances, when).
+    auto: StdMutex<AutoLanes>,
     snapshot: Arc<ArcSwap<Snapshot>>,
     rules: ArcSwap<RuleSet>,
     /// The errors of the last rejected rules reload, until a good one.
@@ -55,7 +59,7 @@ impl Control {
             source: e,
         })?;
         let registry = Registry::open(&config.store.data_dir)?;
-        let lanes = LaneStore::open(&config.store.data_dir)?;
+        let lanes = LaneStore::open(&config.store.data_dir, Pools::from_config(&config.lanes))?;
         let rules = match &config.routes.file {
             Some(file) => RuleSet::load(file).map_err(StartError::Rules)?,
             None => RuleSet::empty(),
@@ -67,6 +71,7 @@ impl Control {
             metrics,
             registry: Mutex::new(registry),
             lanes: Mutex::new(lanes),
+            auto: StdMutex::new(AutoLanes::default()),
             snapshot,
             rules: ArcSwap::from_pointee(rules),
             rules_errors: StdMutex::new(Vec::new()),
@@ -170,6 +175,76 @@ impl Control {
                 continue;
             }
             self.wake.notified().await;
+        }
+    }
+
+    /// Creates the lanes that registered instances name and releases auto
+    /// lanes whose instances have been gone for `[lanes] auto_lane_grace`.
+    /// Call after a registry change, before [`changed`](Self::changed).
+    /// Returns true if a lane changed (the caller then calls `changed`; the
+    /// reaper does it itself).
+    pub async fn reconcile_auto_lanes(&self) -> bool {
+        if !self.config.lanes.auto_lanes {
+            return false;
+        }
+        let catalog = self.registry.lock().await.catalog();
+        let mut lanes = self.lanes.lock().await;
+        let Ok(mut auto) = self.auto.lock() else {
+            error!("auto-lane state is poisoned; auto lanes are not reconciled");
+            return false;
+        };
+        auto.reconcile(
+            &mut lanes,
+            &catalog,
+            Instant::now(),
+            unix_now_ms(),
+            self.config.lanes.auto_lane_grace,
+        )
+    }
+
+    /// Runs the lane reaper: once a second, releases lanes whose lease
+    /// ended, ends quarantines that are due and reconciles auto lanes
+    /// (which releases those past their grace). Every release is logged at
+    /// info and rebuilds the snapshot.
+    pub async fn run_reaper(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut blocked_logged = std::collections::HashSet::new();
+        loop {
+            tick.tick().await;
+            let now_ms = unix_now_ms();
+            let (expiry, ended) = {
+                let mut lanes = self.lanes.lock().await;
+                (lanes.expire_at(now_ms), lanes.end_quarantine_at(now_ms))
+            };
+            let mut changed = false;
+            match expiry {
+                Ok(expiry) => {
+                    for lane in &expiry.released {
+                        info!(lane = %lane.name, vip = ?lane.entries.vip, port = ?lane.entries.port, owner = ?lane.owner, "lane lease expired; lane released");
+                    }
+                    changed |= !expiry.released.is_empty();
+                    for name in &expiry.blocked {
+                        if blocked_logged.insert(name.clone()) {
+                            warn!(lane = %name, "lane lease expired but other lanes fall back to it; released once they are gone");
+                        }
+                    }
+                    blocked_logged.retain(|n| expiry.blocked.contains(n));
+                }
+                Err(e) => error!(error = %e, "cannot release expired lanes"),
+            }
+            match ended {
+                Ok(records) => {
+                    for q in records {
+                        info!(lane = %q.lane, vip = ?q.vip, port = ?q.port, "quarantine ended; entries free for any lane");
+                    }
+                }
+                Err(e) => error!(error = %e, "cannot end quarantines"),
+            }
+            changed |= self.reconcile_auto_lanes().await;
+            if changed {
+                self.changed();
+            }
         }
     }
 

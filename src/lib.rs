@@ -7,9 +7,11 @@
 
 pub mod admin;
 pub mod allocation;
+pub mod cli;
 pub mod config;
 pub mod control;
 pub mod discovery;
+pub mod health;
 pub mod proxy;
 pub mod routing;
 pub mod telemetry;

@@ -1,4 +1,5 @@
-//! The `laneway` command line: `run`, `check`.
+//! The `laneway` command line: `run`, `check`, `lane` (a client of the
+//! admin API, in `laneway::cli`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,6 +12,12 @@ use laneway::config::Config;
 use laneway::control::Control;
 use laneway::routing::rules::RuleSet;
 use laneway::telemetry::{self, Metrics};
+
+/// mimalloc instead of glibc malloc: Pingora allocates and frees header maps
+/// and buffers on every request, and glibc spent ~12% of the data plane's
+/// CPU in malloc/free/consolidation (see benches/README.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// laneway: a lane-aware reverse proxy for test environments.
 ///
@@ -42,6 +49,9 @@ enum Command {
         #[arg(long, conflicts_with = "config")]
         routes: Option<PathBuf>,
     },
+    /// Create, list, show, extend and delete lanes through a running
+    /// laneway's admin API.
+    Lane(laneway::cli::lane::LaneArgs),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +65,16 @@ fn main() -> ExitCode {
             }
         },
         Command::Check { config, routes } => check(config, routes),
+        Command::Lane(args) => match laneway::cli::lane::run(args) {
+            Ok(out) => {
+                print!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("laneway: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
@@ -118,6 +138,7 @@ fn run(config_path: PathBuf) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on the admin address {admin_addr}"))?;
     let watcher = runtime.block_on(async {
         tokio::spawn(control.clone().run_compiler());
+        tokio::spawn(control.clone().run_reaper());
         let watcher = control.watch_rules();
         let admin_control = control.clone();
         tokio::spawn(async move {

@@ -52,6 +52,8 @@ impl From<LaneError> for ApiError {
             LaneError::Invalid(_) => StatusCode::BAD_REQUEST,
             LaneError::Conflict(_) => StatusCode::CONFLICT,
             LaneError::NotFound(_) => StatusCode::NOT_FOUND,
+            LaneError::Allocation { source, .. } if source.is_conflict() => StatusCode::CONFLICT,
+            LaneError::Allocation { .. } => StatusCode::BAD_REQUEST,
             LaneError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError {

@@ -37,6 +37,7 @@ pub fn router(control: Arc<Control>) -> Router {
             "/api/v1/lanes/:name",
             get(lanes::show).patch(lanes::patch).delete(lanes::delete),
         )
+        .route("/api/v1/lanes/:name/extend", post(lanes::extend))
         .route("/api/v1/instances", get(registry::list))
         .route("/v1/agent/service/register", put(registry::register))
         .route(
@@ -86,6 +87,7 @@ async fn status(State(c): State<Arc<Control>>) -> Json<serde_json::Value> {
         "snapshot": {"generation": snap.generation, "age_seconds": age},
         "lanes": snap.lane_count(),
         "instances": c.registry.lock().await.len(),
+        "pools": lanes::pools_json(&*c.lanes.lock().await),
         "rules_errors": c.rules_errors().iter().map(|e| e.to_string()).collect::<Vec<_>>(),
     }))
 }

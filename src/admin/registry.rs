@@ -28,6 +28,7 @@ pub async fn register(State(c): State<Arc<Control>>, body: Bytes) -> Result<(), 
     })?;
     let changed = c.registry.lock().await.register(instance)?;
     if changed {
+        c.reconcile_auto_lanes().await;
         let generation = c.changed();
         c.wait_built(generation, PUBLISH_WAIT).await;
     }
@@ -40,6 +41,7 @@ pub async fn deregister(
 ) -> Result<(), ApiError> {
     let existed = c.registry.lock().await.deregister(&id)?;
     if existed {
+        c.reconcile_auto_lanes().await;
         let generation = c.changed();
         c.wait_built(generation, PUBLISH_WAIT).await;
     }

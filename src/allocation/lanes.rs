@@ -1,6 +1,8 @@
-//! The lane store: every lane's service → version overrides, parent and
-//! strictness, kept in `<data_dir>/lanes.json`, with the baseline lane always
-//! present. Control plane only: synchronous, called with the store behind a
+//! The lane store: every lane's service → version overrides, parent,
+//! strictness, entries (VIP, port, hostname), lease and owner data, and the
+//! quarantine of released entries, kept in `<data_dir>/lanes.json`, with the
+//! baseline lane always present. Entry allocation, leases and auto lanes
+//! live in [`lifecycle`](super::lifecycle). Control plane only: synchronous, called with the store behind a
 //! `tokio::sync::Mutex`; the data plane sees lanes through a compiled
 //! snapshot.
 //!
@@ -11,23 +13,28 @@
 //! millisecond plus an fsync.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
 
 use super::file::{persist, read_json};
+use super::pools::{unix_now_ms, AllocationError, Pools};
 use super::StoreError;
 
 /// The name of the root lane.
 pub const BASELINE: &str = "baseline";
 /// The store's file name inside the data directory.
 pub const FILE_NAME: &str = "lanes.json";
-/// The on-disk format version this build reads and writes.
-const FORMAT: u32 = 1;
+/// The on-disk format version this build writes. Version 1 (no entries, no
+/// quarantine) is read too; a laneway that knows only version 1 refuses a
+/// version 2 file instead of silently dropping its entries.
+const FORMAT: u32 = 2;
+const OLDEST_FORMAT: u32 = 1;
 
 /// A named test environment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lane {
     pub name: String,
     /// service → version overrides (on the baseline: the pinned versions).
@@ -40,10 +47,59 @@ pub struct Lane {
     pub created_at: u64,
     /// Unix seconds of the last change.
     pub updated_at: u64,
+    /// The VIP, port and hostname allocated to the lane; held for its whole
+    /// life.
+    #[serde(default)]
+    pub entries: Entries,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// The lease length; `None`: the lane lives until deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds: Option<u64>,
+    /// Unix seconds at which the lease ends and the lane is released.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    /// Created because a registered instance named it; released when its
+    /// last instance has been gone for `auto_lane_grace`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub auto: bool,
+}
+
+/// What tells laneway a request wants this lane, besides header and cookie.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entries {
+    /// From `[lanes] vip_pool`; `None` without a pool (and on the baseline).
+    #[serde(default)]
+    pub vip: Option<IpAddr>,
+    /// From `[lanes] port_pool`; `None` without a pool (and on the baseline).
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// From `[lanes] hostname`.
+    #[serde(default)]
+    pub hostname: String,
+}
+
+/// Entries released by a lane, reserved for that lane name until `until`,
+/// so a stale hosts file never lands QA in someone else's lane.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quarantined {
+    pub lane: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip: Option<IpAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Unix seconds.
+    pub released_at: u64,
+    /// Unix seconds.
+    pub until: u64,
 }
 
 /// Body of `POST /api/v1/lanes`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LaneSpec {
     pub name: String,
@@ -53,6 +109,16 @@ pub struct LaneSpec {
     pub parent: Option<String>,
     #[serde(default)]
     pub strict: bool,
+    /// A specific VIP of the pool instead of the lowest free one.
+    pub vip: Option<IpAddr>,
+    /// A specific port of the pool instead of the lowest free one.
+    pub port: Option<u16>,
+    /// The lease, e.g. `"72h"`; defaults to `[lanes] default_ttl`.
+    pub ttl: Option<String>,
+    pub owner: Option<String>,
+    pub description: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Body of `PATCH /api/v1/lanes/<name>`; absent fields are left alone.
@@ -63,6 +129,10 @@ pub struct LanePatch {
     pub services: Option<BTreeMap<String, Option<String>>>,
     pub parent: Option<String>,
     pub strict: Option<bool>,
+    pub owner: Option<String>,
+    pub description: Option<String>,
+    /// Merged into the lane's labels; a `null` value removes the label.
+    pub labels: Option<BTreeMap<String, Option<String>>>,
 }
 
 /// What `create` did: creating an identical lane again is not an error.
@@ -98,6 +168,14 @@ pub enum LaneError {
     /// No such lane (404).
     #[error("{0}")]
     NotFound(String),
+    /// No entry could be allocated (409 when the pool is full or the entry
+    /// taken, 400 when the request names an entry outside the pool).
+    #[error("lane {lane:?}: {source}")]
+    Allocation {
+        lane: String,
+        #[source]
+        source: AllocationError,
+    },
     /// The change could not be saved; nothing changed (500).
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -107,37 +185,49 @@ pub enum LaneError {
 struct StoredRef<'a> {
     version: u32,
     lanes: Vec<&'a Lane>,
+    quarantine: &'a [Quarantined],
 }
 
 #[derive(Deserialize)]
 struct Stored {
     version: u32,
     lanes: Vec<Lane>,
+    #[serde(default)]
+    quarantine: Vec<Quarantined>,
 }
 
-/// The durable set of lanes.
+/// The durable set of lanes, their entries and the quarantine.
 #[derive(Debug)]
 pub struct LaneStore {
-    path: PathBuf,
-    lanes: BTreeMap<String, Lane>,
+    pub(super) path: PathBuf,
+    pub(super) lanes: BTreeMap<String, Lane>,
+    pub(super) quarantine: Vec<Quarantined>,
+    pub(super) pools: Pools,
 }
 
 impl LaneStore {
     /// Loads `<data_dir>/lanes.json`. A missing file is a store holding only
     /// the baseline; if the baseline is absent it is created and written at
     /// once. An unreadable, corrupt or inconsistent file (unknown parent,
-    /// cycle, bad name) is an error naming the file, never a silent reset.
-    pub fn open(data_dir: &Path) -> Result<LaneStore, StoreError> {
+    /// cycle, bad name, an entry held twice) is an error naming the file,
+    /// never a silent reset.
+    ///
+    /// Entries are sticky: a lane holding a VIP or port that `pools` no
+    /// longer contains keeps it (with a warning). A lane without an entry
+    /// its pool could give (stored before the pool was configured) gets one
+    /// now.
+    pub fn open(data_dir: &Path, pools: Pools) -> Result<LaneStore, StoreError> {
         let path = data_dir.join(FILE_NAME);
         let corrupt = |detail: String| StoreError::Corrupt {
             path: path.clone(),
             detail,
         };
         let mut lanes = BTreeMap::new();
+        let mut quarantine = Vec::new();
         if let Some(stored) = read_json::<Stored>(&path)? {
-            if stored.version != FORMAT {
+            if !(OLDEST_FORMAT..=FORMAT).contains(&stored.version) {
                 return Err(corrupt(format!(
-                    "format version {} is not supported by this laneway (expected {FORMAT})",
+                    "format version {} is not supported by this laneway (expected {OLDEST_FORMAT} to {FORMAT})",
                     stored.version
                 )));
             }
@@ -148,44 +238,82 @@ impl LaneStore {
                 }
             }
             check_consistent(&lanes).map_err(corrupt)?;
+            quarantine = stored.quarantine;
         }
-        let mut store = LaneStore { path, lanes };
-        if !store.lanes.contains_key(BASELINE) {
-            let now = unix_now();
-            let mut next = store.lanes.clone();
+        let mut store = LaneStore {
+            path,
+            lanes,
+            quarantine,
+            pools,
+        };
+        let mut next = store.lanes.clone();
+        if !next.contains_key(BASELINE) {
+            let now = unix_now_ms() / 1000;
             next.insert(
                 BASELINE.to_owned(),
                 Lane {
                     name: BASELINE.to_owned(),
-                    services: BTreeMap::new(),
-                    parent: None,
-                    strict: false,
                     created_at: now,
                     updated_at: now,
+                    ..Lane::default()
                 },
             );
-            store.commit(next)?;
+        }
+        let (next, quarantine) = store.fill_entries(next, unix_now_ms());
+        if next != store.lanes || quarantine != store.quarantine {
+            store.commit(next, quarantine)?;
         }
         Ok(store)
     }
 
-    /// Creates a lane. The same name with the same body again is
-    /// `Existing` (so a retried request is harmless); with a different body
-    /// it is a `Conflict` naming what differs.
+    /// Creates a lane with its entries. The same name with the same body
+    /// again is `Existing` with the same entries (so a retried request is
+    /// harmless); with a different body it is a `Conflict` naming what
+    /// differs. If an entry cannot be allocated nothing is created.
     pub fn create(&mut self, spec: LaneSpec) -> Result<CreateOutcome, LaneError> {
+        self.create_at(spec, unix_now_ms())
+    }
+
+    /// [`create`](Self::create) at `now_ms` (Unix milliseconds).
+    pub fn create_at(&mut self, spec: LaneSpec, now_ms: u64) -> Result<CreateOutcome, LaneError> {
+        self.create_with(spec, now_ms, false)
+    }
+
+    /// Creates a lane; an `auto` lane gets no default lease.
+    pub(super) fn create_with(
+        &mut self,
+        spec: LaneSpec,
+        now_ms: u64,
+        auto: bool,
+    ) -> Result<CreateOutcome, LaneError> {
         if spec.name == BASELINE {
             return Err(LaneError::Invalid(format!(
                 "lane \"{BASELINE}\" always exists and cannot be created; patch its services instead"
             )));
         }
         check_lane_name(&spec.name)?;
-        let name = spec.name;
-        let parent = spec.parent.unwrap_or_else(|| BASELINE.to_owned());
+        let name = spec.name.clone();
+        let parent = spec.parent.clone().unwrap_or_else(|| BASELINE.to_owned());
         for (service, version) in &spec.services {
             check_override(&name, service, version)?;
         }
+        check_about(&name, spec.owner.as_deref(), spec.description.as_deref())?;
+        for (key, value) in &spec.labels {
+            check_label(&name, key, value)?;
+        }
+        if spec.labels.len() > MAX_LABELS {
+            return Err(LaneError::Invalid(format!(
+                "lane {name:?}: at most {MAX_LABELS} labels"
+            )));
+        }
+        let ttl_seconds = match &spec.ttl {
+            Some(text) => Some(parse_ttl(&name, text)?),
+            None if auto => None,
+            None => self.pools.default_ttl.map(|d| d.as_secs().max(1)),
+        };
         if let Some(existing) = self.lanes.get(&name) {
-            let differs = differences(existing, &spec.services, &parent, spec.strict);
+            let mut differs = differences(existing, &spec.services, &parent, spec.strict);
+            differs.extend(more_differences(existing, &spec, ttl_seconds));
             if differs.is_empty() {
                 return Ok(CreateOutcome::Existing(existing.clone()));
             }
@@ -195,7 +323,8 @@ impl LaneStore {
             )));
         }
         self.check_parent(&name, &parent)?;
-        let now = unix_now();
+        let (entries, quarantine) = self.allocate_entries(&name, spec.vip, spec.port, now_ms)?;
+        let now = now_ms / 1000;
         let lane = Lane {
             name: name.clone(),
             services: spec.services,
@@ -203,10 +332,17 @@ impl LaneStore {
             strict: spec.strict,
             created_at: now,
             updated_at: now,
+            entries,
+            owner: spec.owner,
+            description: spec.description,
+            labels: spec.labels,
+            ttl_seconds,
+            expires_at: ttl_seconds.map(|t| lease_end(now_ms, t)),
+            auto,
         };
         let mut next = self.lanes.clone();
         next.insert(name, lane.clone());
-        self.commit(next)?;
+        self.commit(next, quarantine)?;
         Ok(CreateOutcome::Created(lane))
     }
 
@@ -214,7 +350,13 @@ impl LaneStore {
     /// A patch that changes nothing returns the lane without writing.
     pub fn patch(&mut self, name: &str, patch: LanePatch) -> Result<Lane, LaneError> {
         let current = self.lanes.get(name).ok_or_else(|| not_found(name))?;
-        if name == BASELINE && (patch.parent.is_some() || patch.strict.is_some()) {
+        if name == BASELINE
+            && (patch.parent.is_some()
+                || patch.strict.is_some()
+                || patch.owner.is_some()
+                || patch.description.is_some()
+                || patch.labels.is_some())
+        {
             return Err(LaneError::Invalid(format!(
                 "lane \"{BASELINE}\" is the root: it has no parent and is never strict; \
                  only its \"services\" (version pins) can be changed"
@@ -240,19 +382,48 @@ impl LaneStore {
         if let Some(strict) = patch.strict {
             lane.strict = strict;
         }
+        check_about(name, patch.owner.as_deref(), patch.description.as_deref())?;
+        if let Some(owner) = patch.owner {
+            lane.owner = Some(owner);
+        }
+        if let Some(description) = patch.description {
+            lane.description = Some(description);
+        }
+        for (key, value) in patch.labels.into_iter().flatten() {
+            match value {
+                Some(value) => {
+                    check_label(name, &key, &value)?;
+                    lane.labels.insert(key, value);
+                }
+                None => {
+                    lane.labels.remove(&key);
+                }
+            }
+        }
+        if lane.labels.len() > MAX_LABELS {
+            return Err(LaneError::Invalid(format!(
+                "lane {name:?}: at most {MAX_LABELS} labels"
+            )));
+        }
         if lane == *current {
             return Ok(lane);
         }
-        lane.updated_at = unix_now().max(lane.created_at);
+        lane.updated_at = (unix_now_ms() / 1000).max(lane.created_at);
         let mut next = self.lanes.clone();
         next.insert(name.to_owned(), lane.clone());
-        self.commit(next)?;
+        self.commit(next, self.quarantine.clone())?;
         Ok(lane)
     }
 
-    /// Deletes a lane and returns it. The baseline cannot be deleted, nor a
-    /// lane that is another lane's parent.
+    /// Deletes a lane and returns it; its VIP and port go into quarantine.
+    /// The baseline cannot be deleted, nor a lane that is another lane's
+    /// parent.
     pub fn delete(&mut self, name: &str) -> Result<Lane, LaneError> {
+        self.delete_at(name, unix_now_ms())
+    }
+
+    /// [`delete`](Self::delete) at `now_ms` (Unix milliseconds).
+    pub fn delete_at(&mut self, name: &str, now_ms: u64) -> Result<Lane, LaneError> {
         if name == BASELINE {
             return Err(LaneError::Invalid(format!(
                 "lane \"{BASELINE}\" is the root of every lane and cannot be deleted"
@@ -261,13 +432,9 @@ impl LaneStore {
         if !self.lanes.contains_key(name) {
             return Err(not_found(name));
         }
-        let children: Vec<String> = self
-            .lanes
-            .values()
-            .filter(|l| l.parent.as_deref() == Some(name))
-            .map(|l| format!("{:?}", l.name))
-            .collect();
+        let children = self.children(name);
         if !children.is_empty() {
+            let children: Vec<String> = children.iter().map(|c| format!("{c:?}")).collect();
             return Err(LaneError::Conflict(format!(
                 "lane {name:?} is the parent of {}; delete them or patch their \"parent\" first",
                 children.join(", ")
@@ -275,7 +442,9 @@ impl LaneStore {
         }
         let mut next = self.lanes.clone();
         let lane = next.remove(name).ok_or_else(|| not_found(name))?;
-        self.commit(next)?;
+        let mut quarantine = self.quarantine.clone();
+        quarantine.extend(self.quarantine_record(&lane, now_ms));
+        self.commit(next, quarantine)?;
         Ok(lane)
     }
 
@@ -286,6 +455,16 @@ impl LaneStore {
     /// All lanes, sorted by name.
     pub fn list(&self) -> Vec<Lane> {
         self.lanes.values().cloned().collect()
+    }
+
+    /// Entries released and still reserved for the lane that held them.
+    pub fn quarantine(&self) -> &[Quarantined] {
+        &self.quarantine
+    }
+
+    /// The pools this store allocates from.
+    pub fn pools(&self) -> &Pools {
+        &self.pools
     }
 
     /// The fallback chain of `name`: the lane, its parent, …, the baseline.
@@ -304,6 +483,15 @@ impl LaneStore {
     /// The file this store persists to.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Names of the lanes whose parent is `name`.
+    pub(super) fn children(&self, name: &str) -> Vec<&str> {
+        self.lanes
+            .values()
+            .filter(|l| l.parent.as_deref() == Some(name))
+            .map(|l| l.name.as_str())
+            .collect()
     }
 
     /// `parent` must exist and must not have `lane` on its own chain.
@@ -337,11 +525,16 @@ impl LaneStore {
         Ok(())
     }
 
-    /// Writes `next`, then makes it the current state.
-    fn commit(&mut self, next: BTreeMap<String, Lane>) -> Result<(), StoreError> {
+    /// Writes `lanes` and `quarantine`, then makes them the current state.
+    pub(super) fn commit(
+        &mut self,
+        lanes: BTreeMap<String, Lane>,
+        quarantine: Vec<Quarantined>,
+    ) -> Result<(), StoreError> {
         let stored = StoredRef {
             version: FORMAT,
-            lanes: next.values().collect(),
+            lanes: lanes.values().collect(),
+            quarantine: &quarantine,
         };
         let mut bytes =
             serde_json::to_vec_pretty(&stored).map_err(|source| StoreError::Encode {
@@ -350,20 +543,184 @@ impl LaneStore {
             })?;
         bytes.push(b'\n');
         persist(&self.path, &bytes)?;
-        self.lanes = next;
+        self.lanes = lanes;
+        self.quarantine = quarantine;
         Ok(())
     }
+
+    /// Gives every lane the entries its pools can give and it lacks (lanes
+    /// stored before a pool was configured), and warns about entries outside
+    /// the pools. Never takes an entry away.
+    fn fill_entries(
+        &self,
+        mut lanes: BTreeMap<String, Lane>,
+        now_ms: u64,
+    ) -> (BTreeMap<String, Lane>, Vec<Quarantined>) {
+        let names: Vec<String> = lanes.keys().cloned().collect();
+        for name in names {
+            let Some(lane) = lanes.get(&name) else {
+                continue;
+            };
+            let mut entries = lane.entries.clone();
+            if entries.hostname.is_empty() {
+                entries.hostname = self.pools.hostname(&name);
+            }
+            if name != BASELINE {
+                let want_vip = entries.vip.is_none() && self.pools.vip.is_some();
+                let want_port = entries.port.is_none() && self.pools.port.is_some();
+                if want_vip || want_port {
+                    // Allocate against what this pass has handed out so far.
+                    let view = LaneStore {
+                        path: self.path.clone(),
+                        lanes: lanes.clone(),
+                        quarantine: self.quarantine.clone(),
+                        pools: self.pools.clone(),
+                    };
+                    match view.fill_missing(&name, &entries, want_vip, want_port, now_ms) {
+                        Ok((vip, port)) => {
+                            info!(lane = %name, vip = ?vip, port = ?port, "entries allocated to a lane stored without them");
+                            entries.vip = vip;
+                            entries.port = port;
+                        }
+                        Err(e) => {
+                            warn!(lane = %name, error = %e, "cannot allocate the lane's entries")
+                        }
+                    }
+                }
+                self.warn_outside_pools(&name, &entries);
+            }
+            if let Some(lane) = lanes.get_mut(&name) {
+                lane.entries = entries;
+            }
+        }
+        (lanes, self.quarantine.clone())
+    }
+
+    fn warn_outside_pools(&self, name: &str, entries: &Entries) {
+        use super::pools::Pool;
+        if let Some(vip) = entries.vip {
+            if !self.pools.vip.as_ref().is_some_and(|p| p.contains(vip)) {
+                warn!(lane = %name, %vip, "the lane keeps its VIP, which is not in [lanes] vip_pool any more");
+            }
+        }
+        if let Some(port) = entries.port {
+            if !self.pools.port.is_some_and(|p| p.contains(port)) {
+                warn!(lane = %name, port, "the lane keeps its port, which is not in [lanes] port_pool any more");
+            }
+        }
+    }
+}
+
+/// At most this many labels per lane.
+const MAX_LABELS: usize = 64;
+
+/// Unix seconds at which a lease of `ttl` seconds taken at `now_ms` ends,
+/// rounded up so the lane lives at least `ttl`.
+pub(super) fn lease_end(now_ms: u64, ttl: u64) -> u64 {
+    now_ms
+        .saturating_add(ttl.saturating_mul(1000))
+        .saturating_add(999)
+        / 1000
+}
+
+/// A lease length: a humantime duration of at least one second, rounded up
+/// to whole seconds.
+pub fn parse_ttl(lane: &str, text: &str) -> Result<u64, LaneError> {
+    match humantime::parse_duration(text.trim()) {
+        Ok(d) if d.as_secs_f64() >= 1.0 => Ok(d.as_secs() + u64::from(d.subsec_nanos() > 0)),
+        _ => Err(LaneError::Invalid(format!(
+            "lane {lane:?}: ttl {text:?} is not a duration of at least 1s (e.g. \"72h\", \"30m\")"
+        ))),
+    }
+}
+
+/// `owner` and `description` are single-line and bounded.
+fn check_about(
+    lane: &str,
+    owner: Option<&str>,
+    description: Option<&str>,
+) -> Result<(), LaneError> {
+    for (what, text, max) in [("owner", owner, 200), ("description", description, 2000)] {
+        let Some(text) = text else { continue };
+        if text.chars().count() > max || text.chars().any(char::is_control) {
+            return Err(LaneError::Invalid(format!(
+                "lane {lane:?}: {what} must be at most {max} characters without control characters"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Label keys are `[A-Za-z0-9._/-]`, 1–63; values at most 255 characters
+/// without control characters.
+fn check_label(lane: &str, key: &str, value: &str) -> Result<(), LaneError> {
+    let key_ok = !key.is_empty()
+        && key.len() <= 63
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._/-".contains(&b));
+    if !key_ok {
+        return Err(LaneError::Invalid(format!(
+            "lane {lane:?}: label key {key:?} must be 1 to 63 letters, digits, '.', '_', '/' or '-'"
+        )));
+    }
+    if value.chars().count() > 255 || value.chars().any(char::is_control) {
+        return Err(LaneError::Invalid(format!(
+            "lane {lane:?}: label {key:?} must have a value of at most 255 characters without control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Differences in the fields `differences` does not cover: requested
+/// entries, lease, owner, description, labels.
+fn more_differences(existing: &Lane, spec: &LaneSpec, ttl_seconds: Option<u64>) -> Vec<String> {
+    let mut out = Vec::new();
+    let show = |v: Option<String>| v.unwrap_or_else(|| "none".to_owned());
+    if let Some(vip) = spec.vip {
+        if existing.entries.vip != Some(vip) {
+            out.push(format!(
+                "vip ({} now, {vip} requested)",
+                show(existing.entries.vip.map(|v| v.to_string()))
+            ));
+        }
+    }
+    if let Some(port) = spec.port {
+        if existing.entries.port != Some(port) {
+            out.push(format!(
+                "port ({} now, {port} requested)",
+                show(existing.entries.port.map(|p| p.to_string()))
+            ));
+        }
+    }
+    if existing.ttl_seconds != ttl_seconds {
+        let secs = |t: Option<u64>| show(t.map(|t| format!("{t}s")));
+        out.push(format!(
+            "ttl ({} now, {} requested; use .../extend to renew a lease)",
+            secs(existing.ttl_seconds),
+            secs(ttl_seconds)
+        ));
+    }
+    for (what, now, wanted) in [
+        ("owner", &existing.owner, &spec.owner),
+        ("description", &existing.description, &spec.description),
+    ] {
+        if now != wanted {
+            out.push(format!(
+                "{what} ({} now, {} requested)",
+                show(now.as_ref().map(|s| format!("{s:?}"))),
+                show(wanted.as_ref().map(|s| format!("{s:?}")))
+            ));
+        }
+    }
+    if existing.labels != spec.labels {
+        out.push("labels".to_owned());
+    }
+    out
 }
 
 fn not_found(name: &str) -> LaneError {
     LaneError::NotFound(format!("lane {name:?} does not exist"))
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// What differs between an existing lane and a create request, for the
@@ -463,8 +820,28 @@ fn check_override(lane: &str, service: &str, version: &str) -> Result<(), LaneEr
 }
 
 /// Invariants of a loaded file: names valid, only the baseline without a
-/// parent, parents exist, no cycles.
+/// parent, parents exist, no cycles, no VIP or port held by two lanes.
 fn check_consistent(lanes: &BTreeMap<String, Lane>) -> Result<(), String> {
+    let mut vips: BTreeMap<IpAddr, &str> = BTreeMap::new();
+    let mut ports: BTreeMap<u16, &str> = BTreeMap::new();
+    for lane in lanes.values() {
+        if let Some(vip) = lane.entries.vip {
+            if let Some(other) = vips.insert(vip, &lane.name) {
+                return Err(format!(
+                    "vip {vip} is held by both lane {other:?} and lane {:?}",
+                    lane.name
+                ));
+            }
+        }
+        if let Some(port) = lane.entries.port {
+            if let Some(other) = ports.insert(port, &lane.name) {
+                return Err(format!(
+                    "port {port} is held by both lane {other:?} and lane {:?}",
+                    lane.name
+                ));
+            }
+        }
+    }
     for lane in lanes.values() {
         let name = &lane.name;
         if name != BASELINE {
@@ -509,7 +886,7 @@ mod tests {
 
     fn open() -> (tempfile::TempDir, LaneStore) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = LaneStore::open(dir.path()).expect("open");
+        let store = LaneStore::open(dir.path(), Pools::default()).expect("open");
         (dir, store)
     }
 
@@ -529,7 +906,7 @@ mod tests {
             dir.path().join(FILE_NAME).exists(),
             "baseline written at once"
         );
-        let reopened = LaneStore::open(dir.path()).expect("reopen");
+        let reopened = LaneStore::open(dir.path(), Pools::default()).expect("reopen");
         assert_eq!(reopened.get(BASELINE), Some(baseline));
     }
 
@@ -576,9 +953,7 @@ mod tests {
         for bad in ["", "T-1", "-a", "a-", "a_b", "a.b", &"a".repeat(64)] {
             let msg = invalid(store.create(LaneSpec {
                 name: bad.to_owned(),
-                services: BTreeMap::new(),
-                parent: None,
-                strict: false,
+                ..LaneSpec::default()
             }));
             assert!(msg.contains("DNS label"), "{bad:?}: {msg}");
         }
@@ -715,7 +1090,7 @@ mod tests {
             .patch(BASELINE, patch(r#"{"services":{"web":"v0"}}"#))
             .expect("pin");
         store.delete("b").expect("delete");
-        let reopened = LaneStore::open(dir.path()).expect("reopen");
+        let reopened = LaneStore::open(dir.path(), Pools::default()).expect("reopen");
         assert_eq!(reopened.list(), store.list());
         assert_eq!(
             reopened
@@ -751,18 +1126,15 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join(FILE_NAME);
         std::fs::write(&file, "{\"version\":1,\"lanes\":[").expect("write");
-        let msg = LaneStore::open(dir.path())
+        let msg = LaneStore::open(dir.path(), Pools::default())
             .expect_err("truncated")
             .to_string();
         assert!(msg.contains("lanes.json is corrupt"), "{msg}");
 
         let lane = |name: &str, parent: Option<&str>| Lane {
             name: name.into(),
-            services: BTreeMap::new(),
             parent: parent.map(Into::into),
-            strict: false,
-            created_at: 0,
-            updated_at: 0,
+            ..Lane::default()
         };
         let write = |lanes: Vec<Lane>| {
             let body = serde_json::json!({"version": 1, "lanes": lanes});
@@ -773,15 +1145,17 @@ mod tests {
             lane("a", Some("b")),
             lane("b", Some("a")),
         ]);
-        let msg = LaneStore::open(dir.path()).expect_err("cycle").to_string();
+        let msg = LaneStore::open(dir.path(), Pools::default())
+            .expect_err("cycle")
+            .to_string();
         assert!(msg.contains("cycle"), "{msg}");
         write(vec![lane(BASELINE, None), lane("a", Some("ghost"))]);
-        let msg = LaneStore::open(dir.path())
+        let msg = LaneStore::open(dir.path(), Pools::default())
             .expect_err("unknown parent")
             .to_string();
         assert!(msg.contains("unknown parent \"ghost\""), "{msg}");
         write(vec![lane("a", Some(BASELINE))]);
-        let msg = LaneStore::open(dir.path())
+        let msg = LaneStore::open(dir.path(), Pools::default())
             .expect_err("missing baseline parent")
             .to_string();
         assert!(msg.contains("unknown parent \"baseline\""), "{msg}");

@@ -12,6 +12,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::allocation::pools::{HostnameTemplate, IpRange, PortPool, VipPool};
+
 pub use error::{ConfigError, ConfigErrors};
 
 /// The whole configuration, as read from `laneway.toml`, with relative paths
@@ -43,6 +45,19 @@ pub struct ProxyConfig {
     pub connect_retries: usize,
     /// Add `X-Laneway-Lane` and `X-Laneway-Version` to responses.
     pub response_headers: bool,
+    /// Which HTTP engine serves the data plane.
+    pub engine: Engine,
+    /// How long an idle client connection is kept open.
+    pub client_keepalive: Duration,
+}
+
+/// The data plane's HTTP engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// laneway's lean HTTP/1.x loop (the default).
+    H1,
+    /// Pingora's `ProxyHttp` framework.
+    Pingora,
 }
 
 #[derive(Debug, Clone)]
@@ -59,6 +74,20 @@ pub struct LanesConfig {
     /// Versions that make an instance part of the baseline when the baseline
     /// lane does not pin a version for its service.
     pub baseline_versions: Vec<String>,
+    /// VIPs handed to lanes; `None`: lanes get no VIP.
+    pub vip_pool: Option<VipPool>,
+    /// Ports handed to lanes; `None`: lanes get no port.
+    pub port_pool: Option<PortPool>,
+    /// The hostname entry of a lane.
+    pub hostname: HostnameTemplate,
+    /// How long a released VIP/port stays reserved for its lane name.
+    pub release_quarantine: Duration,
+    /// The lease of a lane created without `ttl`; `None`: no lease.
+    pub default_ttl: Option<Duration>,
+    /// Create lanes named by registered instances' lane labels.
+    pub auto_lanes: bool,
+    /// How long an auto lane outlives its last instance.
+    pub auto_lane_grace: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,6 +161,8 @@ struct RawProxy {
     upstream_keepalive: Option<usize>,
     connect_retries: Option<usize>,
     response_headers: Option<bool>,
+    engine: Option<Spanned<String>>,
+    client_keepalive: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -147,6 +178,13 @@ struct RawLanes {
     header: Option<Spanned<String>>,
     cookie: Option<Spanned<String>>,
     baseline_versions: Option<Vec<String>>,
+    vip_pool: Option<Vec<Spanned<String>>>,
+    port_pool: Option<Spanned<String>>,
+    hostname: Option<Spanned<String>>,
+    release_quarantine: Option<Spanned<String>>,
+    default_ttl: Option<Spanned<String>>,
+    auto_lanes: Option<bool>,
+    auto_lane_grace: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -230,6 +268,21 @@ impl Config {
             upstream_keepalive: raw.proxy.upstream_keepalive.unwrap_or(256),
             connect_retries: raw.proxy.connect_retries.unwrap_or(2),
             response_headers: raw.proxy.response_headers.unwrap_or(true),
+            engine: match raw.proxy.engine {
+                None => Engine::H1,
+                Some(e) => match e.get_ref().as_str() {
+                    "h1" => Engine::H1,
+                    "pingora" => Engine::Pingora,
+                    other => {
+                        v.err(
+                            e.span().start,
+                            format!("[proxy] engine {other:?} is unknown; expected \"h1\" or \"pingora\""),
+                        );
+                        Engine::H1
+                    }
+                },
+            },
+            client_keepalive: v.duration(raw.proxy.client_keepalive, "client_keepalive", 60),
         };
 
         let admin = AdminConfig {
@@ -287,7 +340,25 @@ impl Config {
             }
             None => "laneway_lane".to_string(),
         };
+        let vip_pool = raw
+            .lanes
+            .vip_pool
+            .as_ref()
+            .and_then(|items| v.vip_pool(items, &proxy.listen));
+        let port_pool = raw
+            .lanes
+            .port_pool
+            .as_ref()
+            .and_then(|p| v.port_pool(p, &proxy.listen, admin.listen));
+        let hostname = match raw.lanes.hostname {
+            None => HostnameTemplate::default(),
+            Some(h) => HostnameTemplate::parse(h.get_ref(), &domain).unwrap_or_else(|e| {
+                v.err(h.span().start, format!("[lanes] hostname {e}"));
+                HostnameTemplate::default()
+            }),
+        };
         let lanes = LanesConfig {
+            hostname,
             domain,
             header,
             cookie,
@@ -295,6 +366,16 @@ impl Config {
                 .lanes
                 .baseline_versions
                 .unwrap_or_else(|| vec!["stable".to_string()]),
+            vip_pool,
+            port_pool,
+            release_quarantine: v
+                .lanes_duration(raw.lanes.release_quarantine, "release_quarantine", true)
+                .unwrap_or(Duration::from_secs(600)),
+            default_ttl: v.lanes_duration(raw.lanes.default_ttl, "default_ttl", false),
+            auto_lanes: raw.lanes.auto_lanes.unwrap_or(true),
+            auto_lane_grace: v
+                .lanes_duration(raw.lanes.auto_lane_grace, "auto_lane_grace", true)
+                .unwrap_or(Duration::from_secs(600)),
         };
 
         let mode = match raw.discovery.mode {
@@ -351,6 +432,8 @@ impl Config {
             access_log: raw.log.access_log.unwrap_or(true),
         };
 
+        // In file order, whichever key was checked first.
+        v.errors.sort_by_key(|e| (e.line, e.column));
         if v.errors.is_empty() {
             Ok(Config {
                 path: path.to_path_buf(),
@@ -416,6 +499,108 @@ impl Validator<'_> {
                     Duration::from_secs(default_secs)
                 }
             },
+        }
+    }
+
+    /// A `[lanes]` duration; `zero_ok` allows `"0s"`. `None` when absent or
+    /// invalid (the error is recorded).
+    fn lanes_duration(
+        &mut self,
+        d: Option<Spanned<String>>,
+        key: &str,
+        zero_ok: bool,
+    ) -> Option<Duration> {
+        let d = d?;
+        match humantime::parse_duration(d.get_ref().trim()) {
+            Ok(v) if zero_ok || v >= Duration::from_secs(1) => Some(v),
+            _ => {
+                let least = if zero_ok { "0s or more" } else { "at least 1s" };
+                self.err(
+                    d.span().start,
+                    format!(
+                        "[lanes] {key} {:?} is not a duration of {least} (e.g. \"10m\", \"72h\")",
+                        d.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// `[lanes] vip_pool`: every entry valid, no two overlapping, and no
+    /// address laneway itself listens on (a VIP equal to a listen address
+    /// would put every request to that listener in one lane).
+    fn vip_pool(&mut self, items: &[Spanned<String>], listen: &[SocketAddr]) -> Option<VipPool> {
+        if items.is_empty() {
+            self.errors.push(ConfigError::new(
+                self.path,
+                0,
+                0,
+                "[lanes] vip_pool is empty; leave it out to allocate no VIPs",
+            ));
+            return None;
+        }
+        let mut ok = true;
+        for item in items {
+            let Ok(range) = IpRange::parse(item.get_ref()) else {
+                continue; // reported by VipPool::parse below
+            };
+            for addr in listen.iter().filter(|a| range.contains(a.ip())) {
+                self.err(
+                    item.span().start,
+                    format!(
+                        "[lanes] vip_pool {:?} contains {}, which [proxy] listen uses; leave laneway's own addresses out of the pool",
+                        item.get_ref(),
+                        addr.ip()
+                    ),
+                );
+                ok = false;
+            }
+        }
+        let texts: Vec<&str> = items.iter().map(|i| i.get_ref().as_str()).collect();
+        match VipPool::parse(&texts) {
+            Ok(pool) => ok.then_some(pool),
+            Err(errors) => {
+                for (i, e) in errors {
+                    let at = items.get(i).map_or(0, |s| s.span().start);
+                    self.err(at, format!("[lanes] vip_pool: {e}"));
+                }
+                None
+            }
+        }
+    }
+
+    /// `[lanes] port_pool`: a valid range holding no `[proxy] listen` or
+    /// `[admin] listen` port.
+    fn port_pool(
+        &mut self,
+        p: &Spanned<String>,
+        listen: &[SocketAddr],
+        admin: SocketAddr,
+    ) -> Option<PortPool> {
+        match PortPool::parse(p.get_ref()) {
+            Ok(pool) => {
+                let own = listen
+                    .iter()
+                    .map(|a| (a, "[proxy] listen"))
+                    .chain(std::iter::once((&admin, "[admin] listen")))
+                    .find(|(a, _)| pool.contains(a.port()));
+                if let Some((addr, what)) = own {
+                    self.err(
+                        p.span().start,
+                        format!(
+                            "[lanes] port_pool {pool} contains port {} of {what}; the pool's ports are lane entries",
+                            addr.port()
+                        ),
+                    );
+                    return None;
+                }
+                Some(pool)
+            }
+            Err(e) => {
+                self.err(p.span().start, format!("[lanes] port_pool {e}"));
+                None
+            }
         }
     }
 
@@ -515,6 +700,71 @@ file = "routes.toml"
         let lines: Vec<usize> = err.0.iter().map(|e| e.line).collect();
         assert_eq!(lines, vec![2, 3, 5, 7], "{err}");
         assert!(err.to_string().contains("zookeeper"));
+    }
+
+    #[test]
+    fn lane_pools_parse() {
+        let c = parse(
+            r#"
+[lanes]
+vip_pool = ["127.0.0.2-127.0.0.254", "10.20.0.0/24", "fd00::/120"]
+port_pool = "20000-20999"
+hostname = "{lane}.qa.{domain}"
+release_quarantine = "1s"
+default_ttl = "72h"
+auto_lanes = false
+auto_lane_grace = "0s"
+"#,
+        )
+        .expect("valid config");
+        let l = &c.lanes;
+        assert_eq!(l.vip_pool.as_ref().map(|p| p.ranges().len()), Some(3));
+        assert_eq!(l.port_pool.map(|p| (p.first, p.last)), Some((20000, 20999)));
+        assert_eq!(l.hostname.render("t-1", &l.domain), "t-1.qa.lanes.test");
+        assert_eq!(l.release_quarantine, Duration::from_secs(1));
+        assert_eq!(l.default_ttl, Some(Duration::from_secs(72 * 3600)));
+        assert!(!l.auto_lanes);
+        assert_eq!(l.auto_lane_grace, Duration::ZERO);
+        let d = parse("").unwrap().lanes;
+        assert!(d.vip_pool.is_none() && d.port_pool.is_none() && d.default_ttl.is_none());
+        assert_eq!(
+            (d.release_quarantine, d.auto_lanes),
+            (Duration::from_secs(600), true)
+        );
+    }
+
+    #[test]
+    fn bad_lane_pools_are_errors_with_their_line() {
+        let err = parse(
+            "[proxy]\nlisten = [\"127.0.0.1:8080\"]\n[lanes]\nvip_pool = [\n  \"10.0.0.0/24\",\n  \"10.0.0.9-10.0.1.3\",\n  \"nonsense\",\n  \"127.0.0.1\",\n]\nport_pool = \"8000-9000\"\nhostname = \"lanes.{domain}\"\ndefault_ttl = \"0s\"\nrelease_quarantine = \"later\"\n",
+        )
+        .unwrap_err();
+        let got: Vec<(usize, bool)> = err
+            .0
+            .iter()
+            .map(|e| (e.line, e.message.starts_with("[lanes]")))
+            .collect();
+        let lines: Vec<usize> = got.iter().map(|g| g.0).collect();
+        assert_eq!(lines, vec![6, 7, 8, 10, 11, 12, 13], "{err}");
+        let msg = err.to_string();
+        for part in [
+            "\"10.0.0.9-10.0.1.3\" overlaps \"10.0.0.0/24\"",
+            "\"nonsense\" is not an IP address",
+            "contains 127.0.0.1, which [proxy] listen uses",
+            "port_pool 8000-9000 contains port 8080 of [proxy] listen",
+            "must contain \"{lane}\"",
+            "default_ttl \"0s\" is not a duration of at least 1s",
+            "release_quarantine \"later\"",
+        ] {
+            assert!(msg.contains(part), "{part}: {msg}");
+        }
+        let msg = parse("[lanes]\nport_pool = \"9900\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("laneway.toml:2:") && msg.contains("[admin] listen"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -163,6 +163,7 @@ mod tests {
             strict: false,
             created_at: 0,
             updated_at: 0,
+            ..Default::default()
         };
         Snapshot::build(BuildInput {
             generation: 1,

@@ -574,6 +574,7 @@ mod tests {
             strict,
             created_at: 0,
             updated_at: 0,
+            ..Default::default()
         }
     }
 

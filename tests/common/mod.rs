@@ -314,6 +314,12 @@ impl Laneway {
     /// Starts laneway with `routes` as its rules file and `extra` appended to
     /// its configuration, in a fresh temporary directory.
     pub fn start(routes: &str, extra: &str) -> Laneway {
+        Laneway::start_with_lanes(routes, "", extra)
+    }
+
+    /// As [`start`](Self::start), with `lanes` added to the `[lanes]`
+    /// section (pools, quarantine, leases, auto lanes).
+    pub fn start_with_lanes(routes: &str, lanes: &str, extra: &str) -> Laneway {
         let tmp = tempfile::tempdir().expect("temp dir");
         let dir = tmp.path().to_path_buf();
         std::fs::write(dir.join("routes.toml"), routes).unwrap();
@@ -332,6 +338,7 @@ connect_timeout = "1s"
 listen = "{admin}"
 [lanes]
 domain = "lanes.test"
+{lanes}
 [store]
 data_dir = "data"
 [routes]

@@ -1,0 +1,345 @@
+//! Micro-benchmarks of the request path and of the snapshot compiler on a
+//! large production-like table (see `common/table.rs`): 2,000 server names,
+//! 5,000 locations, 2,000 services × 20 versions × 5 instances, 1,000 lanes.
+//!
+//! `cargo bench --bench routing` (all), `cargo bench --bench routing -- rules/`
+//! (a group). Figures and the machine they were taken on: `benches/README.md`.
+
+use std::hint::black_box;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use laneway::discovery::Catalog;
+use laneway::routing::lanes::{self, LaneSettings};
+use laneway::routing::rules::{Decision, RequestInfo, RuleSet};
+use laneway::routing::snapshot::{BuildInput, Snapshot};
+use laneway::telemetry::Metrics;
+
+#[allow(dead_code)]
+#[path = "common/table.rs"]
+mod table;
+
+use table::{LocKind, NameKind, Shape};
+
+struct Fixture {
+    shape: Shape,
+    source: String,
+    rules: Arc<RuleSet>,
+    catalog: Catalog,
+    lanes: Vec<laneway::allocation::lanes::Lane>,
+    metrics: Metrics,
+    snapshot: Snapshot,
+    settings: LaneSettings,
+}
+
+fn fixture() -> Fixture {
+    let shape = Shape::large();
+    let source = table::routes_toml(&shape);
+    let rules = Arc::new(RuleSet::compile(&source, Path::new("routes.toml")).expect("valid rules"));
+    let catalog = Catalog {
+        instances: table::instances(&shape).into_iter().map(Arc::new).collect(),
+    };
+    let lanes = table::lanes(&shape);
+    let metrics = Metrics::new();
+    let snapshot = Snapshot::build(BuildInput {
+        generation: 1,
+        rules: rules.clone(),
+        lanes: &lanes,
+        catalog: &catalog,
+        baseline_versions: &["stable".to_string()],
+        metrics: &metrics,
+        previous: None,
+    });
+    Fixture {
+        shape,
+        source,
+        rules,
+        catalog,
+        lanes,
+        metrics,
+        snapshot,
+        settings: LaneSettings {
+            header: HeaderName::from_static("x-laneway-lane"),
+            cookie: "laneway_lane".into(),
+            domain: "lanes.test".into(),
+        },
+    }
+}
+
+/// What a decision is, to check each benchmark measures the case it names.
+fn kind(d: &Decision<'_>) -> String {
+    match d {
+        Decision::Proxy { location, .. } => format!("proxy {}", location.pattern),
+        Decision::Return { location, .. } => format!("return {}", location.pattern),
+        Decision::Redirect { location, .. } => format!("redirect {}", location.pattern),
+        Decision::NotFound { .. } => "404".into(),
+        Decision::BadRequest(e) => format!("400 {e}"),
+    }
+}
+
+fn bench_rules(c: &mut Criterion, f: &Fixture) {
+    let headers = HeaderMap::new();
+    let route = |host: &str, target: &str| {
+        let info = RequestInfo {
+            host,
+            target,
+            scheme: "http",
+            lane: "baseline",
+            headers: &headers,
+        };
+        (
+            host.to_string(),
+            target.to_string(),
+            kind(&f.rules.route(&info)),
+        )
+    };
+
+    // Host kinds, each on a small server, path through its "/" prefix.
+    let mut cases = Vec::new();
+    for (label, k) in [
+        ("host_exact", NameKind::Exact),
+        ("host_leading_wildcard", NameKind::Leading),
+        ("host_trailing_wildcard", NameKind::Trailing),
+        ("host_regex", NameKind::Regex),
+    ] {
+        let (_, n) = table::server_with(&f.shape, k, false);
+        cases.push((label, route(&table::host_for(n), "/home/index.html?a=1")));
+    }
+    // The last regex server name: the worst case for the regex scan.
+    let last_regex = (0..2 * f.shape.servers)
+        .rev()
+        .find(|&n| table::name_kind(n) == NameKind::Regex)
+        .expect("regex names");
+    cases.push((
+        "host_regex_last",
+        route(&table::host_for(last_regex), "/home/index.html"),
+    ));
+    // Location kinds on a big server reached by its exact name.
+    let big = f.shape.servers / f.shape.big_servers;
+    let big_host = table::host_for(2 * big);
+    for (label, want) in [
+        ("location_exact", LocKind::Exact),
+        ("location_prefix", LocKind::Prefix),
+        ("location_noregex", LocKind::NoRegex),
+        ("location_regex", LocKind::Regex),
+        ("location_regex_caseless", LocKind::RegexCaseless),
+    ] {
+        // the last location of that kind: the most regexes to try first
+        let k = (0..f.shape.big_locations)
+            .rev()
+            .find(|&k| table::loc_kind(k) == want && k % 20 != 0 && k % 5 != 2)
+            .expect("kind present");
+        cases.push((label, route(&big_host, &table::path_for(big, k))));
+    }
+    let k = (0..f.shape.big_locations)
+        .rev()
+        .find(|&k| k % 5 == 2)
+        .expect("a rewrite");
+    cases.push((
+        "location_prefix_rewrite",
+        route(&big_host, &table::path_for(big, k)),
+    ));
+    cases.push((
+        "location_small_regex",
+        route(&table::host_for(2), "/assets/app.css"),
+    ));
+    cases.push(("miss_404", route("unknown.invalid", "/zzz/none")));
+
+    let mut g = c.benchmark_group("rules");
+    for (label, (host, target, what)) in &cases {
+        eprintln!("rules/{label}: {host}{target} -> {what}");
+        g.bench_function(*label, |b| {
+            b.iter(|| {
+                let info = RequestInfo {
+                    host: black_box(host),
+                    target: black_box(target),
+                    scheme: "http",
+                    lane: "baseline",
+                    headers: &headers,
+                };
+                let d = f.rules.route(&info);
+                black_box(&d);
+            })
+        });
+    }
+    g.finish();
+}
+
+fn bench_targets(c: &mut Criterion, f: &Fixture) {
+    let s = &f.snapshot;
+    // lane 2 has lane 1 as parent; lane 3 has lane 2.
+    let own = table::lane_services(&f.shape, 3);
+    let parent = table::lane_services(&f.shape, 2);
+    let own_svc = own.keys().next().expect("overrides").clone();
+    let inherited = parent
+        .keys()
+        .find(|k| !own.contains_key(*k))
+        .expect("parent overrides another service")
+        .clone();
+    let baseline_svc = table::service(f.shape.services - 1);
+    let lane = s.lane(&table::lane_name(3)).expect("lane").clone();
+    let mut g = c.benchmark_group("snapshot_target");
+    for (label, svc) in [
+        ("override", own_svc),
+        ("inherited", inherited),
+        ("baseline", baseline_svc),
+    ] {
+        let t = s.target(&lane, &svc).expect("known service");
+        eprintln!(
+            "snapshot_target/{label}: {svc} -> {} ({})",
+            t.version,
+            t.choice.as_str()
+        );
+        g.bench_function(label, |b| {
+            b.iter(|| {
+                let t = s.target(black_box(&lane), black_box(&svc));
+                black_box(t);
+            })
+        });
+    }
+    g.finish();
+}
+
+/// lanes::resolve + RuleSet::route + Snapshot::target + Pool::pick, as the
+/// proxy runs them for one request.
+fn bench_request_path(c: &mut Criterion, f: &Fixture) {
+    let s = &f.snapshot;
+    let big = f.shape.servers / f.shape.big_servers;
+    let prefix_k = (0..f.shape.big_locations)
+        .rev()
+        .find(|&k| table::loc_kind(k) == LocKind::Prefix && k % 5 != 2)
+        .expect("prefix");
+    let (_, regex_name) = table::server_with(&f.shape, NameKind::Regex, false);
+    let lane_header = |lane: &str| {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-laneway-lane",
+            HeaderValue::from_str(lane).expect("ascii"),
+        );
+        h.insert("user-agent", HeaderValue::from_static("bench/1.0"));
+        h.insert("accept", HeaderValue::from_static("*/*"));
+        h
+    };
+    let cases = [
+        (
+            "header_lane_exact_host_prefix",
+            lane_header("t-0003"),
+            table::host_for(2 * big),
+            table::path_for(big, prefix_k),
+        ),
+        (
+            "hostname_lane_regex_host",
+            lane_header("nope"),
+            format!("{}.t-0003.lanes.test", table::host_for(regex_name)),
+            "/home/index.html".to_string(),
+        ),
+        (
+            "baseline_exact_host_exact_location",
+            HeaderMap::new(),
+            table::host_for(2 * big),
+            table::path_for(big, 1),
+        ),
+    ];
+    let mut g = c.benchmark_group("request_path");
+    for (label, headers, host, target) in &cases {
+        let one = || {
+            let r = lanes::resolve(s, &f.settings, headers, host);
+            let info = RequestInfo {
+                host: r.host,
+                target,
+                scheme: "http",
+                lane: &r.lane.name,
+                headers,
+            };
+            match f.rules.route(&info) {
+                Decision::Proxy { service, .. } => {
+                    let t = s.target(r.lane, service)?;
+                    let pool = t.pool.as_ref().ok()?;
+                    let i = pool.pick(|_| false)?;
+                    Some(pool.instances[i].addr)
+                }
+                _ => None,
+            }
+        };
+        eprintln!("request_path/{label}: {host}{target} -> {:?}", one());
+        assert!(one().is_some(), "{label} reaches an instance");
+        g.bench_function(*label, |b| b.iter(|| black_box(one())));
+    }
+    g.finish();
+}
+
+fn bench_compile(c: &mut Criterion, f: &Fixture) {
+    let mut g = c.benchmark_group("compile");
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(20))
+        .warm_up_time(Duration::from_secs(1));
+    g.bench_function("rules_compile", |b| {
+        b.iter(|| RuleSet::compile(black_box(&f.source), Path::new("routes.toml")).is_ok())
+    });
+    let baseline_versions = ["stable".to_string()];
+    g.bench_function("snapshot_build_cold", |b| {
+        b.iter_batched(
+            Metrics::new,
+            |m| {
+                Snapshot::build(BuildInput {
+                    generation: 2,
+                    rules: f.rules.clone(),
+                    lanes: &f.lanes,
+                    catalog: &f.catalog,
+                    baseline_versions: &baseline_versions,
+                    metrics: &m,
+                    previous: None,
+                })
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.bench_function("snapshot_build_previous", |b| {
+        b.iter(|| {
+            Snapshot::build(BuildInput {
+                generation: 2,
+                rules: f.rules.clone(),
+                lanes: &f.lanes,
+                catalog: &f.catalog,
+                baseline_versions: &baseline_versions,
+                metrics: &f.metrics,
+                previous: Some(&f.snapshot),
+            })
+        })
+    });
+    g.finish();
+}
+
+fn benches(c: &mut Criterion) {
+    let started = std::time::Instant::now();
+    let f = fixture();
+    eprintln!(
+        "table: {} servers, {} locations, {} instances, {} lanes; built in {:?}",
+        f.rules.servers().len(),
+        f.rules
+            .servers()
+            .iter()
+            .map(|s| s.locations.len())
+            .sum::<usize>(),
+        f.catalog.len(),
+        f.lanes.len(),
+        started.elapsed()
+    );
+    bench_rules(c, &f);
+    bench_targets(c, &f);
+    bench_request_path(c, &f);
+    bench_compile(c, &f);
+}
+
+criterion_group! {
+    name = routing;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    targets = benches
+}
+criterion_main!(routing);

@@ -1,0 +1,362 @@
+//! Scale benchmark (plain binary, `harness = false`): memory and build times
+//! of the large table, and what one registration costs at 10,000 instances
+//! and 1,000 lanes, applied as laneway applies it: `Registry::register`
+//! (persisted with fsync) then `Registry::catalog` and one `Snapshot::build`
+//! with `previous` set.
+//!
+//! `cargo bench --bench scale` runs every scenario, each in a child process
+//! of its own so that its peak RSS (VmHWM) is its own;
+//! `cargo bench --bench scale -- registry` runs one (`large`, `registry`).
+//! The registry lives in a temporary directory under `$LANEWAY_BENCH_DIR`
+//! (default: the system temp dir); put it on the disk a real data dir uses.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use laneway::discovery::registry::{Registry, FILE_NAME};
+use laneway::discovery::{Catalog, Instance};
+use laneway::routing::rules::RuleSet;
+use laneway::routing::snapshot::{BuildInput, Snapshot};
+use laneway::telemetry::Metrics;
+
+#[allow(dead_code)]
+#[path = "common/table.rs"]
+mod table;
+
+use table::Shape;
+
+/// Counts live heap bytes and their peak.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = System.alloc(layout);
+        if !p.is_null() {
+            add(layout.size());
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout);
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let p = System.alloc_zeroed(layout);
+        if !p.is_null() {
+            add(layout.size());
+        }
+        p
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let p = System.realloc(ptr, layout, new_size);
+        if !p.is_null() {
+            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+            add(new_size);
+        }
+        p
+    }
+}
+
+fn add(n: usize) {
+    let live = LIVE.fetch_add(n, Ordering::Relaxed) + n;
+    PEAK.fetch_max(live, Ordering::Relaxed);
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+fn mib(bytes: usize) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// `VmRSS` and `VmHWM` of this process, in bytes.
+fn rss() -> (usize, usize) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+            .map_or(0, |kb| kb * 1024)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn memory(label: &str) {
+    let (rss, hwm) = rss();
+    println!(
+        "  memory {label}: heap live {}, heap peak {}, RSS {}, peak RSS (VmHWM) {}",
+        mib(LIVE.load(Ordering::Relaxed)),
+        mib(PEAK.load(Ordering::Relaxed)),
+        mib(rss),
+        mib(hwm)
+    );
+}
+
+fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
+    let t = Instant::now();
+    let out = f();
+    (out, t.elapsed())
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+/// p50 / p95 / max of a list of durations.
+fn summary(mut v: Vec<Duration>) -> String {
+    v.sort();
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    format!(
+        "p50 {}  p95 {}  max {}  (n={})",
+        ms(at(0.5)),
+        ms(at(0.95)),
+        ms(at(1.0)),
+        v.len()
+    )
+}
+
+fn build<'a>(
+    rules: &Arc<RuleSet>,
+    lanes: &'a [laneway::allocation::lanes::Lane],
+    catalog: &'a Catalog,
+    metrics: &'a Metrics,
+    previous: Option<&'a Snapshot>,
+) -> Snapshot {
+    Snapshot::build(BuildInput {
+        generation: 1,
+        rules: rules.clone(),
+        lanes,
+        catalog,
+        baseline_versions: baseline_versions(),
+        metrics,
+        previous,
+    })
+}
+
+/// `[lanes] baseline_versions`, as configured by default.
+fn baseline_versions() -> &'static [String] {
+    static V: std::sync::OnceLock<[String; 1]> = std::sync::OnceLock::new();
+    V.get_or_init(|| ["stable".to_string()])
+}
+
+/// The large table: rules compile, catalog, snapshot build, memory.
+fn large() {
+    let shape = Shape::large();
+    run_table("large", &shape);
+}
+
+fn run_table(label: &str, shape: &Shape) -> (Arc<RuleSet>, Vec<laneway::allocation::lanes::Lane>) {
+    println!(
+        "scenario {label}: {} servers, {} instances, {} lanes",
+        shape.servers,
+        shape.instances(),
+        shape.lanes
+    );
+    memory("at start");
+    let source = table::routes_toml(shape);
+    let before = LIVE.load(Ordering::Relaxed);
+    let (rules, t) = timed(|| RuleSet::compile(&source, Path::new("routes.toml")).expect("valid"));
+    let locations: usize = rules.servers().iter().map(|s| s.locations.len()).sum();
+    println!(
+        "  RuleSet::compile ({} servers, {locations} locations, {} KiB of TOML): {}, heap held {}",
+        rules.servers().len(),
+        source.len() / 1024,
+        ms(t),
+        mib(LIVE.load(Ordering::Relaxed) - before)
+    );
+    drop(source);
+    let rules = Arc::new(rules);
+    let lanes = table::lanes(shape);
+    if shape.instances() > 50_000 {
+        let before = LIVE.load(Ordering::Relaxed);
+        let catalog = Catalog {
+            instances: table::instances(shape).into_iter().map(Arc::new).collect(),
+        };
+        println!(
+            "  catalog of {} instances: heap held {}",
+            catalog.len(),
+            mib(LIVE.load(Ordering::Relaxed) - before)
+        );
+        let metrics = Metrics::new();
+        let before = LIVE.load(Ordering::Relaxed);
+        let (snap, cold) = timed(|| build(&rules, &lanes, &catalog, &metrics, None));
+        println!(
+            "  Snapshot::build cold: {}, heap held by snapshot + metric children {}",
+            ms(cold),
+            mib(LIVE.load(Ordering::Relaxed) - before)
+        );
+        let mut warm = Vec::new();
+        for _ in 0..5 {
+            let (s, t) = timed(|| build(&rules, &lanes, &catalog, &metrics, Some(&snap)));
+            drop(s);
+            warm.push(t);
+        }
+        println!(
+            "  Snapshot::build, previous set, nothing changed: {}",
+            summary(warm)
+        );
+        memory("with rules + catalog + snapshot");
+    }
+    (rules, lanes)
+}
+
+/// 10,000 instances, 1,000 lanes, the large rules: registry open, builds,
+/// one registration applied as laneway applies it.
+fn registry() {
+    let shape = Shape::scale();
+    let (rules, lanes) = run_table("registry", &shape);
+    let base = std::env::var_os("LANEWAY_BENCH_DIR")
+        .map_or_else(std::env::temp_dir, std::path::PathBuf::from);
+    let dir = tempfile::tempdir_in(&base).expect("temp dir");
+    seed(dir.path(), &table::instances(&shape));
+    let size = std::fs::metadata(dir.path().join(FILE_NAME)).map_or(0, |m| m.len());
+    println!(
+        "  data dir {} ({} KiB registry file)",
+        dir.path().display(),
+        size / 1024
+    );
+
+    let (mut reg, t) = timed(|| Registry::open(dir.path()).expect("open"));
+    println!("  Registry::open ({} instances): {}", reg.len(), ms(t));
+    let metrics = Metrics::new();
+    let catalog = reg.catalog();
+    let (mut snap, cold) = timed(|| build(&rules, &lanes, &catalog, &metrics, None));
+    println!("  Snapshot::build cold: {}", ms(cold));
+    let mut warm = Vec::new();
+    for _ in 0..10 {
+        let (s, t) = timed(|| build(&rules, &lanes, &catalog, &metrics, Some(&snap)));
+        drop(s);
+        warm.push(t);
+    }
+    println!(
+        "  Snapshot::build, previous set, nothing changed: {}",
+        summary(warm)
+    );
+    drop(catalog);
+    memory("after open + first build");
+
+    // Registrations: new instances of a new version (a deploy), then
+    // re-registrations that move an existing instance (a restart on a new
+    // port), then deregistrations. Each applied as laneway does.
+    let mut register = Vec::new();
+    let mut rebuild = Vec::new();
+    let mut total = Vec::new();
+    let n = 200;
+    for i in 0..n {
+        let (body, port) = if i % 2 == 0 {
+            // a new instance of version v7 of some service
+            (table::register_body((i * 13) % shape.services, 7, i), None)
+        } else {
+            // an existing instance back on another port
+            let svc = (i * 17) % shape.services;
+            (table::register_body(svc, 1, 0), Some(1000 + i as u16))
+        };
+        let started = Instant::now();
+        let mut inst: Instance = table::parse(&body);
+        if let Some(p) = port {
+            inst.port = p;
+        }
+        let changed = reg.register(inst).expect("register");
+        assert!(changed, "registration {i} changes the registry");
+        let registered = started.elapsed();
+        let catalog = reg.catalog();
+        let (next, built) = timed(|| build(&rules, &lanes, &catalog, &metrics, Some(&snap)));
+        snap = next;
+        register.push(registered);
+        rebuild.push(built);
+        total.push(started.elapsed());
+    }
+    println!(
+        "  one registration, Registry::register (parse + persist): {}",
+        summary(register)
+    );
+    println!(
+        "  one registration, catalog + Snapshot::build (previous set): {}",
+        summary(rebuild)
+    );
+    println!("  one registration applied, total: {}", summary(total));
+
+    let mut dereg = Vec::new();
+    for i in (0..n).step_by(2) {
+        let id = table::instance_id((i * 13) % shape.services, 7, i);
+        let started = Instant::now();
+        assert!(reg.deregister(&id).expect("deregister"));
+        let catalog = reg.catalog();
+        snap = build(&rules, &lanes, &catalog, &metrics, Some(&snap));
+        dereg.push(started.elapsed());
+    }
+    println!("  one deregistration applied, total: {}", summary(dereg));
+    let files: Vec<String> = std::fs::read_dir(dir.path())
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| {
+                    let len = e.metadata().map_or(0, |m| m.len());
+                    format!("{} ({} KiB)", e.file_name().to_string_lossy(), len / 1024)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    println!("  data dir now holds: {}", files.join(", "));
+    let (reopened, t) = timed(|| Registry::open(dir.path()).expect("reopen"));
+    assert_eq!(reopened.catalog().instances, reg.catalog().instances);
+    println!(
+        "  Registry::open after the changes ({} instances): {}",
+        reopened.len(),
+        ms(t)
+    );
+    memory("at end");
+    drop(snap);
+}
+
+/// Writes a registry file holding `instances` in the stored format, as a
+/// registry that took them one by one would have left it.
+fn seed(dir: &Path, instances: &[Instance]) {
+    let mut out = String::from("{\"version\":1,\"instances\":[");
+    for (n, inst) in instances.iter().enumerate() {
+        out.push_str(if n == 0 { "\n" } else { ",\n" });
+        out.push_str(&serde_json::to_string(inst).expect("encode"));
+    }
+    out.push_str("\n]}\n");
+    std::fs::write(dir.join(FILE_NAME), out).expect("seed the registry file");
+}
+
+const SCENARIOS: [(&str, fn()); 2] = [("large", large), ("registry", registry)];
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(at) = args.iter().position(|a| a == "--scenario") {
+        let name = args.get(at + 1).map(String::as_str).unwrap_or("");
+        match SCENARIOS.iter().find(|(n, _)| *n == name) {
+            Some((_, run)) => run(),
+            None => eprintln!("unknown scenario {name:?}"),
+        }
+        return;
+    }
+    // `cargo bench` passes `--bench`; any other word filters scenarios.
+    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
+    let exe = std::env::current_exe().expect("own path");
+    println!(
+        "laneway scale benchmark ({} CPUs)",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    for (name, _) in SCENARIOS {
+        if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
+            continue;
+        }
+        let status = std::process::Command::new(&exe)
+            .args(["--scenario", name])
+            .status()
+            .expect("run scenario");
+        assert!(status.success(), "scenario {name} failed");
+    }
+}

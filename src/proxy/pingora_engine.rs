@@ -1,0 +1,345 @@
+//! The data plane on Pingora's `ProxyHttp` framework (`[proxy] engine =
+//! "pingora"`). Request path: lanes, rules and targets come from
+//! [`super::plan::decide`]; this module applies them through Pingora's
+//! filters, with a retry on another instance when connecting fails.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, HOST};
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use tracing::{debug, info};
+
+use super::plan::{self, LocalResponse, Plan};
+use super::{ProxySettings, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_LANEWAY_VERSION, X_REQUEST_ID};
+use crate::routing::lanes::LaneSource;
+use crate::routing::snapshot::{LaneView, Snapshot, Target};
+use crate::telemetry::{Metrics, ACCESS_LOG_TARGET};
+
+/// The laneway proxy service on Pingora's framework.
+pub struct Laneway {
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    settings: ProxySettings,
+    metrics: Arc<Metrics>,
+}
+
+impl Laneway {
+    pub fn new(
+        snapshot: Arc<ArcSwap<Snapshot>>,
+        settings: ProxySettings,
+        metrics: Arc<Metrics>,
+    ) -> Laneway {
+        Laneway {
+            snapshot,
+            settings,
+            metrics,
+        }
+    }
+}
+
+/// Per-request state.
+pub struct Ctx {
+    started: Instant,
+    lane: Option<Arc<LaneView>>,
+    lane_source: LaneSource,
+    target: Option<Arc<Target>>,
+    plan: Option<Plan>,
+    /// Instances already tried (indexes into the pool), in order.
+    tried: [u32; 8],
+    tries: usize,
+    upstream_started: Option<Instant>,
+    upstream_addr: Option<SocketAddr>,
+    /// Set when laneway answered the request itself.
+    local: Option<&'static str>,
+}
+
+impl Ctx {
+    fn tried(&self, idx: usize) -> bool {
+        self.tried[..self.tries.min(self.tried.len())]
+            .iter()
+            .any(|&t| t as usize == idx)
+    }
+
+    fn lane_name(&self) -> &str {
+        self.lane.as_ref().map_or("-", |l| &l.name)
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Laneway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            started: Instant::now(),
+            lane: None,
+            lane_source: LaneSource::Default,
+            target: None,
+            plan: None,
+            tried: [0; 8],
+            tries: 0,
+            upstream_started: None,
+            upstream_addr: None,
+            local: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let snap = self.snapshot.load_full();
+        let req = session.req_header();
+        let host = req
+            .headers
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri.authority().map(|a| a.as_str()))
+            .unwrap_or("");
+        let target = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let decided = plan::decide(&snap, &self.settings, host, target, "http", &req.headers);
+        ctx.lane = Some(decided.lane);
+        ctx.lane_source = decided.lane_source;
+        ctx.target = decided.target;
+        match decided.action {
+            Ok(plan) => {
+                ctx.plan = Some(plan);
+                Ok(false)
+            }
+            Err(resp) => {
+                ctx.local = Some(resp.reason);
+                self.metrics
+                    .local_responses
+                    .with_label_values(&[resp.reason])
+                    .inc();
+                send_local(resp, session, ctx, &self.settings).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let plan = ctx
+            .plan
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no plan"))?;
+        let idx = plan.pool.pick(|i| ctx.tried(i)).ok_or_else(|| {
+            Error::explain(
+                ErrorType::ConnectRefused,
+                "every instance of the version failed to connect",
+            )
+        })?;
+        let upstream = &plan.pool.instances[idx];
+        let mut peer = HttpPeer::new(upstream.addr, false, String::new());
+        peer.options.connection_timeout = Some(plan.connect_timeout);
+        peer.options.read_timeout = Some(plan.read_timeout);
+        peer.options.write_timeout = Some(plan.write_timeout);
+        peer.options.idle_timeout = Some(Duration::from_secs(60));
+        ctx.upstream_addr = Some(upstream.addr);
+        if ctx.tries < ctx.tried.len() {
+            ctx.tried[ctx.tries] = idx as u32;
+        }
+        ctx.tries += 1;
+        ctx.upstream_started = Some(Instant::now());
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some(plan) = &ctx.plan {
+            plan.pool.connect_errors.inc();
+            let untried = ctx.tries < plan.pool.instances.len();
+            if untried && ctx.tries <= self.settings.connect_retries {
+                debug!(peer = %peer, lane = ctx.lane_name(), "connect failed; trying another instance");
+                e.set_retry(true);
+            }
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        req: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let Some(plan) = ctx.plan.as_mut() else {
+            return Ok(());
+        };
+        if let Some(target) = plan.upstream_target.take() {
+            let uri = target
+                .parse::<http::Uri>()
+                .map_err(|e| Error::because(ErrorType::InternalError, "rewritten URI", e))?;
+            req.set_uri(uri);
+        }
+        if let Some(host) = &plan.production_host {
+            req.insert_header(HOST, host.as_str())?;
+        }
+        for name in &plan.remove_headers {
+            req.remove_header(name);
+        }
+        for (name, value) in plan.set_headers.drain(..) {
+            if value.is_empty() {
+                req.remove_header(&name);
+            } else {
+                req.insert_header(name, value)?;
+            }
+        }
+        if let Some(client) = session.client_addr().and_then(|a| a.as_inet()) {
+            let ip = client.ip().to_string();
+            let forwarded = match req.headers.get(&X_FORWARDED_FOR) {
+                Some(prev) => format!("{}, {ip}", String::from_utf8_lossy(prev.as_bytes())),
+                None => ip,
+            };
+            req.insert_header(X_FORWARDED_FOR.clone(), forwarded)?;
+        }
+        req.insert_header(X_FORWARDED_PROTO.clone(), "http")?;
+        if req.headers.get(&X_REQUEST_ID).is_none() {
+            req.insert_header(X_REQUEST_ID.clone(), plan::new_request_id())?;
+        }
+        if let Some(lane) = &ctx.lane {
+            req.insert_header(self.settings.lanes.header.clone(), &*lane.name)?;
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if self.settings.response_headers {
+            if let Some(lane) = &ctx.lane {
+                resp.insert_header(self.settings.lanes.header.clone(), &*lane.name)?;
+            }
+            if let Some(t) = &ctx.target {
+                resp.insert_header(X_LANEWAY_VERSION.clone(), &*t.version)?;
+            }
+        }
+        if let Some(plan) = ctx.plan.as_mut() {
+            for (name, value) in plan.add_response_headers.drain(..) {
+                resp.append_header(name, value)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
+            _ => match e.esource() {
+                pingora_error::ErrorSource::Upstream => 502,
+                pingora_error::ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                _ if ctx.plan.is_some() && ctx.tries > 0 => 502,
+                _ => 500,
+            },
+        };
+        if code > 0 && session.response_written().is_none() {
+            let body = upstream_error_body(
+                ctx.lane_name(),
+                ctx.target.as_deref(),
+                ctx.upstream_addr,
+                e.etype().as_str(),
+            );
+            let resp = LocalResponse::text(code, "upstream_error", body);
+            if let Err(err) = send_local(resp, session, ctx, &self.settings).await {
+                debug!(error = %err, "cannot send error response downstream");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let elapsed = ctx.started.elapsed();
+        self.metrics.request_duration.observe(elapsed.as_secs_f64());
+        if let Some(lane) = &ctx.lane {
+            lane.requests.inc(status);
+        }
+        if let (Some(plan), Some(up)) = (&ctx.plan, ctx.upstream_started) {
+            plan.pool.requests.inc(status);
+            plan.pool.duration.observe(up.elapsed().as_secs_f64());
+        }
+        let req = session.req_header();
+        info!(
+            target: ACCESS_LOG_TARGET,
+            method = %req.method,
+            host = req.headers.get(HOST).and_then(|h| h.to_str().ok()).unwrap_or("-"),
+            uri = %req.uri,
+            lane = ctx.lane_name(),
+            lane_source = ctx.lane_source.as_str(),
+            service = ctx.target.as_ref().map_or("-", |t| &*t.service),
+            version = ctx.target.as_ref().map_or("-", |t| &*t.version),
+            upstream = ?ctx.upstream_addr,
+            local = ctx.local.unwrap_or("-"),
+            status,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            error = e.map(|e| e.etype().as_str()).unwrap_or("-"),
+        );
+    }
+}
+
+/// The body of a 502/504 naming lane, service, version and upstream.
+pub fn upstream_error_body(
+    lane: &str,
+    target: Option<&Target>,
+    upstream: Option<SocketAddr>,
+    what: &str,
+) -> String {
+    match target {
+        Some(t) => format!(
+            "laneway: lane \"{lane}\": service \"{}\" version \"{}\": upstream {} failed: {what}\n",
+            t.service,
+            t.version,
+            upstream.map_or_else(|| "-".to_string(), |a| a.to_string()),
+        ),
+        None => format!("laneway: {what}\n"),
+    }
+}
+
+async fn send_local(
+    resp: LocalResponse,
+    session: &mut Session,
+    ctx: &Ctx,
+    settings: &ProxySettings,
+) -> Result<()> {
+    let mut head = ResponseHeader::build(resp.status, Some(resp.headers.len() + 4))?;
+    for (name, value) in resp.headers {
+        head.append_header(name, value)?;
+    }
+    if settings.response_headers {
+        if let Some(lane) = &ctx.lane {
+            head.insert_header(settings.lanes.header.clone(), &*lane.name)?;
+        }
+        if let Some(t) = &ctx.target {
+            head.insert_header(X_LANEWAY_VERSION.clone(), &*t.version)?;
+        }
+    }
+    head.insert_header(CONTENT_LENGTH, resp.body.len())?;
+    let head_only = session.req_header().method == http::Method::HEAD;
+    let empty = resp.body.is_empty() || head_only;
+    session.write_response_header(Box::new(head), empty).await?;
+    if !empty {
+        session
+            .write_response_body(Some(Bytes::clone(&resp.body)), true)
+            .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,260 @@
+//! End-to-end HTTP/1.x behaviour of the data plane: bodies in both
+//! directions (length and chunked), 100-continue, HTTP/1.0 clients, HEAD,
+//! pipelining, upgrades, and stale pooled upstream connections.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::Duration;
+
+use common::*;
+
+/// An upstream that answers with a scripted raw response after reading a
+/// request head (and a Content-Length body, if any).
+fn raw_upstream(
+    response: &'static [u8],
+    close_after: bool,
+) -> (u16, std::thread::JoinHandle<Vec<String>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let h = std::thread::spawn(move || {
+        let mut heads = Vec::new();
+        let (s, _) = l.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let mut w = s;
+        loop {
+            let mut head = String::new();
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 {
+                    return heads;
+                }
+                head.push_str(&line);
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                })
+                .unwrap_or(0);
+            let mut body = vec![0; len];
+            r.read_exact(&mut body).unwrap();
+            heads.push(head);
+            w.write_all(response).unwrap();
+            if close_after {
+                return heads;
+            }
+        }
+    });
+    (port, h)
+}
+
+fn raw(lw: &Laneway, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(lw.proxy).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn request_bodies_stream_through_with_length_and_chunked() {
+    let lw = Laneway::start(SIMPLE_ROUTES, "");
+    let up = Upstream::start("echo");
+    lw.register("web-1", "web", None, up.port());
+    let mut conn = Conn::open(lw.proxy).unwrap();
+    let big = "x".repeat(300_000);
+    let r = conn
+        .request(
+            "POST",
+            "/upload",
+            &[("host", "shop.example.com")],
+            big.as_bytes(),
+        )
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["body"].as_str().unwrap().len(), 300_000);
+
+    // Chunked request body: the upstream gets the chunks unchanged; the test
+    // upstream reads only Content-Length bodies, so check the framing header.
+    let chunked = "POST /c HTTP/1.1\r\nhost: shop.example.com\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n4\r\nwiki\r\n0\r\n\r\n";
+    let out = raw(&lw, chunked.as_bytes());
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("\"transfer-encoding\":\"chunked\""), "{out}");
+}
+
+#[test]
+fn chunked_responses_and_keepalive_reuse() {
+    let lw = Laneway::start(SIMPLE_ROUTES, "");
+    let (port, up) = raw_upstream(
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-a: 1\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+        false,
+    );
+    lw.register("web-1", "web", None, port);
+    let mut conn = Conn::open(lw.proxy).unwrap();
+    for _ in 0..3 {
+        let r = conn
+            .request("GET", "/", &[("host", "shop.example.com")], b"")
+            .unwrap();
+        assert_eq!((r.status, r.body.as_str()), (200, "hello world"));
+        assert_eq!(r.header("x-a"), Some("1"));
+    }
+    drop(conn);
+    lw.deregister("web-1");
+    drop(lw);
+    // One upstream connection carried all three requests.
+    assert_eq!(up.join().unwrap().len(), 3);
+}
+
+#[test]
+fn expect_continue_head_http10_and_pipelining() {
+    let lw = Laneway::start(SIMPLE_ROUTES, "");
+    let up = Upstream::start("echo");
+    lw.register("web-1", "web", None, up.port());
+
+    // 100-continue is answered by laneway; Expect is not forwarded.
+    let mut s = TcpStream::connect(lw.proxy).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"POST /e HTTP/1.1\r\nhost: shop.example.com\r\nexpect: 100-continue\r\ncontent-length: 3\r\nconnection: close\r\n\r\n").unwrap();
+    let mut first = [0u8; 25];
+    s.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(b"abc").unwrap();
+    let mut rest = String::new();
+    s.read_to_string(&mut rest).unwrap();
+    assert!(rest.starts_with("HTTP/1.1 200"), "{rest}");
+    assert!(
+        rest.contains("\"body\":\"abc\"") && !rest.contains("expect"),
+        "{rest}"
+    );
+
+    // HEAD: headers only.
+    let out = raw(
+        &lw,
+        b"HEAD / HTTP/1.1\r\nhost: shop.example.com\r\nconnection: close\r\n\r\n",
+    );
+    assert!(
+        out.starts_with("HTTP/1.1 200") && out.ends_with("\r\n\r\n"),
+        "{out}"
+    );
+
+    // HTTP/1.0 without keep-alive: answered, then closed.
+    let out = raw(&lw, b"GET /ten HTTP/1.0\r\nhost: shop.example.com\r\n\r\n");
+    assert!(out.contains("\"target\":\"/ten\""), "{out}");
+
+    // Two pipelined requests on one connection, answered in order.
+    let out = raw(
+        &lw,
+        b"GET /one HTTP/1.1\r\nhost: shop.example.com\r\n\r\nGET /two HTTP/1.1\r\nhost: shop.example.com\r\nconnection: close\r\n\r\n",
+    );
+    let one = out.find("/one").expect("first answered");
+    let two = out.find("/two").expect("second answered");
+    assert!(one < two, "{out}");
+}
+
+#[test]
+fn upgrade_tunnels_both_ways() {
+    let lw = Laneway::start(SIMPLE_ROUTES, "");
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let up = std::thread::spawn(move || {
+        let (s, _) = l.accept().unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let mut w = s;
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            head.push_str(&line);
+            if line == "\r\n" {
+                break;
+            }
+        }
+        w.write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: echo\r\nconnection: upgrade\r\n\r\n",
+        )
+        .unwrap();
+        // Echo one line back, upper-cased.
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        w.write_all(line.to_uppercase().as_bytes()).unwrap();
+        head
+    });
+    lw.register("web-1", "web", None, port);
+    let mut s = TcpStream::connect(lw.proxy).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nhost: shop.example.com\r\nupgrade: echo\r\nconnection: upgrade\r\n\r\n").unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut status = String::new();
+    r.read_line(&mut status).unwrap();
+    assert!(status.starts_with("HTTP/1.1 101"), "{status}");
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        if line == "\r\n" {
+            break;
+        }
+    }
+    s.write_all(b"ping through laneway\n").unwrap();
+    let mut echoed = String::new();
+    r.read_line(&mut echoed).unwrap();
+    assert_eq!(echoed, "PING THROUGH LANEWAY\n");
+    let head = up.join().unwrap().to_ascii_lowercase();
+    assert!(
+        head.contains("upgrade: echo") && head.contains("connection: upgrade"),
+        "{head}"
+    );
+}
+
+#[test]
+fn a_stale_pooled_connection_is_retried_transparently() {
+    let lw = Laneway::start(SIMPLE_ROUTES, "");
+    // Answers one request per connection but says keep-alive, then closes:
+    // the pooled connection is dead when the next request takes it.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { continue };
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut w = s;
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+            }
+            let _ = w.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+        }
+    });
+    lw.register("web-1", "web", None, port);
+    for i in 0..10 {
+        let r = lw.get("shop.example.com", "/", &[]);
+        assert_eq!((r.status, r.body.as_str()), (200, "ok"), "request {i}");
+    }
+}
+
+#[test]
+fn close_delimited_responses_end_the_client_connection() {
+    let lw = Laneway::start(SIMPLE_ROUTES, "");
+    let (port, _up) = raw_upstream(
+        b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil close",
+        true,
+    );
+    lw.register("web-1", "web", None, port);
+    let out = raw(&lw, b"GET / HTTP/1.1\r\nhost: shop.example.com\r\n\r\n");
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(
+        out.to_ascii_lowercase().contains("connection: close"),
+        "{out}"
+    );
+    assert!(out.ends_with("until close"), "{out}");
+}
