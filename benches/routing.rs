@@ -66,6 +66,8 @@ fn fixture() -> Fixture {
             header: HeaderName::from_static("x-laneway-lane"),
             cookie: "laneway_lane".into(),
             domain: "lanes.test".into(),
+            vip_pool: None,
+            port_pool: None,
         },
     }
 }
@@ -247,7 +249,7 @@ fn bench_request_path(c: &mut Criterion, f: &Fixture) {
     let mut g = c.benchmark_group("request_path");
     for (label, headers, host, target) in &cases {
         let one = || {
-            let r = lanes::resolve(s, &f.settings, headers, host);
+            let r = lanes::resolve(s, &f.settings, headers, host, None);
             let info = RequestInfo {
                 host: r.host,
                 target,

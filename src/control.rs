@@ -20,6 +20,7 @@ use crate::allocation::StoreError;
 use crate::config::{Config, ConfigError};
 use crate::discovery::registry::Registry;
 use crate::discovery::Health;
+use crate::health::InstanceHealth;
 use crate::routing::rules::RuleSet;
 use crate::routing::snapshot::{BuildInput, Snapshot};
 use crate::telemetry::Metrics;
@@ -39,6 +40,8 @@ pub struct Control {
     wanted: AtomicU64,
     built: watch::Sender<u64>,
     wake: Notify,
+    /// Ready / maintenance / draining, as LVS health checks see it.
+    pub health: Arc<InstanceHealth>,
 }
 
 /// Why laneway cannot start.
@@ -78,6 +81,7 @@ impl Control {
             wanted: AtomicU64::new(1),
             built,
             wake: Notify::new(),
+            health: Arc::new(InstanceHealth::new()),
         });
         Ok(control)
     }
@@ -158,6 +162,7 @@ impl Control {
         m.snapshot_generation.set(generation as i64);
         m.snapshot_timestamp.set(unix_now() as i64);
         self.built.send_replace(generation);
+        self.health.set_ready();
         debug!(
             generation,
             elapsed_us = elapsed.as_micros() as u64,

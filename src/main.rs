@@ -154,7 +154,11 @@ fn run(config_path: PathBuf) -> anyhow::Result<()> {
         "laneway starting"
     );
     let server = laneway::proxy::server::build(&control);
-    // `run_forever` never returns; the runtime and watcher live until exit.
-    let _keep = (runtime, watcher);
-    server.run_forever();
+    tracing::info!(
+        listeners = laneway::proxy::server::listen_addresses(&control.config).len(),
+        "data plane listening"
+    );
+    laneway::proxy::server::run(server, control, &runtime);
+    drop(watcher);
+    Ok(())
 }

@@ -29,6 +29,11 @@ const PUBLISH_WAIT: Duration = Duration::from_secs(5);
 pub fn router(control: Arc<Control>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/lvs/health", get(lvs_health))
+        .route(
+            "/api/v1/maintenance",
+            get(maintenance_get).post(maintenance_set),
+        )
         .route("/metrics", get(metrics))
         .route("/api/v1/status", get(status))
         .route("/api/v1/rules", get(rules))
@@ -69,6 +74,46 @@ async fn healthz(State(c): State<Arc<Control>>) -> Response {
         )
             .into_response()
     }
+}
+
+/// LVS's health check: 200 `ok` when this instance should get traffic,
+/// 503 with the reason (not ready, maintenance, draining) when not.
+async fn lvs_health(State(c): State<Arc<Control>>) -> Response {
+    match c.health.health() {
+        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
+    }
+}
+
+async fn maintenance_get(State(c): State<Arc<Control>>) -> Json<serde_json::Value> {
+    Json(json!({ "enabled": c.health.maintenance(), "draining": c.health.draining() }))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MaintenanceBody {
+    enabled: bool,
+}
+
+/// Takes the instance out of (or back into) the LVS pool; it keeps serving.
+async fn maintenance_set(
+    State(c): State<Arc<Control>>,
+    body: axum::body::Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let m: MaintenanceBody = serde_json::from_slice(&body).map_err(|e| {
+        c.metrics
+            .admin_rejects
+            .with_label_values(&["maintenance"])
+            .inc();
+        ApiError::bad_request(format!(
+            "invalid maintenance body: {e}; send {{\"enabled\": true}} or {{\"enabled\": false}}"
+        ))
+    })?;
+    c.health.set_maintenance(m.enabled);
+    tracing::info!(enabled = m.enabled, "maintenance mode changed");
+    Ok(Json(
+        json!({ "enabled": m.enabled, "draining": c.health.draining() }),
+    ))
 }
 
 async fn metrics(State(c): State<Arc<Control>>) -> Response {

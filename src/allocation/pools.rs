@@ -183,6 +183,26 @@ impl VipPool {
     pub fn ranges(&self) -> &[IpRange] {
         &self.ranges
     }
+
+    /// Every address of the pool, lowest first.
+    pub fn addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.ranges
+            .iter()
+            .flat_map(|r| (r.first..=r.last).map(move |n| u128_to_ip(n, r.v6)))
+    }
+
+    /// How many addresses the pool holds.
+    pub fn size(&self) -> u128 {
+        self.ranges.iter().map(IpRange::len).sum()
+    }
+}
+
+fn u128_to_ip(n: u128, v6: bool) -> IpAddr {
+    if v6 {
+        IpAddr::V6(n.into())
+    } else {
+        IpAddr::V4(Ipv4Addr::from(n as u32))
+    }
 }
 
 impl fmt::Display for VipPool {

@@ -49,6 +49,16 @@ pub struct ProxyConfig {
     pub engine: Engine,
     /// How long an idle client connection is kept open.
     pub client_keepalive: Duration,
+    /// Path answered with the instance's health on every data listener.
+    pub health_path: String,
+    /// After SIGTERM: how long health answers 503 while traffic is still
+    /// served, so LVS takes the instance out first.
+    pub drain: Duration,
+    /// After the drain: how long requests in flight may take to finish.
+    pub grace: Duration,
+    /// Listen on every VIP and pool port (needed when `listen` names a
+    /// specific address, e.g. a loopback VIP pool).
+    pub bind_entries: bool,
 }
 
 /// The data plane's HTTP engine.
@@ -163,6 +173,10 @@ struct RawProxy {
     response_headers: Option<bool>,
     engine: Option<Spanned<String>>,
     client_keepalive: Option<Spanned<String>>,
+    health_path: Option<Spanned<String>>,
+    drain_seconds: Option<u64>,
+    grace_seconds: Option<u64>,
+    bind_entries: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -283,6 +297,28 @@ impl Config {
                 },
             },
             client_keepalive: v.duration(raw.proxy.client_keepalive, "client_keepalive", 60),
+            health_path: match raw.proxy.health_path {
+                None => "/__laneway/health".to_string(),
+                Some(p)
+                    if p.get_ref().starts_with('/')
+                        && !p.get_ref().contains(char::is_whitespace) =>
+                {
+                    p.into_inner()
+                }
+                Some(p) => {
+                    v.err(
+                        p.span().start,
+                        format!(
+                            "[proxy] health_path {:?} must be a path starting with '/'",
+                            p.get_ref()
+                        ),
+                    );
+                    "/__laneway/health".to_string()
+                }
+            },
+            drain: Duration::from_secs(raw.proxy.drain_seconds.unwrap_or(10)),
+            grace: Duration::from_secs(raw.proxy.grace_seconds.unwrap_or(30)),
+            bind_entries: raw.proxy.bind_entries.unwrap_or(true),
         };
 
         let admin = AdminConfig {

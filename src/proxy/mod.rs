@@ -10,10 +10,12 @@ pub mod pingora_engine;
 pub mod plan;
 pub mod server;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::HeaderName;
 
+use crate::health::InstanceHealth;
 use crate::routing::lanes::LaneSettings;
 
 pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -34,4 +36,7 @@ pub struct ProxySettings {
     pub client_keepalive: Duration,
     /// Idle upstream connections kept per worker and upstream address.
     pub upstream_keepalive: usize,
+    /// The LVS health check path answered on every data listener.
+    pub health_path: String,
+    pub health: Arc<InstanceHealth>,
 }

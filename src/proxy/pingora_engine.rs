@@ -101,7 +101,22 @@ impl ProxyHttp for Laneway {
             .or_else(|| req.uri.authority().map(|a| a.as_str()))
             .unwrap_or("");
         let target = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        let decided = plan::decide(&snap, &self.settings, host, target, "http", &req.headers);
+        if target == self.settings.health_path {
+            let resp = health_response(&self.settings);
+            send_local(resp, session, ctx, &self.settings).await?;
+            ctx.local = Some("health");
+            return Ok(true);
+        }
+        let dst = session.server_addr().and_then(|a| a.as_inet()).copied();
+        let decided = plan::decide(
+            &snap,
+            &self.settings,
+            host,
+            target,
+            "http",
+            &req.headers,
+            dst,
+        );
         ctx.lane = Some(decided.lane);
         ctx.lane_source = decided.lane_source;
         ctx.target = decided.target;
@@ -293,6 +308,14 @@ impl ProxyHttp for Laneway {
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             error = e.map(|e| e.etype().as_str()).unwrap_or("-"),
         );
+    }
+}
+
+/// The answer to the LVS health path.
+pub fn health_response(settings: &ProxySettings) -> LocalResponse {
+    match settings.health.health() {
+        Ok(()) => LocalResponse::text(200, "health", "ok\n".to_string()),
+        Err(why) => LocalResponse::text(503, "health", format!("{why}\n")),
     }
 }
 

@@ -65,8 +65,23 @@ pub fn decide(
     request_target: &str,
     scheme: &str,
     headers: &HeaderMap,
+    dst: Option<std::net::SocketAddr>,
 ) -> Decided {
-    let resolved = lanes::resolve(snap, &settings.lanes, headers, host);
+    let resolved = lanes::resolve(snap, &settings.lanes, headers, host, dst);
+    if let Some(entry) = resolved.free_entry {
+        return Decided {
+            lane: resolved.lane.clone(),
+            lane_source: resolved.source,
+            target: None,
+            action: Err(LocalResponse::text(
+                421,
+                "free_entry",
+                format!(
+                    "laneway: {entry} is a lane entry that no lane holds; create a lane or use another entry\n"
+                ),
+            )),
+        };
+    }
     let lane = resolved.lane.clone();
     let production_host = resolved.host_recovered.then(|| resolved.host.to_string());
     let info = RequestInfo {

@@ -1,10 +1,13 @@
 //! Builds and runs the Pingora server that hosts the data plane.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+
+use tracing::{error, info};
 
 use pingora_core::listeners::TcpSocketOptions;
 use pingora_core::server::configuration::ServerConf;
-use pingora_core::server::Server;
+use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora_core::services::listening::Service;
 
 use super::h1::H1App;
@@ -16,13 +19,18 @@ use crate::control::Control;
 use crate::routing::lanes::LaneSettings;
 
 /// The data-plane settings derived from the configuration.
-pub fn settings(cfg: &Config) -> ProxySettings {
+pub fn settings(control: &Control) -> ProxySettings {
+    let cfg = &control.config;
     ProxySettings {
         lanes: LaneSettings {
             header: cfg.lanes.header.clone(),
             cookie: cfg.lanes.cookie.clone(),
             domain: cfg.lanes.domain.clone(),
+            vip_pool: cfg.lanes.vip_pool.clone().map(Arc::new),
+            port_pool: cfg.lanes.port_pool,
         },
+        health_path: cfg.proxy.health_path.clone(),
+        health: control.health.clone(),
         connect_timeout: cfg.proxy.connect_timeout,
         read_timeout: cfg.proxy.read_timeout,
         write_timeout: cfg.proxy.write_timeout,
@@ -34,8 +42,9 @@ pub fn settings(cfg: &Config) -> ProxySettings {
 }
 
 /// Builds the Pingora server with laneway's proxy on every `[proxy] listen`
-/// address. `run_forever` on the result blocks and handles SIGTERM (graceful
-/// shutdown), SIGINT and SIGQUIT (graceful upgrade).
+/// address, and (with `[proxy] bind_entries`) on every VIP of the pool at
+/// each listen port and every port of the port pool at each listen address.
+/// Run it with [`run`].
 ///
 /// The data plane is `[proxy] threads` independent single-threaded services,
 /// each with its own `SO_REUSEPORT` listener on every address and its own
@@ -48,8 +57,10 @@ pub fn build(control: &Arc<Control>) -> Server {
         threads: 1,
         work_stealing: false,
         upstream_keepalive_pool_size: cfg.proxy.upstream_keepalive,
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(10),
+        // In-flight requests are awaited by `DrainOnTerm`/`exit_when_idle`
+        // before this grace period matters; it bounds the rest.
+        grace_period_seconds: Some(cfg.proxy.grace.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(1),
         pid_file: cfg
             .store
             .data_dir
@@ -70,7 +81,7 @@ pub fn build(control: &Arc<Control>) -> Server {
         let name = format!("laneway-{worker}");
         let (snapshot, settings, metrics) = (
             control.snapshot_handle(),
-            settings(cfg),
+            settings(control),
             control.metrics.clone(),
         );
         match cfg.proxy.engine {
@@ -97,11 +108,108 @@ pub fn build(control: &Arc<Control>) -> Server {
 /// One single-threaded worker service on every listen address.
 fn listen<A>(service: &mut Service<A>, cfg: &Config, worker: usize) {
     service.threads = Some(1);
-    for addr in &cfg.proxy.listen {
+    for addr in listen_addresses(cfg) {
         let mut opts = TcpSocketOptions::default();
         opts.so_reuseport = Some(true);
-        service.add_tcp_with_settings(&worker_listen_key(addr, worker), opts);
+        service.add_tcp_with_settings(&worker_listen_key(&addr, worker), opts);
     }
+}
+
+/// Every address the data plane listens on: `[proxy] listen`, plus the
+/// entries when `[proxy] bind_entries` is on. An unspecified listen address
+/// (`0.0.0.0:80`) already receives every VIP's traffic on its port.
+pub fn listen_addresses(cfg: &Config) -> Vec<SocketAddr> {
+    let mut out: Vec<SocketAddr> = cfg.proxy.listen.clone();
+    if cfg.proxy.bind_entries {
+        if let Some(pool) = &cfg.lanes.vip_pool {
+            for l in cfg.proxy.listen.iter().filter(|l| !l.ip().is_unspecified()) {
+                out.extend(
+                    pool.addresses()
+                        .filter(|ip| ip.is_ipv4() == l.is_ipv4())
+                        .map(|ip| SocketAddr::new(ip, l.port())),
+                );
+            }
+        }
+        if let Some(ports) = &cfg.lanes.port_pool {
+            for l in &cfg.proxy.listen {
+                out.extend((ports.first..=ports.last).map(|p| SocketAddr::new(l.ip(), p)));
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Runs the server until shutdown. SIGTERM drains: LVS health turns 503 at
+/// once, traffic is still served for `[proxy] drain_seconds`, then the
+/// listeners close and requests in flight get up to `[proxy] grace_seconds`
+/// to finish; the process exits as soon as none is left. SIGINT stops at
+/// once; SIGQUIT hands the listeners to a new process (graceful upgrade).
+pub fn run(server: Server, control: Arc<Control>, runtime: &tokio::runtime::Runtime) {
+    let (terminated_tx, terminated_rx) = tokio::sync::oneshot::channel();
+    let watch = DrainOnTerm {
+        control: control.clone(),
+        terminated: std::sync::Mutex::new(Some(terminated_tx)),
+    };
+    runtime.spawn(exit_when_idle(control, terminated_rx));
+    server.run(RunArgs {
+        shutdown_signal: Box::new(watch),
+    });
+}
+
+struct DrainOnTerm {
+    control: Arc<Control>,
+    terminated: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+}
+
+#[async_trait::async_trait]
+impl ShutdownSignalWatch for DrainOnTerm {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::quit()),
+        ) else {
+            error!("cannot install signal handlers; SIGTERM will stop laneway at once");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {
+                let drain = self.control.config.proxy.drain;
+                self.control.health.start_draining();
+                info!(drain_seconds = drain.as_secs(), "SIGTERM: health is now 503; draining");
+                tokio::time::sleep(drain).await;
+                info!(in_flight = self.control.health.in_flight(), "drain over; closing listeners");
+                if let Some(tx) = self.terminated.lock().ok().and_then(|mut t| t.take()) {
+                    let _ = tx.send(()); // the receiver lives as long as the process
+                }
+                ShutdownSignal::GracefulTerminate
+            }
+            _ = int.recv() => ShutdownSignal::FastShutdown,
+            _ = quit.recv() => {
+                info!("SIGQUIT: handing the listeners over for a graceful upgrade");
+                ShutdownSignal::GracefulUpgrade
+            }
+        }
+    }
+}
+
+/// After the drain, exits once no request is in flight (or the grace ends),
+/// rather than always sleeping the whole grace period.
+async fn exit_when_idle(control: Arc<Control>, terminated: tokio::sync::oneshot::Receiver<()>) {
+    if terminated.await.is_err() {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + control.config.proxy.grace;
+    // Give the workers a moment to see the shutdown and stop accepting.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    while control.health.in_flight() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    info!(in_flight = control.health.in_flight(), "laneway stopped");
+    std::process::exit(0);
 }
 
 /// The listen string of `addr` for data-plane worker `worker`.

@@ -3,11 +3,13 @@
 //! destination IP, baseline), and the production host recovered from a lane
 //! hostname. Pure lookups on the snapshot; no allocation.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName};
 
 use super::snapshot::{LaneView, Snapshot};
+use crate::allocation::pools::{Pool as _, PortPool, VipPool};
 
 /// Where lanes come from in requests (static for the life of the process).
 #[derive(Debug, Clone)]
@@ -16,6 +18,9 @@ pub struct LaneSettings {
     pub cookie: String,
     /// Lowercase lane domain, e.g. `lanes.test`.
     pub domain: String,
+    /// The VIP pool, to tell a free VIP from an address outside the pool.
+    pub vip_pool: Option<Arc<VipPool>>,
+    pub port_pool: Option<PortPool>,
 }
 
 /// How a request's lane was found.
@@ -44,6 +49,10 @@ impl LaneSource {
 
 /// The outcome of lane resolution.
 pub struct Resolved<'s, 'r> {
+    /// Set when nothing named a lane and the connection came to a pool
+    /// entry (VIP or port) that no lane holds: such a request must not be
+    /// served by another lane.
+    pub free_entry: Option<SocketAddr>,
     pub lane: &'s Arc<LaneView>,
     pub source: LaneSource,
     /// The host the production rules see: the request host, or the
@@ -54,12 +63,14 @@ pub struct Resolved<'s, 'r> {
 }
 
 /// Resolves the lane of a request. `host` is the request's host (Host header
-/// or URI authority), possibly with a port.
+/// or URI authority), possibly with a port; `dst` the address the client
+/// connected to (a VIP or pool port selects a lane).
 pub fn resolve<'s, 'r>(
     snap: &'s Snapshot,
     settings: &LaneSettings,
     headers: &'r HeaderMap,
     host: &'r str,
+    dst: Option<SocketAddr>,
 ) -> Resolved<'s, 'r> {
     let from_host = lane_host(snap, &settings.domain, host);
     let (host_out, recovered) = match &from_host {
@@ -67,6 +78,7 @@ pub fn resolve<'s, 'r>(
         _ => (host, false),
     };
     let pick = |lane: &'s Arc<LaneView>, source| Resolved {
+        free_entry: None,
         lane,
         source,
         host: host_out,
@@ -84,7 +96,27 @@ pub fn resolve<'s, 'r>(
     if let Some((lane, _)) = from_host {
         return pick(lane, LaneSource::Hostname);
     }
-    // Destination port and VIP entries are resolved here once allocated.
+    if let Some(lane) = snap.lane_by_hostname(strip_port(host).trim_end_matches('.')) {
+        return pick(lane, LaneSource::Hostname);
+    }
+    if let Some(dst) = dst {
+        if let Some(lane) = snap.lane_by_port(dst.port()) {
+            return pick(lane, LaneSource::Port);
+        }
+        if let Some(lane) = snap.lane_by_vip(dst.ip()) {
+            return pick(lane, LaneSource::Vip);
+        }
+        let free_port = settings.port_pool.is_some_and(|p| p.contains(dst.port()));
+        let free_vip = settings
+            .vip_pool
+            .as_ref()
+            .is_some_and(|p| p.contains(dst.ip()));
+        if free_port || free_vip {
+            let mut r = pick(snap.baseline(), LaneSource::Default);
+            r.free_entry = Some(dst);
+            return r;
+        }
+    }
     pick(snap.baseline(), LaneSource::Default)
 }
 
@@ -185,6 +217,8 @@ mod tests {
             header: HeaderName::from_static("x-laneway-lane"),
             cookie: "laneway_lane".into(),
             domain: "lanes.test".into(),
+            vip_pool: None,
+            port_pool: None,
         }
     }
 
@@ -205,30 +239,30 @@ mod tests {
             ("x-laneway-lane", "t-42"),
             ("cookie", "a=b; laneway_lane=t-7"),
         ]);
-        let r = resolve(&s, &st, &both, "bj.example.com");
+        let r = resolve(&s, &st, &both, "bj.example.com", None);
         assert_eq!((&*r.lane.name, r.source), ("t-42", LaneSource::Header));
 
         let cookie = headers(&[("cookie", "a=b; laneway_lane=t-7")]);
-        let r = resolve(&s, &st, &cookie, "x.t-42.lanes.test");
+        let r = resolve(&s, &st, &cookie, "x.t-42.lanes.test", None);
         assert_eq!((&*r.lane.name, r.source), ("t-7", LaneSource::Cookie));
         // The production host is still recovered from the lane hostname.
         assert_eq!(r.host, "x");
 
         let none = HeaderMap::new();
-        let r = resolve(&s, &st, &none, "bj.example.com.t-42.lanes.test:8080");
+        let r = resolve(&s, &st, &none, "bj.example.com.t-42.lanes.test:8080", None);
         assert_eq!(
             (&*r.lane.name, r.source, r.host),
             ("t-42", LaneSource::Hostname, "bj.example.com")
         );
         assert!(r.host_recovered);
 
-        let r = resolve(&s, &st, &none, "T-7.Lanes.Test");
+        let r = resolve(&s, &st, &none, "T-7.Lanes.Test", None);
         assert_eq!(
             (&*r.lane.name, r.source, r.host_recovered),
             ("t-7", LaneSource::Hostname, false)
         );
 
-        let r = resolve(&s, &st, &none, "bj.example.com");
+        let r = resolve(&s, &st, &none, "bj.example.com", None);
         assert_eq!((&*r.lane.name, r.source), ("baseline", LaneSource::Default));
     }
 
@@ -237,13 +271,13 @@ mod tests {
         let m = Metrics::new();
         let s = snapshot(&m);
         let h = headers(&[("x-laneway-lane", "nope"), ("cookie", "laneway_lane=t-7")]);
-        let r = resolve(&s, &settings(), &h, "a.nope.lanes.test");
+        let r = resolve(&s, &settings(), &h, "a.nope.lanes.test", None);
         assert_eq!(
             (&*r.lane.name, r.source, r.host),
             ("t-7", LaneSource::Cookie, "a.nope.lanes.test")
         );
         let empty = HeaderMap::new();
-        let r = resolve(&s, &settings(), &empty, "lanes.test");
+        let r = resolve(&s, &settings(), &empty, "lanes.test", None);
         assert_eq!(r.source, LaneSource::Default);
     }
 

@@ -28,6 +28,16 @@ pub struct Snapshot {
     /// Every pool by key, kept so the next build can reuse unchanged pools
     /// (and their round-robin position).
     pools: HashMap<PoolKey, Arc<Pool>>,
+    /// Lanes by their entries: VIP, port, and hostname (when the hostname
+    /// template makes one other than `<lane>.<domain>`).
+    entries: Entries,
+}
+
+#[derive(Default)]
+struct Entries {
+    vips: HashMap<std::net::IpAddr, Arc<LaneView>>,
+    ports: HashMap<u16, Arc<LaneView>>,
+    hostnames: HashMap<Box<str>, Arc<LaneView>>,
 }
 
 /// A lane as the data plane sees it.
@@ -156,6 +166,7 @@ impl Snapshot {
             lanes,
             baseline,
             pools: HashMap::new(),
+            entries: Entries::default(),
         }
     }
 
@@ -241,6 +252,7 @@ impl Snapshot {
         });
 
         let mut lanes: HashMap<Box<str>, Arc<LaneView>> = HashMap::new();
+        let mut entries = Entries::default();
         lanes.insert(Box::from(BASELINE), baseline.clone());
         for lane in input.lanes {
             if lane.name == BASELINE {
@@ -258,15 +270,25 @@ impl Snapshot {
                 let target = resolver.resolve(lane, &chain, s, &baseline);
                 targets.insert(interner.get(s), Arc::new(target));
             }
-            lanes.insert(
-                Box::from(lane.name.as_str()),
-                Arc::new(LaneView {
-                    requests: ClassCounters::new(&m.lane_requests, &[&lane.name]),
-                    name,
-                    strict: lane.strict,
-                    targets,
-                }),
-            );
+            let view = Arc::new(LaneView {
+                requests: ClassCounters::new(&m.lane_requests, &[&lane.name]),
+                name,
+                strict: lane.strict,
+                targets,
+            });
+            if let Some(vip) = lane.entries.vip {
+                entries.vips.insert(vip, view.clone());
+            }
+            if let Some(port) = lane.entries.port {
+                entries.ports.insert(port, view.clone());
+            }
+            if !lane.entries.hostname.is_empty() {
+                entries.hostnames.insert(
+                    Box::from(lane.entries.hostname.to_ascii_lowercase()),
+                    view.clone(),
+                );
+            }
+            lanes.insert(Box::from(lane.name.as_str()), view);
         }
 
         Snapshot {
@@ -276,7 +298,26 @@ impl Snapshot {
             lanes,
             baseline,
             pools,
+            entries,
         }
+    }
+
+    /// The lane holding VIP `ip`.
+    pub fn lane_by_vip(&self, ip: std::net::IpAddr) -> Option<&Arc<LaneView>> {
+        self.entries.vips.get(&ip)
+    }
+
+    /// The lane holding pool port `port`.
+    pub fn lane_by_port(&self, port: u16) -> Option<&Arc<LaneView>> {
+        self.entries.ports.get(&port)
+    }
+
+    /// The lane whose entry hostname is exactly `host` (lowercase, no port).
+    pub fn lane_by_hostname(&self, host: &str) -> Option<&Arc<LaneView>> {
+        if self.entries.hostnames.is_empty() {
+            return None;
+        }
+        self.entries.hostnames.get(host)
     }
 
     /// A lane by name, if it exists.

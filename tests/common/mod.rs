@@ -42,6 +42,33 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// `n` consecutive ports that were all free a moment ago.
+pub fn free_port_range(n: u16) -> u16 {
+    loop {
+        let base = 20000 + fastrand_u16() % 30000;
+        let all_free = (base..base + n).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok());
+        if all_free {
+            return base;
+        }
+    }
+}
+
+/// A loopback /24 (`127.x.y.0`) for one test's VIP pool, distinct per call.
+pub fn vip_net() -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::SeqCst);
+    let x = 1 + (std::process::id() as usize % 200);
+    format!("127.{x}.{}", 10 + n)
+}
+
+fn fastrand_u16() -> u16 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    (t ^ (std::process::id() << 8)) as u16
+}
+
 // ---------------------------------------------------------------- upstreams
 
 /// A real HTTP/1.1 upstream that answers every request with JSON naming
@@ -320,6 +347,12 @@ impl Laneway {
     /// As [`start`](Self::start), with `lanes` added to the `[lanes]`
     /// section (pools, quarantine, leases, auto lanes).
     pub fn start_with_lanes(routes: &str, lanes: &str, extra: &str) -> Laneway {
+        Laneway::start_full(routes, "", lanes, extra)
+    }
+
+    /// Starts laneway with extra `[proxy]` keys, extra `[lanes]` keys and
+    /// extra sections.
+    pub fn start_full(routes: &str, proxy_extra: &str, lanes: &str, extra: &str) -> Laneway {
         let tmp = tempfile::tempdir().expect("temp dir");
         let dir = tmp.path().to_path_buf();
         std::fs::write(dir.join("routes.toml"), routes).unwrap();
@@ -334,6 +367,7 @@ impl Laneway {
 listen = ["{proxy}"]
 threads = 2
 connect_timeout = "1s"
+{proxy_extra}
 [admin]
 listen = "{admin}"
 [lanes]
@@ -392,6 +426,37 @@ level = "info,pingora=warn"
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Sends a signal (e.g. "TERM") to the process.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit on its own.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut status = None;
+        eventually(timeout, || {
+            status = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            status.is_some()
+        });
+        if status.is_some() {
+            self.child = None;
+        }
+        status
     }
 
     pub fn kill(&mut self) {

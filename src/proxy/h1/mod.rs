@@ -74,13 +74,18 @@ impl ServerApp for H1App {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let peer = stream
-            .get_socket_digest()
+        let digest = stream.get_socket_digest();
+        let peer = digest
+            .as_ref()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
+        let local = digest
+            .as_ref()
+            .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied());
         let mut conn = Client {
             io: stream,
             buf: BytesMut::with_capacity(READ_CHUNK),
             peer,
+            local,
         };
         let mut scratch = Scratch::default();
         loop {
@@ -102,6 +107,8 @@ struct Client {
     io: Stream,
     buf: BytesMut,
     peer: Option<SocketAddr>,
+    /// The address the client connected to: a VIP or pool port names a lane.
+    local: Option<SocketAddr>,
 }
 
 /// Buffers reused across the requests of one connection.
@@ -160,6 +167,7 @@ impl H1App {
             return Ok(false);
         };
         let started = Instant::now();
+        let _in_flight = self.settings.health.request();
         let head_bytes = c.buf.split_to(head_len).freeze();
         let mut headers_arr = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers_arr);
@@ -267,8 +275,34 @@ impl H1App {
             .and_then(|h| h.to_str().ok())
             .unwrap_or("");
 
+        if head.target() == self.settings.health_path {
+            let resp = super::pingora_engine::health_response(&self.settings);
+            let log = Log {
+                started,
+                lane: self.snapshot.load().baseline().clone(),
+                lane_source: LaneSource::Default,
+                target: None,
+                upstream: None,
+                upstream_started: None,
+                status: resp.status,
+                local: Some("health"),
+            };
+            if info.framing != Framing::None {
+                info.keep_alive = false;
+            }
+            self.write_local(c, s, &resp, &log, &info).await?;
+            return Ok(info.keep_alive);
+        }
         let snap = self.snapshot.load_full();
-        let decided = plan::decide(&snap, &self.settings, host, head.target(), "http", &headers);
+        let decided = plan::decide(
+            &snap,
+            &self.settings,
+            host,
+            head.target(),
+            "http",
+            &headers,
+            c.local,
+        );
         let mut log = Log {
             started,
             lane: decided.lane,
