@@ -38,6 +38,10 @@ enum Command {
         /// The configuration file.
         #[arg(short, long, default_value = "config/laneway.toml")]
         config: PathBuf,
+        /// Take over the listening sockets of the running laneway with the
+        /// same configuration: start this, then send SIGQUIT to the old one.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate the configuration and the route rules offline; print every
     /// error with file and line, and exit non-zero if there is any.
@@ -57,7 +61,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config } => match run(config) {
+        Command::Run { config, upgrade } => match run(config, upgrade) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("laneway: {e:#}");
@@ -118,7 +122,7 @@ fn check(config: PathBuf, routes: Option<PathBuf>) -> ExitCode {
     }
 }
 
-fn run(config_path: PathBuf) -> anyhow::Result<()> {
+fn run(config_path: PathBuf, upgrade: bool) -> anyhow::Result<()> {
     let config = Config::load(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
     telemetry::init_logging(&config.log);
     let metrics = Arc::new(Metrics::new());
@@ -134,7 +138,7 @@ fn run(config_path: PathBuf) -> anyhow::Result<()> {
         .context("cannot start the control runtime")?;
     let admin_addr = control.config.admin.listen;
     let listener = runtime
-        .block_on(tokio::net::TcpListener::bind(admin_addr))
+        .block_on(async { bind_reuseport(admin_addr) })
         .with_context(|| format!("cannot listen on the admin address {admin_addr}"))?;
     let watcher = runtime.block_on(async {
         tokio::spawn(control.clone().run_compiler());
@@ -153,7 +157,7 @@ fn run(config_path: PathBuf) -> anyhow::Result<()> {
         listen = ?control.config.proxy.listen,
         "laneway starting"
     );
-    let server = laneway::proxy::server::build(&control);
+    let server = laneway::proxy::server::build(&control, upgrade);
     tracing::info!(
         listeners = laneway::proxy::server::listen_addresses(&control.config).len(),
         "data plane listening"
@@ -161,4 +165,18 @@ fn run(config_path: PathBuf) -> anyhow::Result<()> {
     laneway::proxy::server::run(server, control, &runtime);
     drop(watcher);
     Ok(())
+}
+
+/// The admin listener, with `SO_REUSEPORT` so that a new laneway taking over
+/// in a graceful upgrade can bind it while the old one still runs.
+fn bind_reuseport(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }

@@ -185,3 +185,57 @@ fn sigterm_turns_health_503_keeps_serving_then_finishes_in_flight_requests() {
         "listeners are closed"
     );
 }
+
+/// Kills a child process when dropped.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn sigquit_hands_the_listening_sockets_to_a_new_process() {
+    let mut old = Laneway::start(SIMPLE_ROUTES, "");
+    let web = Upstream::start("web");
+    old.register("web-1", "web", None, web.port());
+    let log = std::fs::File::create(old.path("new.log")).unwrap();
+    let mut new = ChildGuard(
+        std::process::Command::new(env!("CARGO_BIN_EXE_laneway"))
+            .args(["run", "--upgrade", "--config"])
+            .arg(&old.config)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    // The new process waits for the sockets on the upgrade socket.
+    assert!(
+        eventually(Duration::from_secs(20), || old
+            .path("data/upgrade.sock")
+            .exists()),
+        "the new process listens for the sockets"
+    );
+    old.signal("QUIT");
+    let status = old
+        .wait_exit(Duration::from_secs(30))
+        .expect("the old process exits");
+    assert!(status.success(), "{status}");
+    // The same listening socket now belongs to the new process, with the
+    // same registrations (shared data directory).
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            std::net::TcpStream::connect(old.proxy).is_ok()
+                && old.get("shop.example.com", "/", &[]).status == 200
+        }),
+        "the new process serves:\n{}",
+        std::fs::read_to_string(old.path("new.log")).unwrap_or_default()
+    );
+    assert_eq!(old.get("shop.example.com", "/", &[]).upstream(), "web");
+    assert!(
+        new.0.try_wait().unwrap().is_none(),
+        "the new process runs on"
+    );
+}

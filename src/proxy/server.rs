@@ -51,7 +51,7 @@ pub fn settings(control: &Control) -> ProxySettings {
 /// upstream connection pool: the kernel spreads connections over them and a
 /// request never moves between threads (no cross-thread wake-ups, which is
 /// where a multi-threaded work-stealing runtime spent its time).
-pub fn build(control: &Arc<Control>) -> Server {
+pub fn build(control: &Arc<Control>, upgrade: bool) -> Server {
     let cfg = &control.config;
     let conf = ServerConf {
         threads: 1,
@@ -75,7 +75,11 @@ pub fn build(control: &Arc<Control>) -> Server {
             .into_owned(),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = pingora_core::server::configuration::Opt {
+        upgrade,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
     for worker in 0..cfg.proxy.threads {
         let name = format!("laneway-{worker}");
@@ -190,6 +194,10 @@ impl ShutdownSignalWatch for DrainOnTerm {
             _ = int.recv() => ShutdownSignal::FastShutdown,
             _ = quit.recv() => {
                 info!("SIGQUIT: handing the listeners over for a graceful upgrade");
+                self.control.health.start_draining();
+                if let Some(tx) = self.terminated.lock().ok().and_then(|mut t| t.take()) {
+                    let _ = tx.send(()); // the receiver lives as long as the process
+                }
                 ShutdownSignal::GracefulUpgrade
             }
         }
