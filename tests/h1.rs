@@ -258,3 +258,42 @@ fn close_delimited_responses_end_the_client_connection() {
     );
     assert!(out.ends_with("until close"), "{out}");
 }
+
+#[test]
+fn a_slow_upstream_times_out_with_504_naming_the_target() {
+    let routes = r#"
+[[server]]
+names = ["shop.example.com"]
+[[server.location]]
+match = "/"
+service = "web"
+read_timeout = "300ms"
+"#;
+    let lw = Laneway::start(routes, "");
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(s);
+                let mut line = String::new();
+                while r.read_line(&mut line).unwrap_or(0) > 0 {
+                    line.clear();
+                }
+            });
+        }
+    });
+    lw.register("web-1", "web", Some("v7"), port);
+    lw.create_lane(r#"{"name":"t-1","services":{"web":"v7"}}"#);
+    let started = std::time::Instant::now();
+    let r = lw.get("shop.example.com", "/", &[("X-Laneway-Lane", "t-1")]);
+    assert_eq!(r.status, 504, "{}", r.body);
+    for word in ["t-1", "web", "v7", "timed out"] {
+        assert!(r.body.contains(word), "{word} missing from {:?}", r.body);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the location's read_timeout applies"
+    );
+}

@@ -1033,10 +1033,25 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
 }
 
 /// `fut` with a deadline; a timeout is `ErrorKind::TimedOut`.
+///
+/// The future is polled once before a timer is armed: on a busy connection
+/// most reads and writes complete at once, and arming and cancelling a timer
+/// for each of them is avoidable per-request work.
 async fn timed<T>(
     limit: Duration,
     fut: impl std::future::Future<Output = io::Result<T>>,
 ) -> io::Result<T> {
+    use std::future::Future;
+    use std::task::Poll;
+    let mut fut = std::pin::pin!(fut);
+    let first = std::future::poll_fn(|cx| match fut.as_mut().poll(cx) {
+        Poll::Ready(r) => Poll::Ready(Some(r)),
+        Poll::Pending => Poll::Ready(None),
+    })
+    .await;
+    if let Some(r) = first {
+        return r;
+    }
     match tokio::time::timeout(limit, fut).await {
         Ok(r) => r,
         Err(_) => Err(io::ErrorKind::TimedOut.into()),
