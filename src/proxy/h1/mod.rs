@@ -1041,7 +1041,6 @@ async fn timed<T>(
     limit: Duration,
     fut: impl std::future::Future<Output = io::Result<T>>,
 ) -> io::Result<T> {
-    use std::future::Future;
     use std::task::Poll;
     let mut fut = std::pin::pin!(fut);
     let first = std::future::poll_fn(|cx| match fut.as_mut().poll(cx) {
