@@ -1,0 +1,174 @@
+//! Message heads the lean engine writes: the upstream request head (the
+//! client's fields minus hop-by-hop ones, plus laneway's edits) and
+//! laneway's own responses. Request path.
+
+use super::*;
+
+impl H1App {
+    /// The upstream request head into `s.out`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn build_upstream_head(
+        &self,
+        s: &mut Scratch,
+        head: &ReqHead,
+        headers: &HeaderMap,
+        info: &ReqInfo,
+        plan: &Plan,
+        lane: &LaneView,
+        peer: Option<SocketAddr>,
+    ) {
+        let out = &mut s.out;
+        out.clear();
+        out.extend_from_slice(head.method());
+        out.push(b' ');
+        match &plan.upstream_target {
+            Some(t) => out.extend_from_slice(t.as_bytes()),
+            None => out.extend_from_slice(&head.head[head.target.clone()]),
+        }
+        out.extend_from_slice(if head.minor == 0 {
+            b" HTTP/1.0\r\n"
+        } else {
+            b" HTTP/1.1\r\n"
+        });
+        let lane_header = &self.settings.lanes.header;
+        let mut forwarded_for: Option<&[u8]> = None;
+        let mut request_id = false;
+        for (name_r, value_r) in &s.fields {
+            let name = &head.head[name_r.clone()];
+            let value = &head.head[value_r.clone()];
+            if is_hop_by_hop(name) && !(info.upgrade && name.eq_ignore_ascii_case(b"upgrade")) {
+                continue;
+            }
+            if name.eq_ignore_ascii_case(b"expect") && info.expect_continue {
+                continue;
+            }
+            if name.eq_ignore_ascii_case(b"x-forwarded-for") {
+                forwarded_for = Some(value);
+                continue;
+            }
+            if name.eq_ignore_ascii_case(b"x-request-id") {
+                request_id = true;
+            }
+            if name.eq_ignore_ascii_case(b"x-forwarded-proto")
+                || name.eq_ignore_ascii_case(lane_header.as_str().as_bytes())
+                || (plan.production_host.is_some() && name.eq_ignore_ascii_case(b"host"))
+                || plan
+                    .remove_headers
+                    .iter()
+                    .any(|r| name.eq_ignore_ascii_case(r.as_str().as_bytes()))
+                || plan
+                    .set_headers
+                    .iter()
+                    .any(|(n, _)| name.eq_ignore_ascii_case(n.as_str().as_bytes()))
+            {
+                continue;
+            }
+            push_header(out, name, value);
+        }
+        if let Some(host) = &plan.production_host {
+            push_header(out, b"host", host.as_bytes());
+        }
+        for (name, value) in &plan.set_headers {
+            if !value.is_empty() {
+                push_header(out, name.as_str().as_bytes(), value.as_bytes());
+            }
+        }
+        out.extend_from_slice(b"x-forwarded-for: ");
+        if let Some(prev) = forwarded_for {
+            out.extend_from_slice(prev);
+            out.extend_from_slice(b", ");
+        }
+        match peer {
+            Some(p) => {
+                use std::io::Write;
+                let _ = write!(out, "{}", p.ip()); // writing to a Vec cannot fail
+            }
+            None => out.push(b'-'),
+        }
+        out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
+        if !request_id {
+            push_header(out, b"x-request-id", plan::new_request_id().as_bytes());
+        }
+        push_header(out, lane_header.as_str().as_bytes(), lane.name.as_bytes());
+        if info.upgrade {
+            out.extend_from_slice(b"connection: upgrade\r\n");
+        } else {
+            out.extend_from_slice(b"connection: keep-alive\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        let _ = headers; // the parsed map served routing; the raw fields are forwarded
+    }
+
+    pub(super) async fn write_local(
+        &self,
+        c: &mut Client,
+        s: &mut Scratch,
+        resp: &LocalResponse,
+        log: &Log,
+        info: &ReqInfo,
+    ) -> io::Result<()> {
+        let out = &mut s.out;
+        out.clear();
+        status_line(out, resp.status);
+        for (name, value) in &resp.headers {
+            push_header(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+        if self.settings.response_headers {
+            push_header(
+                out,
+                self.settings.lanes.header.as_str().as_bytes(),
+                log.lane.name.as_bytes(),
+            );
+            if let Some(t) = &log.target {
+                push_header(out, b"x-laneway-version", t.version.as_bytes());
+            }
+        }
+        {
+            use std::io::Write;
+            let _ = write!(out, "content-length: {}\r\n", resp.body.len()); // Vec write cannot fail
+        }
+        if !info.keep_alive {
+            out.extend_from_slice(b"connection: close\r\n");
+        } else if head_minor_is_zero(info) {
+            out.extend_from_slice(b"connection: keep-alive\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        if !info.is_head {
+            out.extend_from_slice(&resp.body);
+        }
+        write_flush(&mut c.io, out).await
+    }
+}
+
+/// HTTP/1.0 clients that asked for keep-alive need it spelled out.
+pub(super) fn head_minor_is_zero(info: &ReqInfo) -> bool {
+    info.minor == 0
+}
+
+pub(super) fn status_line(out: &mut Vec<u8>, status: u16) {
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    use std::io::Write;
+    let _ = write!(out, "HTTP/1.1 {status} {reason}\r\n"); // Vec write cannot fail
+}
+
+pub(super) fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Headers that describe one connection and are never forwarded.
+pub(super) fn is_hop_by_hop(name: &[u8]) -> bool {
+    const HOP: [&[u8]; 5] = [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"upgrade",
+    ];
+    HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+}

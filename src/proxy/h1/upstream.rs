@@ -1,0 +1,345 @@
+//! The upstream half of a proxied request: picking an instance, sending
+//! the request on a pooled or new connection (with a retry on another
+//! instance when connecting fails, and on a fresh connection when a pooled
+//! one turns out stale), and forwarding the response. Request path.
+
+use super::*;
+
+impl H1App {
+    /// Sends the request upstream and the response back. `Ok(keep)` says
+    /// whether the client connection may carry another request.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn proxy(
+        &self,
+        c: &mut Client,
+        s: &mut Scratch,
+        head: &ReqHead,
+        headers: &HeaderMap,
+        info: &ReqInfo,
+        plan: &Plan,
+        log: &mut Log,
+    ) -> Result<bool, Failure> {
+        if info.expect_continue && info.framing != Framing::None {
+            // As nginx does: answer 100 Continue here, never forward Expect.
+            write_flush(&mut c.io, b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await
+                .map_err(Failure::Abort)?;
+        }
+        self.build_upstream_head(s, head, headers, info, plan, &log.lane, c.peer);
+        // Body bytes already received go out with the head in one write.
+        let mut tracker = ChunkTracker::default();
+        let buffered = match info.framing {
+            Framing::None | Framing::Close => 0,
+            Framing::Length(n) => c.buf.len().min(usize::try_from(n).unwrap_or(usize::MAX)),
+            Framing::Chunked => tracker
+                .feed(&c.buf)
+                .map_err(|_| Failure::Status(400, "malformed chunked request body"))?,
+        };
+        let rest = match info.framing {
+            Framing::Length(n) => match n - buffered as u64 {
+                0 => Framing::None,
+                left => Framing::Length(left),
+            },
+            Framing::Chunked if !tracker.done() => Framing::Chunked,
+            _ => Framing::None,
+        };
+        s.out.extend_from_slice(&c.buf[..buffered]);
+        c.buf.advance(buffered);
+        let replayable = rest == Framing::None;
+
+        let pool = &plan.pool;
+        let mut tried = [usize::MAX; 8];
+        let mut tries = 0usize;
+        let (up, head_len) = loop {
+            let Some(idx) = pool.pick(|i| tried[..tries.min(8)].contains(&i)) else {
+                return Err(Failure::Status(502, "every instance failed to connect"));
+            };
+            let addr = pool.instances[idx].addr;
+            if tries < tried.len() {
+                tried[tries] = idx;
+            }
+            tries += 1;
+            log.upstream = Some(addr);
+            log.upstream_started = Some(Instant::now());
+            match self
+                .exchange(c, s, addr, plan, info, rest, &mut tracker, replayable)
+                .await
+            {
+                Ok(done) => break done,
+                Err(Exchange::Connect(e)) => {
+                    pool.connect_errors.inc();
+                    debug!(upstream = %addr, error = %e, "connect failed");
+                    if tries > self.settings.connect_retries || tries >= pool.instances.len() {
+                        return Err(if e.kind() == io::ErrorKind::TimedOut {
+                            Failure::Status(504, "connect timed out")
+                        } else {
+                            Failure::Status(502, "connect failed")
+                        });
+                    }
+                }
+                Err(Exchange::Failed(f)) => return Err(f),
+            }
+        };
+        let addr = log.upstream.unwrap_or_else(|| pool.instances[0].addr);
+        self.respond(c, s, up, addr, head_len, info, plan, log)
+            .await
+    }
+
+    /// Writes the request on a pooled or new connection to `addr` and reads
+    /// the response head into `s.up_buf`; returns the connection and the
+    /// head length.
+    #[allow(clippy::too_many_arguments)]
+    async fn exchange(
+        &self,
+        c: &mut Client,
+        s: &mut Scratch,
+        addr: SocketAddr,
+        plan: &Plan,
+        info: &ReqInfo,
+        rest: Framing,
+        tracker: &mut ChunkTracker,
+        replayable: bool,
+    ) -> Result<(TcpStream, usize), Exchange> {
+        let mut pooled = pool::take(addr);
+        loop {
+            let reused = pooled.is_some();
+            let mut up = match pooled.take() {
+                Some(up) => up,
+                None => connect(addr, plan.connect_timeout)
+                    .await
+                    .map_err(Exchange::Connect)?,
+            };
+            // A pooled connection the upstream already closed fails here;
+            // that is retried once on a fresh connection when the request
+            // can be sent again whole.
+            let retry_stale = reused && replayable && info.idempotent;
+            if let Err(e) = timed(plan.write_timeout, up.write_all(&s.out)).await {
+                if retry_stale {
+                    continue;
+                }
+                return Err(Exchange::Failed(io_failure(
+                    &e,
+                    "sending the request failed",
+                )));
+            }
+            if rest != Framing::None {
+                if let Err(e) = transfer(
+                    &mut c.io,
+                    &mut c.buf,
+                    rest,
+                    tracker,
+                    &mut up,
+                    plan.read_timeout,
+                    &[],
+                )
+                .await
+                {
+                    debug!(error = %e, "request body transfer failed");
+                    return Err(Exchange::Failed(Failure::Status(
+                        502,
+                        "sending the request body failed",
+                    )));
+                }
+            }
+            s.up_buf.clear();
+            match read_head(&mut up, &mut s.up_buf, plan.read_timeout).await {
+                Ok(Some(n)) => return Ok((up, n)),
+                Ok(None) if retry_stale => continue,
+                Err(e)
+                    if retry_stale
+                        && s.up_buf.is_empty()
+                        && e.kind() != io::ErrorKind::TimedOut =>
+                {
+                    continue
+                }
+                Ok(None) => {
+                    return Err(Exchange::Failed(Failure::Status(
+                        502,
+                        "upstream closed the connection",
+                    )))
+                }
+                Err(e) => {
+                    return Err(Exchange::Failed(io_failure(
+                        &e,
+                        "reading the response failed",
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Forwards the response whose head is in `s.up_buf[..head_len]`.
+    #[allow(clippy::too_many_arguments)]
+    async fn respond(
+        &self,
+        c: &mut Client,
+        s: &mut Scratch,
+        mut up: TcpStream,
+        addr: SocketAddr,
+        mut head_len: usize,
+        info: &ReqInfo,
+        plan: &Plan,
+        log: &mut Log,
+    ) -> Result<bool, Failure> {
+        loop {
+            let mut headers_arr = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut resp = httparse::Response::new(&mut headers_arr);
+            if !matches!(
+                resp.parse(&s.up_buf[..head_len]),
+                Ok(httparse::Status::Complete(_))
+            ) {
+                return Err(Failure::Status(502, "malformed response head"));
+            }
+            let status = resp.code.unwrap_or(502);
+            let minor = resp.version.unwrap_or(1);
+            if (100..200).contains(&status) && status != 101 {
+                // Interim responses go to the client as they are.
+                let interim = s.up_buf.split_to(head_len);
+                write_flush(&mut c.io, &interim)
+                    .await
+                    .map_err(Failure::Abort)?;
+                head_len = match read_head(&mut up, &mut s.up_buf, plan.read_timeout).await {
+                    Ok(Some(n)) => n,
+                    Ok(None) => return Err(Failure::Abort(io::ErrorKind::UnexpectedEof.into())),
+                    Err(e) => return Err(Failure::Abort(e)),
+                };
+                continue;
+            }
+            log.status = status;
+            let mut chunked = false;
+            let mut length = None;
+            let mut up_keep = minor >= 1;
+            for h in resp.headers.iter() {
+                if h.name.eq_ignore_ascii_case("content-length") {
+                    length = std::str::from_utf8(h.value)
+                        .ok()
+                        .and_then(|v| v.trim().parse::<u64>().ok());
+                } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                    chunked = h
+                        .value
+                        .split(|&b| b == b',')
+                        .next_back()
+                        .is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+                } else if h.name.eq_ignore_ascii_case("connection") {
+                    for t in h.value.split(|&b| b == b',') {
+                        let t = t.trim_ascii();
+                        if t.eq_ignore_ascii_case(b"close") {
+                            up_keep = false;
+                        } else if t.eq_ignore_ascii_case(b"keep-alive") && minor == 0 {
+                            up_keep = true;
+                        }
+                    }
+                }
+            }
+            let framing = if info.is_head || status == 204 || status == 304 || status == 101 {
+                Framing::None
+            } else if chunked {
+                Framing::Chunked
+            } else {
+                match length {
+                    Some(0) => Framing::None,
+                    Some(n) => Framing::Length(n),
+                    None => Framing::Close,
+                }
+            };
+            let upgrade = status == 101 && info.upgrade;
+            let mut client_keep = info.keep_alive && framing != Framing::Close && !upgrade;
+            if status == 101 && !info.upgrade {
+                return Err(Failure::Status(502, "unexpected 101 response"));
+            }
+
+            // The client's head: status line and headers as received, minus
+            // hop-by-hop ones, plus laneway's.
+            s.out.clear();
+            s.out.extend_from_slice(b"HTTP/1.1 ");
+            s.out
+                .extend_from_slice(&s.up_buf[9..head_line_end(&s.up_buf[..head_len])]);
+            s.out.extend_from_slice(b"\r\n");
+            for h in resp.headers.iter() {
+                let n = h.name.as_bytes();
+                if is_hop_by_hop(n) && !(upgrade && n.eq_ignore_ascii_case(b"upgrade")) {
+                    continue;
+                }
+                push_header(&mut s.out, n, h.value);
+            }
+            if self.settings.response_headers {
+                push_header(
+                    &mut s.out,
+                    self.settings.lanes.header.as_str().as_bytes(),
+                    log.lane.name.as_bytes(),
+                );
+                if let Some(t) = &log.target {
+                    push_header(&mut s.out, b"x-laneway-version", t.version.as_bytes());
+                }
+            }
+            for (name, value) in &plan.add_response_headers {
+                push_header(&mut s.out, name.as_str().as_bytes(), value.as_bytes());
+            }
+            if upgrade {
+                s.out.extend_from_slice(b"connection: upgrade\r\n");
+            } else if !client_keep {
+                s.out.extend_from_slice(b"connection: close\r\n");
+            } else if info.keep_alive && head_minor_is_zero(info) {
+                s.out.extend_from_slice(b"connection: keep-alive\r\n");
+            }
+            s.out.extend_from_slice(b"\r\n");
+            s.up_buf.advance(head_len);
+
+            if upgrade {
+                write_flush(&mut c.io, &s.out)
+                    .await
+                    .map_err(Failure::Abort)?;
+                if !s.up_buf.is_empty() {
+                    write_flush(&mut c.io, &s.up_buf)
+                        .await
+                        .map_err(Failure::Abort)?;
+                }
+                if !c.buf.is_empty() {
+                    up.write_all(&c.buf).await.map_err(Failure::Abort)?;
+                    c.buf.clear();
+                }
+                if let Err(e) = tokio::io::copy_bidirectional(&mut c.io, &mut up).await {
+                    debug!(error = %e, "upgraded connection ended");
+                }
+                return Ok(false);
+            }
+
+            let mut tracker = ChunkTracker::default();
+            if let Err(e) = transfer(
+                &mut up,
+                &mut s.up_buf,
+                framing,
+                &mut tracker,
+                &mut c.io,
+                plan.read_timeout,
+                &s.out,
+            )
+            .await
+            {
+                debug!(upstream = %addr, error = %e, "response transfer failed");
+                return Err(Failure::Abort(e));
+            }
+            if framing == Framing::Close {
+                client_keep = false;
+            }
+            if up_keep && framing != Framing::Close && s.up_buf.is_empty() {
+                pool::put(addr, up, self.settings.upstream_keepalive);
+            }
+            return Ok(client_keep);
+        }
+    }
+}
+
+enum Exchange {
+    /// Connecting failed: another instance may be tried.
+    Connect(io::Error),
+    Failed(Failure),
+}
+
+pub(super) fn io_failure(e: &io::Error, what: &'static str) -> Failure {
+    if e.kind() == io::ErrorKind::TimedOut {
+        Failure::Status(504, "upstream timed out")
+    } else {
+        Failure::Status(502, what)
+    }
+}
