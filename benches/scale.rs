@@ -10,13 +10,13 @@
 //! The registry lives in a temporary directory under `$LANEWAY_BENCH_DIR`
 //! (default: the system temp dir); put it on the disk a real data dir uses.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use laneway::discovery::registry::{Registry, FILE_NAME};
+use laneway::discovery::registry::{Registry, FILE_NAME, JOURNAL_NAME};
 use laneway::discovery::{Catalog, Instance};
 use laneway::routing::rules::RuleSet;
 use laneway::routing::snapshot::{BuildInput, Snapshot};
@@ -28,15 +28,18 @@ mod table;
 
 use table::Shape;
 
-/// Counts live heap bytes and their peak.
+/// Counts live heap bytes and their peak, allocating with mimalloc as the
+/// laneway binary does (`src/main.rs`), so that RSS is the binary's.
 struct Counting;
+
+static INNER: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = System.alloc(layout);
+        let p = INNER.alloc(layout);
         if !p.is_null() {
             add(layout.size());
         }
@@ -44,12 +47,12 @@ unsafe impl GlobalAlloc for Counting {
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout);
+        INNER.dealloc(ptr, layout);
         LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let p = System.alloc_zeroed(layout);
+        let p = INNER.alloc_zeroed(layout);
         if !p.is_null() {
             add(layout.size());
         }
@@ -57,7 +60,7 @@ unsafe impl GlobalAlloc for Counting {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let p = System.realloc(ptr, layout, new_size);
+        let p = INNER.realloc(ptr, layout, new_size);
         if !p.is_null() {
             LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
             add(new_size);
@@ -151,11 +154,15 @@ fn baseline_versions() -> &'static [String] {
 
 /// The large table: rules compile, catalog, snapshot build, memory.
 fn large() {
-    let shape = Shape::large();
-    run_table("large", &shape);
+    let shape = Shape::or_smoke(Shape::large());
+    run_table("large", &shape, true);
 }
 
-fn run_table(label: &str, shape: &Shape) -> (Arc<RuleSet>, Vec<laneway::allocation::lanes::Lane>) {
+fn run_table(
+    label: &str,
+    shape: &Shape,
+    with_catalog: bool,
+) -> (Arc<RuleSet>, Vec<laneway::allocation::lanes::Lane>) {
     println!(
         "scenario {label}: {} servers, {} instances, {} lanes",
         shape.servers,
@@ -177,7 +184,7 @@ fn run_table(label: &str, shape: &Shape) -> (Arc<RuleSet>, Vec<laneway::allocati
     drop(source);
     let rules = Arc::new(rules);
     let lanes = table::lanes(shape);
-    if shape.instances() > 50_000 {
+    if with_catalog {
         let before = LIVE.load(Ordering::Relaxed);
         let catalog = Catalog {
             instances: table::instances(shape).into_iter().map(Arc::new).collect(),
@@ -213,8 +220,8 @@ fn run_table(label: &str, shape: &Shape) -> (Arc<RuleSet>, Vec<laneway::allocati
 /// 10,000 instances, 1,000 lanes, the large rules: registry open, builds,
 /// one registration applied as laneway applies it.
 fn registry() {
-    let shape = Shape::scale();
-    let (rules, lanes) = run_table("registry", &shape);
+    let shape = Shape::or_smoke(Shape::scale());
+    let (rules, lanes) = run_table("registry", &shape, false);
     let base = std::env::var_os("LANEWAY_BENCH_DIR")
         .map_or_else(std::env::temp_dir, std::path::PathBuf::from);
     let dir = tempfile::tempdir_in(&base).expect("temp dir");
@@ -296,6 +303,33 @@ fn registry() {
         dereg.push(started.elapsed());
     }
     println!("  one deregistration applied, total: {}", summary(dereg));
+
+    // Re-registrations alone (no snapshot build) until the registry folds
+    // its journal into a new base: the cost of that one registration.
+    let journal = dir.path().join(JOURNAL_NAME);
+    let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    let mut plain = Vec::new();
+    let mut compacting = None;
+    for i in 0..50_000u32 {
+        let mut inst = table::parse(&table::register_body(0, 0, 0));
+        inst.port = 1 + (i % 60_000) as u16;
+        let before = size(&journal);
+        let (changed, t) = timed(|| reg.register(inst).expect("register"));
+        assert!(changed);
+        if size(&journal) < before {
+            compacting = Some((i + 1, t));
+            break;
+        }
+        plain.push(t);
+    }
+    match compacting {
+        Some((n, t)) => println!(
+            "  Registry::register that compacts (after {n} more changes): {}; the others: {}",
+            ms(t),
+            summary(plain)
+        ),
+        None => println!("  no compaction within {} changes", plain.len()),
+    }
     let files: Vec<String> = std::fs::read_dir(dir.path())
         .map(|d| {
             d.filter_map(Result::ok)
@@ -330,13 +364,66 @@ fn seed(dir: &Path, instances: &[Instance]) {
     std::fs::write(dir.join(FILE_NAME), out).expect("seed the registry file");
 }
 
-const SCENARIOS: [(&str, fn()); 2] = [("large", large), ("registry", registry)];
+/// `RuleSet::compile` of the large rules, repeated (a target for a profiler).
+fn rules() {
+    let shape = Shape::or_smoke(Shape::large());
+    let source = table::routes_toml(&shape);
+    println!(
+        "scenario rules: RuleSet::compile of {} KiB of TOML",
+        source.len() / 1024
+    );
+    let mut times = Vec::new();
+    for _ in 0..10 {
+        let (rules, t) =
+            timed(|| RuleSet::compile(&source, Path::new("routes.toml")).expect("valid"));
+        drop(rules);
+        times.push(t);
+    }
+    println!("  RuleSet::compile: {}", summary(times));
+    memory("at end");
+}
+
+/// Snapshot::build at 10,000 instances, each after one changed instance,
+/// without the registry (a target for a profiler; not run by default).
+fn builds() {
+    let shape = Shape::or_smoke(Shape::scale());
+    let source = table::routes_toml(&shape);
+    let rules = Arc::new(RuleSet::compile(&source, Path::new("routes.toml")).expect("valid"));
+    let lanes = table::lanes(&shape);
+    let mut instances: Vec<Arc<Instance>> =
+        table::instances(&shape).into_iter().map(Arc::new).collect();
+    let metrics = Metrics::new();
+    let catalog = Catalog {
+        instances: instances.clone(),
+    };
+    let mut snap = build(&rules, &lanes, &catalog, &metrics, None);
+    let mut times = Vec::new();
+    for i in 0..500 {
+        let at = (i * 7919) % instances.len();
+        let mut changed = Instance::clone(&instances[at]);
+        changed.port = 1000 + (i % 5000) as u16;
+        instances[at] = Arc::new(changed);
+        let catalog = Catalog {
+            instances: instances.clone(),
+        };
+        let (next, t) = timed(|| build(&rules, &lanes, &catalog, &metrics, Some(&snap)));
+        snap = next;
+        times.push(t);
+    }
+    println!(
+        "scenario builds: Snapshot::build after one changed instance: {}",
+        summary(times)
+    );
+}
+
+const SCENARIOS: [(&str, fn()); 3] = [("rules", rules), ("large", large), ("registry", registry)];
+const HIDDEN: [(&str, fn()); 1] = [("builds", builds)];
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let Some(at) = args.iter().position(|a| a == "--scenario") {
         let name = args.get(at + 1).map(String::as_str).unwrap_or("");
-        match SCENARIOS.iter().find(|(n, _)| *n == name) {
+        match SCENARIOS.iter().chain(&HIDDEN).find(|(n, _)| *n == name) {
             Some((_, run)) => run(),
             None => eprintln!("unknown scenario {name:?}"),
         }
@@ -355,6 +442,7 @@ fn main() {
         }
         let status = std::process::Command::new(&exe)
             .args(["--scenario", name])
+            .args(args.iter().filter(|a| *a == "--bench"))
             .status()
             .expect("run scenario");
         assert!(status.success(), "scenario {name} failed");

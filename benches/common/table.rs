@@ -65,6 +65,33 @@ impl Shape {
         }
     }
 
+    /// A small table of the same shape, for `cargo test`, which runs the
+    /// benchmarks once as smoke tests.
+    pub const fn smoke() -> Shape {
+        Shape {
+            servers: 100,
+            big_servers: 2,
+            big_locations: 50,
+            small_locations: 250,
+            services: 100,
+            versions: 4,
+            per_version: 2,
+            lanes: 40,
+        }
+    }
+
+    /// `shape` under `cargo bench`, [`Shape::smoke`] under `cargo test`
+    /// (which runs a benchmark binary without `--bench`).
+    pub fn or_smoke(shape: Shape) -> Shape {
+        if std::env::args().any(|a| a == "--bench")
+            || std::env::var_os("LANEWAY_BENCH_FULL").is_some()
+        {
+            shape
+        } else {
+            Shape::smoke()
+        }
+    }
+
     pub fn instances(&self) -> usize {
         self.services * self.versions * self.per_version
     }
@@ -89,6 +116,13 @@ impl Shape {
             2
         }
     }
+}
+
+/// Appends one formatted line.
+fn push_line(out: &mut String, line: std::fmt::Arguments<'_>) {
+    out.write_fmt(line)
+        .expect("writing to a String cannot fail");
+    out.push('\n');
 }
 
 pub fn service(n: usize) -> String {
@@ -178,10 +212,9 @@ pub fn routes_toml(shape: &Shape) -> String {
     let mut out = String::with_capacity(4 << 20);
     for s in 0..shape.servers {
         let names = [name_text(2 * s), name_text(2 * s + 1)];
-        let _ = writeln!(
-            out,
-            "[[server]]\nnames = [\"{}\", \"{}\"]",
-            names[0], names[1]
+        push_line(
+            &mut out,
+            format_args!("[[server]]\nnames = [\"{}\", \"{}\"]", names[0], names[1]),
         );
         if s == 0 {
             out.push_str("default = true\n");
@@ -235,21 +268,24 @@ fn big_location(out: &mut String, shape: &Shape, s: usize, k: usize, city: bool)
     out.push_str("[[server.location]]\n");
     match loc_kind(k) {
         LocKind::Exact if k.is_multiple_of(20) => {
-            let _ = writeln!(
-                out,
-                "match = \"= /api/s{s}/x{k}/status\"\nreturn = {{ status = 200, body = \"ok $host\\n\" }}"
-            );
+            push_line(out, format_args!("match = \"= /api/s{s}/x{k}/status\"\nreturn = {{ status = 200, body = \"ok $host\\n\" }}"));
         }
         LocKind::Exact => {
-            let _ = writeln!(
+            push_line(
                 out,
-                "match = \"= /api/s{s}/x{k}/status\"\nservice = \"{svc}\""
+                format_args!("match = \"= /api/s{s}/x{k}/status\"\nservice = \"{svc}\""),
             );
         }
         LocKind::Prefix => {
-            let _ = writeln!(out, "match = \"/api/s{s}/p{k}/\"\nservice = \"{svc}\"");
+            push_line(
+                out,
+                format_args!("match = \"/api/s{s}/p{k}/\"\nservice = \"{svc}\""),
+            );
             if k % 5 == 2 {
-                let _ = writeln!(out, "rewrite = [\"^/api/s{s}/p{k}/(.*)$\", \"/$1\"]");
+                push_line(
+                    out,
+                    format_args!("rewrite = [\"^/api/s{s}/p{k}/(.*)$\", \"/$1\"]"),
+                );
             }
             if city {
                 out.push_str("set_headers = { \"X-City\" = \"$city\", \"X-Lane\" = \"$lane\" }\n");
@@ -258,22 +294,21 @@ fn big_location(out: &mut String, shape: &Shape, s: usize, k: usize, city: bool)
             }
         }
         LocKind::NoRegex => {
-            let _ = writeln!(
+            push_line(
                 out,
-                "match = \"^~ /static/s{s}/b{k}/\"\nservice = \"{svc}\""
+                format_args!("match = \"^~ /static/s{s}/b{k}/\"\nservice = \"{svc}\""),
             );
         }
         LocKind::Regex => {
-            let _ = writeln!(
-                out,
-                "match = \"~ ^/v(?<ver>[0-9]+)/s{s}/r{k}/(?<id>[0-9]+)$\"\nservice = \"{svc}\"\n\
-                 set_headers = {{ \"X-Id\" = \"$id\", \"X-Api-Version\" = \"$ver\" }}"
-            );
+            push_line(out, format_args!("match = \"~ ^/v(?<ver>[0-9]+)/s{s}/r{k}/(?<id>[0-9]+)$\"\nservice = \"{svc}\"\n\
+                 set_headers = {{ \"X-Id\" = \"$id\", \"X-Api-Version\" = \"$ver\" }}"));
         }
         LocKind::RegexCaseless => {
-            let _ = writeln!(
+            push_line(
                 out,
-                "match = \"~* ^/legacy/s{s}/c{k}/.*\\\\.(php|jsp)$\"\nservice = \"{svc}\""
+                format_args!(
+                    "match = \"~* ^/legacy/s{s}/c{k}/.*\\\\.(php|jsp)$\"\nservice = \"{svc}\""
+                ),
             );
         }
     }
@@ -283,21 +318,22 @@ fn big_location(out: &mut String, shape: &Shape, s: usize, k: usize, city: bool)
 fn small_locations(out: &mut String, shape: &Shape, s: usize, city: bool) {
     let svc = service_of(shape, s, 0);
     let header = if city { "$city" } else { "$host" };
-    let _ = writeln!(
+    push_line(
         out,
-        "[[server.location]]\nmatch = \"/\"\nservice = \"{svc}\"\n\
+        format_args!(
+            "[[server.location]]\nmatch = \"/\"\nservice = \"{svc}\"\n\
          set_headers = {{ \"X-Site\" = \"{header}\" }}\n"
+        ),
     );
-    let _ = writeln!(
-        out,
-        "[[server.location]]\nmatch = \"= /healthz\"\nreturn = {{ status = 200, body = \"ok\\n\" }}\n"
-    );
+    push_line(out, format_args!("[[server.location]]\nmatch = \"= /healthz\"\nreturn = {{ status = 200, body = \"ok\\n\" }}\n"));
     if shape.small_count(s) == 3 {
         let static_svc = service_of(shape, s, 1);
-        let _ = writeln!(
+        push_line(
             out,
-            "[[server.location]]\nmatch = \"~* \\\\.(png|jpe?g|gif|css|js|ico|svg|woff2?)$\"\n\
+            format_args!(
+                "[[server.location]]\nmatch = \"~* \\\\.(png|jpe?g|gif|css|js|ico|svg|woff2?)$\"\n\
              service = \"{static_svc}\"\n"
+            ),
         );
     }
 }

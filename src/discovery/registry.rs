@@ -1,19 +1,37 @@
 //! The embedded registry: the durable set of instances registered through
-//! the admin API (Consul-compatible register/deregister/check endpoints),
-//! kept in `<data_dir>/instances.json`. Control plane only: synchronous,
-//! called with the registry behind a `tokio::sync::Mutex`; the data plane
-//! sees instances only through the [`Catalog`] a snapshot is compiled from.
+//! the admin API (Consul-compatible register/deregister/check endpoints).
+//! Control plane only: synchronous, called with the registry behind a
+//! `tokio::sync::Mutex`; the data plane sees instances only through the
+//! [`Catalog`] a snapshot is compiled from.
 //!
-//! Every change is applied to a copy, written with
-//! [`write_atomic`](crate::allocation::file::write_atomic), and only then
-//! committed, so a failed write leaves memory as it was and the caller can
-//! report the error.
+//! On disk, in the data directory:
+//! - `instances.json`, the base: `{"version":1,"seq":N,"instances":[…]}`,
+//!   one instance per line, replaced atomically
+//!   ([`write_atomic`](crate::allocation::file::write_atomic));
+//! - `instances.journal`, the changes since the base: one JSON record per
+//!   line, `{"seq":N+1,"put":[instance…],"delete":[id…]}`, each appended and
+//!   fsync'd before the change is applied in memory and acknowledged.
 //!
-//! Cost: a change rewrites the whole file, one instance per line (about
-//! 300–600 bytes each: tens of thousands of instances is a few MB and a few
-//! milliseconds plus an fsync per change). TTL heartbeats that do not change
-//! a check's status are kept in memory only (their output is written with the
-//! next real change), so steady heartbeats cost no disk writes.
+//! A change therefore costs one small append and one `fdatasync`, whatever
+//! the registry's size (rewriting a 10,000-instance base costs tens of
+//! milliseconds). When the journal outgrows the base (and 1 MiB) the whole
+//! state is written as a new base and the journal emptied (compaction); the
+//! amortised cost per change stays constant.
+//!
+//! Crash safety: a record is one line written by one append. At open, the
+//! base is read, then every complete journal line is applied in order;
+//! records whose `seq` the base already includes are skipped (a crash
+//! between writing a new base and emptying the journal leaves them behind).
+//! An unterminated last line is a write that was never acknowledged (a
+//! crash in the middle of an append): it is dropped and cut off. Anything
+//! else that does not parse, in the base or in a complete journal line, is
+//! an error naming the file and line, never a silent reset. A failed append
+//! leaves memory unchanged and marks the journal unusable: the next change
+//! writes a whole new base instead.
+//!
+//! TTL heartbeats that do not change a check's status are kept in memory
+//! only (their output is written with the next compaction or with a change
+//! to that instance), so steady heartbeats cost no disk writes.
 //!
 //! Differences from a Consul agent: TTLs are recorded but not enforced yet,
 //! HTTP/TCP checks are not run (see [`register`](super::register)), and
@@ -21,19 +39,26 @@
 //! which is how an operator takes an instance out of rotation by hand.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Catalog, Health, Instance};
 use crate::allocation::file::{persist, read_json};
 use crate::allocation::StoreError;
 
-/// The registry's file name inside the data directory.
+/// The registry's base file name inside the data directory.
 pub const FILE_NAME: &str = "instances.json";
+/// The journal of changes since the base, next to it.
+pub const JOURNAL_NAME: &str = "instances.journal";
 /// The on-disk format version this build reads and writes.
 const FORMAT: u32 = 1;
+/// The journal is folded into a new base once it is larger than the base
+/// and than this.
+const COMPACT_MIN: u64 = 1 << 20;
 
 /// Why a registry update was refused.
 #[derive(Debug, thiserror::Error)]
@@ -49,25 +74,80 @@ pub enum RegistryError {
 #[derive(Deserialize)]
 struct StoredFile {
     version: u32,
+    /// The last journal record this base includes (0: none).
+    #[serde(default)]
+    seq: u64,
     instances: Vec<Instance>,
+}
+
+/// One journal line: a change, applied as a whole.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Record {
+    seq: u64,
+    #[serde(default)]
+    put: Vec<Instance>,
+    #[serde(default)]
+    delete: Vec<String>,
+}
+
+/// [`Record`] as written, borrowing the instances.
+#[derive(Serialize)]
+struct RecordOut<'a> {
+    seq: u64,
+    #[serde(
+        skip_serializing_if = "<[_]>::is_empty",
+        serialize_with = "instances_out"
+    )]
+    put: &'a [Arc<Instance>],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    delete: &'a [String],
+}
+
+fn instances_out<S: serde::Serializer>(list: &&[Arc<Instance>], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(list.iter().map(|i| &**i))
+}
+
+/// Where the next change goes.
+#[derive(Debug)]
+enum Journal {
+    /// No journal file yet: the first append creates it.
+    Absent,
+    /// Open for appending.
+    Open(File),
+    /// An append failed or the file could not be repaired: the next change
+    /// writes a whole new base and starts a new journal.
+    Broken,
 }
 
 /// The durable set of registered instances, keyed by instance id.
 #[derive(Debug)]
 pub struct Registry {
     path: PathBuf,
+    journal_path: PathBuf,
     instances: BTreeMap<String, Arc<Instance>>,
     /// check id → id of the instance that owns it.
     check_owner: HashMap<String, String>,
+    journal: Journal,
+    /// Bytes in the journal, and in the base when it was last written.
+    journal_len: u64,
+    base_len: u64,
+    /// Sequence number of the last change applied.
+    seq: u64,
+    /// Compaction threshold (tests lower it).
+    compact_min: u64,
 }
 
 impl Registry {
-    /// Loads `<data_dir>/instances.json`. A missing file is an empty
-    /// registry; an unreadable or corrupt file is an error naming the file,
-    /// never a silent reset.
+    /// Loads `<data_dir>/instances.json` and replays `instances.journal`. A
+    /// missing file is an empty registry; an unreadable or corrupt file is
+    /// an error naming the file, never a silent reset.
     pub fn open(data_dir: &Path) -> Result<Registry, StoreError> {
         let path = data_dir.join(FILE_NAME);
+        let journal_path = data_dir.join(JOURNAL_NAME);
         let mut instances = BTreeMap::new();
+        let mut base_seq = 0;
+        let base_len = std::fs::metadata(&path).map_or(0, |m| m.len());
         if let Some(file) = read_json::<StoredFile>(&path)? {
             let corrupt = |detail: String| StoreError::Corrupt {
                 path: path.clone(),
@@ -79,6 +159,7 @@ impl Registry {
                     file.version
                 )));
             }
+            base_seq = file.seq;
             for mut inst in file.instances {
                 if inst.id.is_empty() {
                     return Err(corrupt(format!(
@@ -93,14 +174,45 @@ impl Registry {
                 }
             }
         }
+        let replayed = replay(&journal_path, base_seq, &mut instances)?;
         let check_owner = index_checks(&instances).map_err(|detail| StoreError::Corrupt {
-            path: path.clone(),
+            path: if replayed.records > 0 {
+                journal_path.clone()
+            } else {
+                path.clone()
+            },
             detail,
         })?;
+        let journal = match replayed.torn {
+            None if replayed.exists => match OpenOptions::new().append(true).open(&journal_path) {
+                Ok(f) => Journal::Open(f),
+                Err(e) => {
+                    tracing::warn!(path = %journal_path.display(), error = %e, "cannot open the registry journal; the next change rewrites the base");
+                    Journal::Broken
+                }
+            },
+            None => Journal::Absent,
+            Some(valid) => {
+                tracing::warn!(path = %journal_path.display(), bytes = replayed.len - valid, "dropping an unfinished journal record (a crash during a registration)");
+                match cut_journal(&journal_path, valid) {
+                    Ok(f) => Journal::Open(f),
+                    Err(e) => {
+                        tracing::warn!(path = %journal_path.display(), error = %e, "cannot repair the registry journal; the next change rewrites the base");
+                        Journal::Broken
+                    }
+                }
+            }
+        };
         Ok(Registry {
             path,
+            journal_path,
             instances,
             check_owner,
+            journal,
+            journal_len: replayed.torn.unwrap_or(replayed.len),
+            base_len,
+            seq: base_seq.max(replayed.last_seq),
+            compact_min: COMPACT_MIN,
         })
     }
 
@@ -133,20 +245,31 @@ impl Registry {
         {
             return Ok(false);
         }
-        let mut next = self.instances.clone();
+        let mut put: Vec<Arc<Instance>> = Vec::with_capacity(1);
         for check in &inst.checks {
             let Some(owner) = self.check_owner.get(&check.id).filter(|o| **o != inst.id) else {
                 continue;
             };
-            if let Some(other) = next.get_mut(owner) {
-                tracing::warn!(check = %check.id, from = %owner, to = %inst.id, "check id moves to another instance");
-                let other = Arc::make_mut(other);
-                other.checks.retain(|c| c.id != check.id);
-                other.refresh_health();
+            // an earlier check of this registration may have taken one already
+            let at = put.iter().position(|p| p.id == *owner);
+            let current = match at {
+                Some(i) => put[i].clone(),
+                None => match self.instances.get(owner) {
+                    Some(o) => o.clone(),
+                    None => continue,
+                },
+            };
+            tracing::warn!(check = %check.id, from = %owner, to = %inst.id, "check id moves to another instance");
+            let mut other = Instance::clone(&current);
+            other.checks.retain(|c| c.id != check.id);
+            other.refresh_health();
+            match at {
+                Some(i) => put[i] = Arc::new(other),
+                None => put.push(Arc::new(other)),
             }
         }
-        next.insert(inst.id.clone(), Arc::new(inst));
-        self.commit(next)?;
+        put.push(Arc::new(inst));
+        self.commit(put, Vec::new())?;
         Ok(true)
     }
 
@@ -156,9 +279,7 @@ impl Registry {
         if !self.instances.contains_key(id) {
             return Ok(false);
         }
-        let mut next = self.instances.clone();
-        next.remove(id);
-        self.commit(next)?;
+        self.commit(Vec::new(), vec![id.to_owned()])?;
         Ok(true)
     }
 
@@ -190,9 +311,7 @@ impl Registry {
             self.instances.insert(id, Arc::new(inst));
             return Ok(false);
         }
-        let mut next = self.instances.clone();
-        next.insert(id, Arc::new(inst));
-        self.commit(next)?;
+        self.commit(vec![Arc::new(inst)], Vec::new())?;
         Ok(true)
     }
 
@@ -215,7 +334,7 @@ impl Registry {
         self.instances.is_empty()
     }
 
-    /// The file this registry persists to.
+    /// The base file this registry persists to (the journal sits next to it).
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -229,17 +348,250 @@ impl Registry {
             .find(|c| c.id == check_id)
     }
 
-    /// Writes `next`, then makes it the current state.
-    fn commit(&mut self, next: BTreeMap<String, Arc<Instance>>) -> Result<(), StoreError> {
-        let check_owner = index_checks(&next).map_err(|detail| StoreError::Corrupt {
-            path: self.path.clone(),
-            detail: format!("refusing to write: {detail}"),
+    /// Makes one change durable, then applies it. On error nothing changed
+    /// in memory.
+    fn commit(&mut self, put: Vec<Arc<Instance>>, delete: Vec<String>) -> Result<(), StoreError> {
+        let seq = self.seq + 1;
+        if matches!(self.journal, Journal::Broken) {
+            // Write the whole state with the change; undo it if that fails.
+            let undo = self.apply(put, delete);
+            self.seq = seq;
+            if let Err(e) = self.compact() {
+                let (put, delete) = undo;
+                self.apply(put, delete);
+                self.seq = seq - 1;
+                return Err(e);
+            }
+            return Ok(());
+        }
+        let mut line = serde_json::to_vec(&RecordOut {
+            seq,
+            put: &put,
+            delete: &delete,
+        })
+        .map_err(|source| StoreError::Encode {
+            path: self.journal_path.clone(),
+            source,
         })?;
-        persist(&self.path, &encode(&self.path, &next)?)?;
-        self.instances = next;
-        self.check_owner = check_owner;
+        line.push(b'\n');
+        if let Err(source) = self.append(&line) {
+            self.journal = Journal::Broken;
+            return Err(StoreError::Io {
+                path: self.journal_path.clone(),
+                source,
+            });
+        }
+        self.journal_len += line.len() as u64;
+        self.apply(put, delete);
+        self.seq = seq;
+        if self.journal_len > self.compact_min.max(self.base_len) {
+            if let Err(e) = self.compact() {
+                // the change is safe in the journal; try again next time
+                tracing::warn!(error = %e, "cannot compact the registry journal");
+            }
+        }
         Ok(())
     }
+
+    /// Appends one record and syncs it.
+    fn append(&mut self, line: &[u8]) -> io::Result<()> {
+        if matches!(self.journal, Journal::Absent) {
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.journal_path)?;
+            sync_dir(&self.journal_path)?;
+            self.journal = Journal::Open(file);
+        }
+        let Journal::Open(file) = &mut self.journal else {
+            return Err(io::Error::other("the journal is not open"));
+        };
+        file.write_all(line)?;
+        file.sync_data()
+    }
+
+    /// Applies a change in memory. Returns the change that undoes it.
+    fn apply(
+        &mut self,
+        put: Vec<Arc<Instance>>,
+        delete: Vec<String>,
+    ) -> (Vec<Arc<Instance>>, Vec<String>) {
+        let mut undo_put = Vec::new();
+        let mut undo_delete = Vec::new();
+        for id in delete {
+            if let Some(old) = self.instances.remove(&id) {
+                self.forget_checks(&old);
+                undo_put.push(old);
+            }
+        }
+        for inst in put {
+            match self.instances.insert(inst.id.clone(), inst.clone()) {
+                Some(old) => {
+                    self.forget_checks(&old);
+                    undo_put.push(old);
+                }
+                None => undo_delete.push(inst.id.clone()),
+            }
+            for check in &inst.checks {
+                self.check_owner.insert(check.id.clone(), inst.id.clone());
+            }
+        }
+        // undo in reverse: the deletions of what was added, then the old values
+        (undo_put, undo_delete)
+    }
+
+    fn forget_checks(&mut self, inst: &Instance) {
+        for check in &inst.checks {
+            if self.check_owner.get(&check.id) == Some(&inst.id) {
+                self.check_owner.remove(&check.id);
+            }
+        }
+    }
+
+    /// Writes the whole state as a new base, then empties the journal.
+    fn compact(&mut self) -> Result<(), StoreError> {
+        let bytes = encode(&self.path, self.seq, &self.instances)?;
+        persist(&self.path, &bytes)?;
+        self.base_len = bytes.len() as u64;
+        // The base holds every record now; should emptying the journal fail,
+        // its records are skipped at open (their seq is in the base).
+        let emptied = (|| {
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.journal_path)?;
+            file.set_len(0)?;
+            file.sync_all()?;
+            sync_dir(&self.journal_path)?;
+            Ok::<File, io::Error>(file)
+        })();
+        match emptied {
+            Ok(file) => {
+                self.journal = Journal::Open(file);
+                self.journal_len = 0;
+            }
+            Err(e) => {
+                tracing::warn!(path = %self.journal_path.display(), error = %e, "cannot empty the registry journal; the next change rewrites the base");
+                self.journal = Journal::Broken;
+            }
+        }
+        Ok(())
+    }
+
+    /// Lowers the compaction threshold (tests).
+    #[cfg(test)]
+    fn compact_above(&mut self, bytes: u64) {
+        self.compact_min = bytes;
+    }
+}
+
+/// What replaying the journal found.
+struct Replayed {
+    exists: bool,
+    /// Bytes in the file.
+    len: u64,
+    /// Records applied (not skipped).
+    records: usize,
+    last_seq: u64,
+    /// `Some(valid length)` when the file ends in an unterminated line.
+    torn: Option<u64>,
+}
+
+/// Applies the journal's records newer than `base_seq` to `instances`.
+fn replay(
+    path: &Path,
+    base_seq: u64,
+    instances: &mut BTreeMap<String, Arc<Instance>>,
+) -> Result<Replayed, StoreError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Ok(Replayed {
+                exists: false,
+                len: 0,
+                records: 0,
+                last_seq: 0,
+                torn: None,
+            })
+        }
+        Err(source) => {
+            return Err(StoreError::Io {
+                path: path.to_owned(),
+                source,
+            })
+        }
+    };
+    let corrupt = |line: usize, detail: String| StoreError::Corrupt {
+        path: path.to_owned(),
+        detail: format!("line {line}: {detail}"),
+    };
+    let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+    let mut out = Replayed {
+        exists: true,
+        len: bytes.len() as u64,
+        records: 0,
+        last_seq: 0,
+        torn: (complete < bytes.len()).then_some(complete as u64),
+    };
+    for (n, line) in bytes[..complete].split(|&b| b == b'\n').enumerate() {
+        let number = n + 1;
+        if line.is_empty() {
+            continue;
+        }
+        let record: Record =
+            serde_json::from_slice(line).map_err(|e| corrupt(number, e.to_string()))?;
+        if record.seq <= out.last_seq {
+            return Err(corrupt(
+                number,
+                format!(
+                    "record {} follows record {}: sequence numbers must increase",
+                    record.seq, out.last_seq
+                ),
+            ));
+        }
+        out.last_seq = record.seq;
+        if record.seq <= base_seq {
+            continue; // already in the base (a crash during compaction)
+        }
+        out.records += 1;
+        for id in record.delete {
+            instances.remove(&id);
+        }
+        for mut inst in record.put {
+            if inst.id.is_empty() {
+                return Err(corrupt(
+                    number,
+                    format!("an instance of service {:?} has an empty id", inst.service),
+                ));
+            }
+            inst.refresh_health();
+            instances.insert(inst.id.clone(), Arc::new(inst));
+        }
+    }
+    Ok(out)
+}
+
+/// Cuts an unterminated last line off the journal; returns it open for
+/// appending.
+fn cut_journal(path: &Path, valid: u64) -> io::Result<File> {
+    let file = OpenOptions::new().append(true).open(path)?;
+    file.set_len(valid)?;
+    file.sync_all()?;
+    Ok(file)
+}
+
+#[cfg(unix)]
+fn sync_dir(path: &Path) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(not(unix))]
+fn sync_dir(_path: &Path) -> io::Result<()> {
+    Ok(())
 }
 
 /// check id → owning instance id; a check id owned twice is an error.
@@ -260,11 +612,17 @@ fn index_checks(
     Ok(owner)
 }
 
-/// `{"version":1,"instances":[` then one compact instance per line, so a
-/// parse error's line number points at the instance.
-fn encode(path: &Path, instances: &BTreeMap<String, Arc<Instance>>) -> Result<Vec<u8>, StoreError> {
+/// `{"version":1,"seq":N,"instances":[` then one compact instance per line,
+/// so a parse error's line number points at the instance.
+fn encode(
+    path: &Path,
+    seq: u64,
+    instances: &BTreeMap<String, Arc<Instance>>,
+) -> Result<Vec<u8>, StoreError> {
     let mut out = Vec::with_capacity(64 + instances.len() * 512);
-    out.extend_from_slice(format!("{{\"version\":{FORMAT},\"instances\":[").as_bytes());
+    out.extend_from_slice(
+        format!("{{\"version\":{FORMAT},\"seq\":{seq},\"instances\":[").as_bytes(),
+    );
     for (n, inst) in instances.values().enumerate() {
         out.extend_from_slice(if n == 0 { b"\n" } else { b",\n" });
         serde_json::to_writer(&mut out, &**inst).map_err(|source| StoreError::Encode {
@@ -280,6 +638,7 @@ fn encode(path: &Path, instances: &BTreeMap<String, Arc<Instance>>) -> Result<Ve
 mod tests {
     use super::*;
     use crate::allocation::file::tmp_path;
+
     use crate::discovery::register::parse_registration;
 
     fn inst(body: &str) -> Instance {
@@ -456,17 +815,27 @@ mod tests {
         let mut reg = Registry::open(dir.path()).expect("open");
         reg.register(web("web-1", "v1")).expect("register");
         let before = reg.catalog().instances;
-        // A directory where the temp file goes makes every write fail, even as root.
+        // A directory where the base's temp file goes makes every base
+        // write fail, even as root; a read-only journal handle makes every
+        // append fail.
         std::fs::create_dir(tmp_path(&dir.path().join(FILE_NAME))).expect("mkdir");
+        let read_only = File::open(dir.path().join(JOURNAL_NAME)).expect("journal exists");
+        reg.journal = Journal::Open(read_only);
 
         let err = reg.register(web("web-2", "v1")).expect_err("cannot write");
+        assert!(err.to_string().contains(JOURNAL_NAME), "{err}");
+        // the journal is now unusable: the next changes try a whole base
+        let err = reg.deregister("web-1").expect_err("cannot write the base");
         assert!(err.to_string().contains("instances.json"), "{err}");
-        assert!(reg.deregister("web-1").is_err());
         assert!(matches!(
             reg.update_check("web-1-ttl", Health::Passing, None),
             Err(RegistryError::Store(_))
         ));
         assert_eq!(reg.catalog().instances, before);
+        assert_eq!(
+            reg.check("web-1-ttl").map(|c| c.status),
+            Some(Health::Critical)
+        );
         assert_eq!(
             Registry::open(dir.path())
                 .expect("reopen")
@@ -474,5 +843,182 @@ mod tests {
                 .instances,
             before
         );
+
+        // Once the disk is writable again the next change writes a new base
+        // and a new journal, and later changes append again.
+        std::fs::remove_dir(tmp_path(&dir.path().join(FILE_NAME))).expect("rmdir");
+        assert!(reg.register(web("web-2", "v1")).expect("register"));
+        assert!(matches!(reg.journal, Journal::Open(_)));
+        assert_eq!(reg.journal_len, 0);
+        assert!(reg.register(web("web-3", "v1")).expect("register"));
+        assert!(reg.journal_len > 0);
+        let reopened = Registry::open(dir.path()).expect("reopen");
+        assert_eq!(reopened.catalog().instances, reg.catalog().instances);
+        assert_eq!(reopened.len(), 3);
+    }
+
+    fn journal_lines(dir: &Path) -> usize {
+        std::fs::read_to_string(dir.join(JOURNAL_NAME)).map_or(0, |j| j.lines().count())
+    }
+
+    #[test]
+    fn a_change_appends_one_journal_line_and_leaves_the_base() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut reg = Registry::open(dir.path()).expect("open");
+        reg.register(web("web-1", "v1")).expect("register");
+        reg.register(web("web-2", "v1")).expect("register");
+        reg.update_check("web-1-ttl", Health::Passing, None)
+            .expect("pass");
+        reg.deregister("web-2").expect("deregister");
+        assert!(!dir.path().join(FILE_NAME).exists(), "no base written yet");
+        assert_eq!(journal_lines(dir.path()), 4);
+
+        let reopened = Registry::open(dir.path()).expect("reopen");
+        assert_eq!(reopened.catalog().instances, reg.catalog().instances);
+        assert_eq!(reopened.seq, 4);
+        assert_eq!(
+            reopened.check("web-1-ttl").map(|c| c.status),
+            Some(Health::Passing)
+        );
+    }
+
+    #[test]
+    fn a_moved_check_is_one_record_and_replays_the_same() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut reg = Registry::open(dir.path()).expect("open");
+        reg.register(web("web-1", "v1")).expect("register");
+        let thief = inst(
+            r#"{"ID":"web-2","Name":"web","Address":"10.0.0.2","Port":80,"Check":{"CheckID":"web-1-ttl","TTL":"5s"}}"#,
+        );
+        reg.register(thief).expect("register");
+        assert_eq!(journal_lines(dir.path()), 2);
+        let reopened = Registry::open(dir.path()).expect("reopen");
+        assert_eq!(reopened.catalog().instances, reg.catalog().instances);
+        assert_eq!(
+            reopened.check_owner.get("web-1-ttl").map(String::as_str),
+            Some("web-2")
+        );
+        assert_eq!(reopened.check_owner, reg.check_owner);
+    }
+
+    #[test]
+    fn compaction_writes_a_base_and_empties_the_journal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut reg = Registry::open(dir.path()).expect("open");
+        reg.compact_above(2_000);
+        for i in 0..20 {
+            reg.register(web(&format!("web-{i}"), "v1"))
+                .expect("register");
+        }
+        assert!(dir.path().join(FILE_NAME).exists(), "compacted");
+        assert!(reg.journal_len < reg.compact_min.max(reg.base_len));
+        let base: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join(FILE_NAME)).expect("base"))
+                .expect("json");
+        assert!(
+            base["seq"].as_u64().is_some_and(|s| s > 0 && s <= 20),
+            "{base}"
+        );
+        let reopened = Registry::open(dir.path()).expect("reopen");
+        assert_eq!(reopened.catalog().instances, reg.catalog().instances);
+        assert_eq!(reopened.seq, 20);
+    }
+
+    #[test]
+    fn records_already_in_the_base_are_skipped() {
+        // A base that includes changes the journal left behind does not
+        // hold (a crash after a compaction wrote the base but before it
+        // emptied the journal): those records must not be applied again.
+        // Here the first one would bring back a deregistered instance.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut reg = Registry::open(dir.path()).expect("open");
+        reg.register(web("web-1", "v1")).expect("register");
+        let journal = std::fs::read(dir.path().join(JOURNAL_NAME)).expect("journal");
+        reg.register(web("web-2", "v1")).expect("register");
+        reg.deregister("web-1").expect("deregister");
+        reg.compact().expect("compact");
+        std::fs::write(dir.path().join(JOURNAL_NAME), &journal).expect("restore");
+
+        let mut reopened = Registry::open(dir.path()).expect("reopen");
+        assert_eq!(reopened.catalog().instances, reg.catalog().instances);
+        assert!(reopened.get("web-1").is_none());
+        // later changes continue the sequence
+        reopened.register(web("web-3", "v1")).expect("register");
+        let again = Registry::open(dir.path()).expect("reopen");
+        assert_eq!(again.len(), 2);
+        assert_eq!(again.seq, 4);
+    }
+
+    #[test]
+    fn an_unfinished_last_record_is_dropped_and_cut() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut reg = Registry::open(dir.path()).expect("open");
+        reg.register(web("web-1", "v1")).expect("register");
+        let before = reg.catalog().instances;
+        drop(reg);
+        // a crash in the middle of appending the second record
+        let path = dir.path().join(JOURNAL_NAME);
+        let mut f = OpenOptions::new().append(true).open(&path).expect("open");
+        f.write_all(br#"{"seq":2,"put":[{"id":"web-2","serv"#)
+            .expect("write");
+        drop(f);
+
+        let mut reg = Registry::open(dir.path()).expect("a torn tail is not corruption");
+        assert_eq!(reg.catalog().instances, before);
+        assert_eq!(journal_lines(dir.path()), 1);
+        reg.register(web("web-2", "v1")).expect("register");
+        let reopened = Registry::open(dir.path()).expect("reopen");
+        assert_eq!(reopened.len(), 2);
+        assert_eq!(reopened.catalog().instances, reg.catalog().instances);
+    }
+
+    #[test]
+    fn a_corrupt_journal_line_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut reg = Registry::open(dir.path()).expect("open");
+        reg.register(web("web-1", "v1")).expect("register");
+        reg.register(web("web-2", "v1")).expect("register");
+        drop(reg);
+        let path = dir.path().join(JOURNAL_NAME);
+        let text = std::fs::read_to_string(&path).expect("read");
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines[0] = "{\"seq\":1,\"put\":[{\"id\":";
+        std::fs::write(&path, lines.join("\n") + "\n").expect("write");
+        let msg = Registry::open(dir.path()).expect_err("corrupt").to_string();
+        assert!(msg.contains("instances.journal is corrupt"), "{msg}");
+        assert!(msg.contains("line 1"), "{msg}");
+
+        // sequence numbers out of order are corruption too
+        let text = text.lines().rev().collect::<Vec<_>>().join("\n") + "\n";
+        std::fs::write(&path, text).expect("write");
+        let msg = Registry::open(dir.path())
+            .expect_err("out of order")
+            .to_string();
+        assert!(
+            msg.contains("line 2") && msg.contains("must increase"),
+            "{msg}"
+        );
+
+        std::fs::write(&path, "{\"seq\":1,\"bogus\":true}\n").expect("write");
+        let msg = Registry::open(dir.path())
+            .expect_err("unknown field")
+            .to_string();
+        assert!(msg.contains("bogus"), "{msg}");
+    }
+
+    #[test]
+    fn a_base_without_seq_still_loads() {
+        // written by a laneway from before the journal
+        let dir = tempfile::tempdir().expect("tempdir");
+        let one = serde_json::to_string(&web("web-1", "v1")).expect("encode");
+        std::fs::write(
+            dir.path().join(FILE_NAME),
+            format!("{{\"version\":1,\"instances\":[\n{one}\n]}}\n"),
+        )
+        .expect("write");
+        let mut reg = Registry::open(dir.path()).expect("open");
+        assert_eq!(reg.len(), 1);
+        reg.register(web("web-2", "v1")).expect("register");
+        assert_eq!(Registry::open(dir.path()).expect("reopen").len(), 2);
     }
 }

@@ -2,8 +2,14 @@
 //! service → version targets, and load-balanced instance pools. Built on the
 //! control plane by [`Snapshot::build`]; read on the request path through one
 //! `ArcSwap::load` per request, with pure lookups only.
+//!
+//! A build with `previous` set reuses what did not change: pools whose
+//! healthy members are the same (and so their round-robin position), the
+//! targets of a lane whose chain resolves as before, whole lane views when
+//! every target is reused, and each lane's pre-resolved request counters.
+//! That keeps one registration's rebuild to hash lookups and pointer
+//! comparisons for everything it does not touch.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -13,6 +19,7 @@ use prometheus::{Histogram, IntCounter};
 
 use crate::allocation::lanes::Lane;
 use crate::discovery::{Catalog, Health, Instance};
+use crate::routing::hash::{FastMap, FastSet};
 use crate::routing::rules::RuleSet;
 use crate::telemetry::{ClassCounters, Metrics};
 
@@ -23,11 +30,18 @@ pub struct Snapshot {
     pub generation: u64,
     pub built_at: SystemTime,
     pub rules: Arc<RuleSet>,
-    lanes: HashMap<Box<str>, Arc<LaneView>>,
+    lanes: FastMap<Box<str>, Arc<LaneView>>,
     baseline: Arc<LaneView>,
-    /// Every pool by key, kept so the next build can reuse unchanged pools
-    /// (and their round-robin position).
-    pools: HashMap<PoolKey, Arc<Pool>>,
+    /// Every pool by service, kept so the next build can reuse unchanged
+    /// pools (and their round-robin position). Every service known to the
+    /// snapshot has an entry, possibly without pools.
+    pools: FastMap<Arc<str>, Arc<ServicePools>>,
+    /// The names this build shared, so that the next one shares the same.
+    names: FastSet<Arc<str>>,
+    /// `[lanes] baseline_versions` the pools were grouped with.
+    baseline_versions: Box<[String]>,
+    /// The lanes as given, to tell whether the next build's are the same.
+    lane_defs: Box<[Lane]>,
     /// Lanes by their entries: VIP, port, and hostname (when the hostname
     /// template makes one other than `<lane>.<domain>`).
     entries: Entries,
@@ -35,9 +49,101 @@ pub struct Snapshot {
 
 #[derive(Default)]
 struct Entries {
-    vips: HashMap<std::net::IpAddr, Arc<LaneView>>,
-    ports: HashMap<u16, Arc<LaneView>>,
-    hostnames: HashMap<Box<str>, Arc<LaneView>>,
+    vips: FastMap<std::net::IpAddr, Arc<LaneView>>,
+    ports: FastMap<u16, Arc<LaneView>>,
+    hostnames: FastMap<Box<str>, Arc<LaneView>>,
+}
+
+impl Entries {
+    fn add(&mut self, lane: &Lane, view: &Arc<LaneView>) {
+        if let Some(vip) = lane.entries.vip {
+            self.vips.insert(vip, view.clone());
+        }
+        if let Some(port) = lane.entries.port {
+            self.ports.insert(port, view.clone());
+        }
+        if !lane.entries.hostname.is_empty() {
+            self.hostnames.insert(
+                Box::from(lane.entries.hostname.to_ascii_lowercase()),
+                view.clone(),
+            );
+        }
+    }
+}
+
+/// The pools of one service, and the instances they were made from.
+#[derive(Default)]
+struct ServicePools {
+    /// Every instance of the service (healthy or not), in catalog order.
+    members: Box<[Arc<Instance>]>,
+    /// Some member's address is a host name, resolved at build time: such a
+    /// service is rebuilt every time, so that a changed DNS answer is seen.
+    resolved_names: bool,
+    /// The unpinned baseline: no version label or a baseline version.
+    baseline: Option<Arc<Pool>>,
+    /// By version label.
+    versions: FastMap<Arc<str>, Arc<Pool>>,
+}
+
+impl ServicePools {
+    /// Made from exactly these instances (the same `Arc`s, in order).
+    fn made_from(&self, members: &[&Arc<Instance>]) -> bool {
+        !self.resolved_names
+            && self.members.len() == members.len()
+            && self
+                .members
+                .iter()
+                .zip(members)
+                .all(|(a, b)| Arc::ptr_eq(a, b))
+    }
+
+    /// Groups the healthy members into pools, reusing `previous` pools whose
+    /// members did not change.
+    fn build(
+        service: &Arc<str>,
+        members: &[&Arc<Instance>],
+        baseline_versions: &FastSet<&str>,
+        previous: Option<&ServicePools>,
+        interner: &Interner<'_>,
+        m: &Metrics,
+    ) -> ServicePools {
+        let mut resolved_names = false;
+        let mut baseline = Vec::new();
+        let mut versions: FastMap<&str, Vec<Upstream>> = FastMap::default();
+        for inst in members {
+            let Some(upstream) = upstream_of(inst, &mut resolved_names) else {
+                continue;
+            };
+            match inst.version.as_deref() {
+                Some(v) => {
+                    if baseline_versions.contains(v) {
+                        baseline.push(upstream.clone());
+                    }
+                    versions.entry(v).or_default().push(upstream);
+                }
+                None => baseline.push(upstream),
+            }
+        }
+        let baseline = (!baseline.is_empty()).then(|| {
+            let old = previous.and_then(|p| p.baseline.as_ref());
+            Pool::reuse_or_new(old, service, &interner.get(BASELINE), baseline, m)
+        });
+        let versions = versions
+            .into_iter()
+            .map(|(v, list)| {
+                let old = previous.and_then(|p| p.versions.get(v));
+                let version = interner.get(v);
+                let pool = Pool::reuse_or_new(old, service, &version, list, m);
+                (version, pool)
+            })
+            .collect();
+        ServicePools {
+            members: members.iter().map(|i| Arc::clone(i)).collect(),
+            resolved_names,
+            baseline,
+            versions,
+        }
+    }
 }
 
 /// A lane as the data plane sees it.
@@ -46,7 +152,7 @@ pub struct LaneView {
     pub strict: bool,
     /// Targets for every service that this lane or one of its ancestors
     /// overrides; any other service goes to the baseline's target.
-    targets: HashMap<Arc<str>, Arc<Target>>,
+    targets: FastMap<Arc<str>, Arc<Target>>,
     pub requests: ClassCounters,
 }
 
@@ -87,12 +193,21 @@ pub struct Target {
     pub pool: Result<Arc<Pool>, Arc<str>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-enum PoolKey {
-    /// Instances of a service carrying exactly this version label.
-    Version(Arc<str>, Arc<str>),
-    /// A service's unpinned baseline: no version label or a baseline version.
-    Baseline(Arc<str>),
+impl Target {
+    /// Same choice, same version, same pool (the same `Arc`) or message.
+    fn same_as(&self, other: &Target) -> bool {
+        // names are shared between builds: pointers are usually equal
+        let same = |a: &Arc<str>, b: &Arc<str>| Arc::ptr_eq(a, b) || a == b;
+        same(&self.service, &other.service)
+            && same(&self.version, &other.version)
+            && same(&self.served_by, &other.served_by)
+            && self.choice == other.choice
+            && match (&self.pool, &other.pool) {
+                (Ok(a), Ok(b)) => Arc::ptr_eq(a, b),
+                (Err(a), Err(b)) => a == b,
+                _ => false,
+            }
+    }
 }
 
 /// A load-balanced set of healthy instances of one (service, version).
@@ -133,6 +248,22 @@ impl Pool {
     fn same_members(&self, members: &[Upstream]) -> bool {
         *self.instances == *members
     }
+
+    /// The previous pool when its members are `members` (sorted by id),
+    /// else a new one.
+    fn reuse_or_new(
+        previous: Option<&Arc<Pool>>,
+        service: &Arc<str>,
+        version: &Arc<str>,
+        mut members: Vec<Upstream>,
+        m: &Metrics,
+    ) -> Arc<Pool> {
+        members.sort_by(|a, b| a.id.cmp(&b.id));
+        match previous {
+            Some(p) if p.same_members(&members) => p.clone(),
+            _ => Arc::new(new_pool(service, version, members, m)),
+        }
+    }
 }
 
 /// Inputs of one snapshot build.
@@ -154,10 +285,10 @@ impl Snapshot {
         let baseline = Arc::new(LaneView {
             name: Arc::from(BASELINE),
             strict: false,
-            targets: HashMap::new(),
+            targets: FastMap::default(),
             requests: ClassCounters::new(&metrics.lane_requests, &[BASELINE]),
         });
-        let mut lanes = HashMap::new();
+        let mut lanes = FastMap::default();
         lanes.insert(Box::from(BASELINE), baseline.clone());
         Snapshot {
             generation: 0,
@@ -165,7 +296,10 @@ impl Snapshot {
             rules: Arc::new(RuleSet::empty()),
             lanes,
             baseline,
-            pools: HashMap::new(),
+            pools: FastMap::default(),
+            names: FastSet::default(),
+            baseline_versions: Box::default(),
+            lane_defs: Box::default(),
             entries: Entries::default(),
         }
     }
@@ -174,54 +308,55 @@ impl Snapshot {
     /// can be computed ahead of a request is computed here.
     pub fn build(input: BuildInput<'_>) -> Snapshot {
         let m = input.metrics;
-        let interner = Interner::default();
+        let previous = input.previous;
+        let interner = Interner {
+            names: Default::default(),
+            previous: previous.map(|p| &p.names),
+        };
 
-        // Healthy members grouped by pool key.
-        let mut members: BTreeMap<PoolKey, Vec<Upstream>> = BTreeMap::new();
-        let baseline_versions: BTreeSet<&str> =
-            input.baseline_versions.iter().map(String::as_str).collect();
-        let mut services: BTreeSet<Arc<str>> = BTreeSet::new();
+        // Every instance by service; every service seen (in an instance or
+        // a rule) gets an entry.
+        let mut by_service: FastMap<&str, Vec<&Arc<Instance>>> = FastMap::default();
         for inst in &input.catalog.instances {
-            let service = interner.get(&inst.service);
-            services.insert(service.clone());
-            let Some(upstream) = upstream_of(inst) else {
-                continue;
+            by_service
+                .entry(inst.service.as_str())
+                .or_default()
+                .push(inst);
+        }
+        let rule_services = input.rules.services();
+        for s in &rule_services {
+            by_service.entry(s).or_default();
+        }
+
+        // A service whose instances are the same `Arc`s as last time keeps
+        // its pools as they are; any other is grouped again.
+        let baseline_versions: FastSet<&str> =
+            input.baseline_versions.iter().map(String::as_str).collect();
+        let same_grouping =
+            previous.is_some_and(|p| *p.baseline_versions == *input.baseline_versions);
+        let mut pools: FastMap<Arc<str>, Arc<ServicePools>> =
+            FastMap::with_capacity_and_hasher(by_service.len(), Default::default());
+        for (service, members) in by_service {
+            let before = previous.and_then(|p| p.pools.get(service));
+            let service = interner.get(service);
+            let unchanged = before.filter(|b| same_grouping && b.made_from(&members));
+            let service_pools = match unchanged {
+                Some(b) => b.clone(),
+                None => Arc::new(ServicePools::build(
+                    &service,
+                    &members,
+                    &baseline_versions,
+                    before.map(|b| &**b),
+                    &interner,
+                    m,
+                )),
             };
-            match inst.version.as_deref() {
-                Some(v) => {
-                    members
-                        .entry(PoolKey::Version(service.clone(), interner.get(v)))
-                        .or_default()
-                        .push(upstream.clone());
-                    if baseline_versions.contains(v) {
-                        members
-                            .entry(PoolKey::Baseline(service))
-                            .or_default()
-                            .push(upstream);
-                    }
-                }
-                None => members
-                    .entry(PoolKey::Baseline(service))
-                    .or_default()
-                    .push(upstream),
-            }
+            pools.insert(service, service_pools);
         }
-        for s in input.rules.services() {
-            services.insert(interner.get(&s));
-        }
+        drop(rule_services);
+        let baseline_name = interner.get(BASELINE);
 
-        let mut pools: HashMap<PoolKey, Arc<Pool>> = HashMap::with_capacity(members.len());
-        for (key, list) in members {
-            let reused = input
-                .previous
-                .and_then(|p| p.pools.get(&key))
-                .filter(|p| p.same_members(&list))
-                .cloned();
-            let pool = reused.unwrap_or_else(|| Arc::new(new_pool(&key, list, m)));
-            pools.insert(key, pool);
-        }
-
-        let by_name: HashMap<&str, &Lane> =
+        let by_name: FastMap<&str, &Lane> =
             input.lanes.iter().map(|l| (l.name.as_str(), l)).collect();
         let baseline_lane = by_name.get(BASELINE).copied();
         fn pins<'l>(lane: &'l Lane, service: &str) -> Option<&'l str> {
@@ -233,61 +368,84 @@ impl Snapshot {
             pools: &pools,
             interner: &interner,
         };
+        let reuse = Reuse {
+            previous,
+            metrics: m,
+        };
+
+        // When the lanes are the same as last time, a target can change only
+        // if its service's pools did: these services (new, changed or gone)
+        // are the only ones to resolve again. `None`: resolve everything.
+        let changed: Option<FastSet<&str>> =
+            previous.filter(|p| *p.lane_defs == *input.lanes).map(|p| {
+                let mut changed: FastSet<&str> = pools
+                    .iter()
+                    .filter(|(s, now)| p.pools.get(&***s).is_none_or(|old| !Arc::ptr_eq(old, now)))
+                    .map(|(s, _)| &**s)
+                    .collect();
+                changed.extend(
+                    p.pools
+                        .keys()
+                        .filter(|s| !pools.contains_key(&***s))
+                        .map(|s| &**s),
+                );
+                changed
+            });
+        let unchanged = |service: &str| changed.as_ref().is_some_and(|c| !c.contains(service));
 
         // The baseline target of every known service.
-        let baseline_name: Arc<str> = Arc::from(BASELINE);
-        let mut baseline_targets = HashMap::with_capacity(services.len());
-        for s in &services {
+        let previous_baseline = previous.map(|p| &p.baseline);
+        let mut baseline_targets =
+            FastMap::with_capacity_and_hasher(pools.len(), Default::default());
+        for s in pools.keys() {
+            let old = previous_baseline.and_then(|b| b.targets.get(s));
+            if let Some(old) = old.filter(|_| unchanged(s)) {
+                baseline_targets.insert(s.clone(), old.clone());
+                continue;
+            }
             let target = match baseline_lane.and_then(|b| pins(b, s)) {
                 Some(v) => resolver.pinned_baseline(s, v, &baseline_name),
                 None => resolver.unpinned_baseline(s, &baseline_name, Choice::Baseline),
             };
-            baseline_targets.insert(s.clone(), Arc::new(target));
+            baseline_targets.insert(s.clone(), Reuse::target(old, target));
         }
-        let baseline = Arc::new(LaneView {
-            name: baseline_name.clone(),
-            strict: false,
-            targets: baseline_targets,
-            requests: ClassCounters::new(&m.lane_requests, &[BASELINE]),
-        });
+        let baseline = reuse.lane(&baseline_name, false, baseline_targets);
 
-        let mut lanes: HashMap<Box<str>, Arc<LaneView>> = HashMap::new();
-        let mut entries = Entries::default();
+        let mut lanes: FastMap<Box<str>, Arc<LaneView>> =
+            FastMap::with_capacity_and_hasher(input.lanes.len() + 1, Default::default());
         lanes.insert(Box::from(BASELINE), baseline.clone());
+        let mut entries = Entries::default();
+        let mut overridden: Vec<&str> = Vec::new();
         for lane in input.lanes {
             if lane.name == BASELINE {
                 continue;
             }
+            let old = previous.and_then(|p| p.lanes.get(lane.name.as_str()));
+            if let Some(old) = old.filter(|o| o.targets.keys().all(|s| unchanged(s))) {
+                entries.add(lane, old);
+                lanes.insert(Box::from(lane.name.as_str()), old.clone());
+                continue;
+            }
             let chain = resolver.chain(lane);
-            let overridden: BTreeSet<&str> = chain
-                .iter()
-                .filter(|l| l.name != BASELINE)
-                .flat_map(|l| l.services.keys().map(String::as_str))
-                .collect();
-            let name: Arc<str> = interner.get(&lane.name);
-            let mut targets = HashMap::with_capacity(overridden.len());
-            for s in overridden {
+            overridden.clear();
+            overridden.extend(
+                chain
+                    .iter()
+                    .filter(|l| l.name != BASELINE)
+                    .flat_map(|l| l.services.keys().map(String::as_str)),
+            );
+            overridden.sort_unstable();
+            overridden.dedup();
+            let mut targets =
+                FastMap::with_capacity_and_hasher(overridden.len(), Default::default());
+            for s in &overridden {
                 let target = resolver.resolve(lane, &chain, s, &baseline);
-                targets.insert(interner.get(s), Arc::new(target));
+                let before = old.and_then(|o| o.targets.get(*s));
+                targets.insert(interner.get(s), Reuse::target(before, target));
             }
-            let view = Arc::new(LaneView {
-                requests: ClassCounters::new(&m.lane_requests, &[&lane.name]),
-                name,
-                strict: lane.strict,
-                targets,
-            });
-            if let Some(vip) = lane.entries.vip {
-                entries.vips.insert(vip, view.clone());
-            }
-            if let Some(port) = lane.entries.port {
-                entries.ports.insert(port, view.clone());
-            }
-            if !lane.entries.hostname.is_empty() {
-                entries.hostnames.insert(
-                    Box::from(lane.entries.hostname.to_ascii_lowercase()),
-                    view.clone(),
-                );
-            }
+            let name = interner.get(&lane.name);
+            let view = reuse.lane(&name, lane.strict, targets);
+            entries.add(lane, &view);
             lanes.insert(Box::from(lane.name.as_str()), view);
         }
 
@@ -298,7 +456,10 @@ impl Snapshot {
             lanes,
             baseline,
             pools,
+            names: interner.names.into_inner(),
+            lane_defs: input.lanes.into(),
             entries,
+            baseline_versions: input.baseline_versions.into(),
         }
     }
 
@@ -342,10 +503,56 @@ impl Snapshot {
     }
 }
 
+/// What a build may take over from the snapshot it replaces.
+struct Reuse<'a> {
+    previous: Option<&'a Snapshot>,
+    metrics: &'a Metrics,
+}
+
+impl Reuse<'_> {
+    /// The previous target when it is the same, else the new one.
+    fn target(previous: Option<&Arc<Target>>, target: Target) -> Arc<Target> {
+        match previous {
+            Some(p) if p.same_as(&target) => p.clone(),
+            _ => Arc::new(target),
+        }
+    }
+
+    /// The previous view of this lane when nothing in it changed; else a new
+    /// view that keeps the previous one's request counters.
+    fn lane(
+        &self,
+        name: &Arc<str>,
+        strict: bool,
+        targets: FastMap<Arc<str>, Arc<Target>>,
+    ) -> Arc<LaneView> {
+        let old = self.previous.and_then(|p| p.lanes.get(&**name));
+        if let Some(old) = old {
+            let same = old.strict == strict
+                && old.targets.len() == targets.len()
+                && targets
+                    .iter()
+                    .all(|(s, t)| old.targets.get(s).is_some_and(|o| Arc::ptr_eq(o, t)));
+            if same {
+                return old.clone();
+            }
+        }
+        Arc::new(LaneView {
+            requests: match old {
+                Some(o) => o.requests.clone(),
+                None => ClassCounters::new(&self.metrics.lane_requests, &[name]),
+            },
+            name: name.clone(),
+            strict,
+            targets,
+        })
+    }
+}
+
 struct Resolver<'a> {
-    by_name: &'a HashMap<&'a str, &'a Lane>,
-    pools: &'a HashMap<PoolKey, Arc<Pool>>,
-    interner: &'a Interner,
+    by_name: &'a FastMap<&'a str, &'a Lane>,
+    pools: &'a FastMap<Arc<str>, Arc<ServicePools>>,
+    interner: &'a Interner<'a>,
 }
 
 impl Resolver<'_> {
@@ -356,11 +563,11 @@ impl Resolver<'_> {
         Self: 'l,
     {
         let mut chain = vec![lane];
-        let mut seen: BTreeSet<&str> = BTreeSet::from([lane.name.as_str()]);
         let mut current = lane;
         while let Some(parent) = current.parent.as_deref() {
             match self.by_name.get(parent) {
-                Some(p) if seen.insert(p.name.as_str()) => {
+                // chains are short: a linear check finds a cycle
+                Some(p) if !chain.iter().any(|l| l.name == p.name) => {
                     chain.push(p);
                     current = p;
                 }
@@ -371,12 +578,7 @@ impl Resolver<'_> {
     }
 
     fn version_pool(&self, service: &str, version: &str) -> Option<Arc<Pool>> {
-        self.pools
-            .get(&PoolKey::Version(
-                self.interner.get(service),
-                self.interner.get(version),
-            ))
-            .cloned()
+        self.pools.get(service)?.versions.get(version).cloned()
     }
 
     fn pinned_baseline(&self, service: &Arc<str>, version: &str, baseline: &Arc<str>) -> Target {
@@ -401,8 +603,8 @@ impl Resolver<'_> {
             choice,
             pool: self
                 .pools
-                .get(&PoolKey::Baseline(service.clone()))
-                .cloned()
+                .get(service)
+                .and_then(|p| p.baseline.clone())
                 .ok_or_else(|| {
                     Arc::from(format!(
                         "lane \"baseline\": service \"{service}\" has no healthy baseline instance"
@@ -459,8 +661,8 @@ impl Resolver<'_> {
         let base = baseline.targets.get(service);
         Target {
             service: service_arc.clone(),
-            version: base.map_or_else(|| Arc::from(BASELINE), |t| t.version.clone()),
-            served_by: Arc::from(BASELINE),
+            version: base.map_or_else(|| self.interner.get(BASELINE), |t| t.version.clone()),
+            served_by: self.interner.get(BASELINE),
             choice: if fell_back {
                 Choice::Fallback
             } else {
@@ -477,7 +679,9 @@ impl Resolver<'_> {
     }
 }
 
-fn upstream_of(inst: &Instance) -> Option<Upstream> {
+/// The upstream of a healthy instance; sets `resolved_name` when its
+/// address is a host name that had to be resolved.
+fn upstream_of(inst: &Instance, resolved_name: &mut bool) -> Option<Upstream> {
     if inst.health == Health::Critical {
         return None;
     }
@@ -487,13 +691,16 @@ fn upstream_of(inst: &Instance) -> Option<Upstream> {
     }
     let addr = match inst.address.parse::<std::net::IpAddr>() {
         Ok(ip) => SocketAddr::new(ip, inst.port),
-        Err(_) => match (inst.address.as_str(), inst.port).to_socket_addrs() {
-            Ok(mut addrs) => addrs.next()?,
-            Err(e) => {
-                tracing::warn!(instance = %inst.id, address = %inst.address, error = %e, "cannot resolve instance address; skipped");
-                return None;
+        Err(_) => {
+            *resolved_name = true;
+            match (inst.address.as_str(), inst.port).to_socket_addrs() {
+                Ok(mut addrs) => addrs.next()?,
+                Err(e) => {
+                    tracing::warn!(instance = %inst.id, address = %inst.address, error = %e, "cannot resolve instance address; skipped");
+                    return None;
+                }
             }
-        },
+        }
     };
     Some(Upstream {
         id: Arc::from(inst.id.as_str()),
@@ -502,12 +709,9 @@ fn upstream_of(inst: &Instance) -> Option<Upstream> {
     })
 }
 
-fn new_pool(key: &PoolKey, mut members: Vec<Upstream>, m: &Metrics) -> Pool {
-    members.sort_by(|a, b| a.id.cmp(&b.id));
-    let (service, version) = match key {
-        PoolKey::Version(s, v) => (s.clone(), v.clone()),
-        PoolKey::Baseline(s) => (s.clone(), Arc::from(BASELINE)),
-    };
+/// A pool of `members`, sorted by id.
+fn new_pool(service: &Arc<str>, version: &Arc<str>, members: Vec<Upstream>, m: &Metrics) -> Pool {
+    let (service, version) = (service.clone(), version.clone());
     let schedule = smooth_wrr(&members.iter().map(|u| u.weight).collect::<Vec<_>>());
     Pool {
         requests: ClassCounters::new(&m.upstream_requests, &[&service, &version]),
@@ -565,19 +769,24 @@ fn gcd(a: u32, b: u32) -> u32 {
     }
 }
 
-/// Shares one `Arc<str>` per distinct name within a build.
-#[derive(Default)]
-struct Interner {
-    names: std::cell::RefCell<BTreeSet<Arc<str>>>,
+/// Shares one `Arc<str>` per distinct name within a build, and with the
+/// previous build: equal names are then the same `Arc`, which makes
+/// comparing reused parts a pointer comparison.
+struct Interner<'p> {
+    names: std::cell::RefCell<FastSet<Arc<str>>>,
+    previous: Option<&'p FastSet<Arc<str>>>,
 }
 
-impl Interner {
+impl Interner<'_> {
     fn get(&self, s: &str) -> Arc<str> {
         let mut names = self.names.borrow_mut();
         if let Some(found) = names.get(s) {
             return found.clone();
         }
-        let arc: Arc<str> = Arc::from(s);
+        let arc: Arc<str> = match self.previous.and_then(|p| p.get(s)) {
+            Some(old) => old.clone(),
+            None => Arc::from(s),
+        };
         names.insert(arc.clone());
         arc
     }
@@ -774,5 +983,217 @@ mod tests {
             .clone()
             .unwrap();
         assert!(Arc::ptr_eq(&p1, &p2));
+    }
+
+    fn rebuild(
+        prev: &Snapshot,
+        lanes: &[Lane],
+        catalog: &Catalog,
+        versions: &[String],
+        m: &Metrics,
+    ) -> Snapshot {
+        Snapshot::build(BuildInput {
+            generation: prev.generation + 1,
+            rules: prev.rules.clone(),
+            lanes,
+            catalog,
+            baseline_versions: versions,
+            metrics: m,
+            previous: Some(prev),
+        })
+    }
+
+    fn pool_of(s: &Snapshot, lane: &str, service: &str) -> Arc<Pool> {
+        let l = s.lane(lane).expect("lane");
+        s.target(l, service)
+            .expect("service")
+            .pool
+            .clone()
+            .expect("healthy")
+    }
+
+    #[test]
+    fn unchanged_lanes_and_services_are_reused_changed_ones_rebuilt() {
+        let m = Metrics::new();
+        let lanes = vec![
+            lane(BASELINE, None, &[], false),
+            lane("t-1", Some(BASELINE), &[("user", "v2")], false),
+            lane("t-2", Some(BASELINE), &[("order", "v2")], false),
+            lane("t-3", Some("t-1"), &[], false),
+        ];
+        let mut instances = vec![
+            inst("o1", "order", Some("stable"), 2001),
+            inst("o2", "order", Some("v2"), 2002),
+            inst("u1", "user", Some("stable"), 1001),
+            inst("u2", "user", Some("v2"), 1002),
+        ];
+        let versions = ["stable".to_string()];
+        let first = build(&lanes, instances.clone(), &m);
+        first.lane("t-1").expect("t-1").requests.inc(200);
+
+        // Nothing changed: every lane view is the same.
+        let catalog = Catalog {
+            instances: instances.clone(),
+        };
+        let second = rebuild(&first, &lanes, &catalog, &versions, &m);
+        for name in [BASELINE, "t-1", "t-2", "t-3"] {
+            assert!(
+                Arc::ptr_eq(
+                    first.lane(name).expect("lane"),
+                    second.lane(name).expect("lane")
+                ),
+                "{name} reused"
+            );
+        }
+
+        // user v2 moves to another port: user's pools and the lanes that
+        // serve user v2 are rebuilt; order and t-2 are kept.
+        instances[3] = inst("u2", "user", Some("v2"), 1012);
+        let catalog = Catalog {
+            instances: instances.clone(),
+        };
+        let third = rebuild(&second, &lanes, &catalog, &versions, &m);
+        assert_eq!(
+            pool_of(&third, "t-1", "user").instances[0].addr.port(),
+            1012
+        );
+        assert_eq!(
+            pool_of(&third, "t-3", "user").instances[0].addr.port(),
+            1012
+        );
+        assert!(!Arc::ptr_eq(
+            second.lane("t-1").unwrap(),
+            third.lane("t-1").unwrap()
+        ));
+        assert!(!Arc::ptr_eq(
+            second.lane("t-3").unwrap(),
+            third.lane("t-3").unwrap()
+        ));
+        assert!(Arc::ptr_eq(
+            second.lane("t-2").unwrap(),
+            third.lane("t-2").unwrap()
+        ));
+        assert!(Arc::ptr_eq(
+            &pool_of(&second, "t-2", "order"),
+            &pool_of(&third, "t-2", "order")
+        ));
+        // the baseline's user pool (u1) did not change and is kept
+        assert!(Arc::ptr_eq(
+            &pool_of(&second, BASELINE, "user"),
+            &pool_of(&third, BASELINE, "user")
+        ));
+        // a rebuilt lane view keeps counting into the same counters
+        let counter = &third.lane("t-1").unwrap().requests.0[1];
+        assert_eq!(counter.get(), 1);
+
+        // A lane definition change rebuilds that lane only.
+        let mut changed = lanes.clone();
+        changed[2] = lane("t-2", Some(BASELINE), &[("order", "v9")], false);
+        let fourth = rebuild(&third, &changed, &catalog, &versions, &m);
+        assert_eq!(served(&fourth, "t-2", "order").1, Choice::Fallback);
+        assert!(Arc::ptr_eq(
+            third.lane("t-1").unwrap(),
+            fourth.lane("t-1").unwrap()
+        ));
+
+        // Other baseline versions regroup every service.
+        let fifth = rebuild(&fourth, &changed, &catalog, &[], &m);
+        let msg = served(&fifth, BASELINE, "user").2.unwrap_err();
+        assert!(msg.contains("no healthy baseline instance"), "{msg}");
+    }
+
+    #[test]
+    fn services_with_host_name_addresses_are_resolved_at_every_build() {
+        let m = Metrics::new();
+        let lanes = vec![lane(BASELINE, None, &[], false)];
+        let mut named = (*inst("n1", "named", None, 80)).clone();
+        named.address = "localhost".into();
+        let catalog = Catalog {
+            instances: vec![Arc::new(named), inst("p1", "plain", None, 81)],
+        };
+        let first = build(&lanes, catalog.instances.clone(), &m);
+        let second = rebuild(&first, &lanes, &catalog, &["stable".to_string()], &m);
+        let pools = |s: &Snapshot, name: &str| s.pools.get(name).cloned().expect("service");
+        assert!(Arc::ptr_eq(
+            &pools(&first, "plain"),
+            &pools(&second, "plain")
+        ));
+        assert!(!Arc::ptr_eq(
+            &pools(&first, "named"),
+            &pools(&second, "named")
+        ));
+        // its pool's members did not change, so the pool itself is kept
+        if first.pools["named"].baseline.is_some() {
+            assert!(Arc::ptr_eq(
+                &pool_of(&first, BASELINE, "named"),
+                &pool_of(&second, BASELINE, "named")
+            ));
+        }
+    }
+
+    #[test]
+    fn services_that_appear_or_vanish_reach_unchanged_lanes() {
+        let m = Metrics::new();
+        let versions = ["stable".to_string()];
+        let lanes = vec![
+            lane(BASELINE, None, &[], false),
+            lane("t-1", Some(BASELINE), &[("new", "v1")], false),
+            lane("t-2", Some("t-1"), &[], false),
+        ];
+        let first = build(&lanes, vec![inst("u1", "user", None, 1001)], &m);
+        assert!(first
+            .target(first.lane("t-2").unwrap(), "new")
+            .unwrap()
+            .pool
+            .is_err());
+
+        let catalog = Catalog {
+            instances: vec![
+                inst("n1", "new", Some("v1"), 3001),
+                inst("u1", "user", None, 1001),
+            ],
+        };
+        let second = rebuild(&first, &lanes, &catalog, &versions, &m);
+        assert_eq!(
+            served(&second, "t-2", "new"),
+            ("v1".into(), Choice::Inherited, Ok(3001))
+        );
+
+        let catalog = Catalog {
+            instances: vec![inst("u1", "user", None, 1001)],
+        };
+        let third = rebuild(&second, &lanes, &catalog, &versions, &m);
+        let t = third.target(third.lane("t-2").unwrap(), "new").unwrap();
+        assert!(t.pool.is_err(), "the service is gone");
+        assert!(third.target(third.baseline(), "new").is_none());
+    }
+
+    #[test]
+    fn entries_follow_reused_lane_views() {
+        let m = Metrics::new();
+        let versions = ["stable".to_string()];
+        let mut t1 = lane("t-1", Some(BASELINE), &[("user", "v2")], false);
+        t1.entries.port = Some(9001);
+        t1.entries.vip = Some("127.0.0.9".parse().expect("ip"));
+        t1.entries.hostname = "T-1.Qa.Test".into();
+        let lanes = vec![lane(BASELINE, None, &[], false), t1];
+        let catalog = Catalog {
+            instances: vec![inst("u2", "user", Some("v2"), 1002)],
+        };
+        let first = build(&lanes, catalog.instances.clone(), &m);
+        let second = rebuild(&first, &lanes, &catalog, &versions, &m);
+        let view = second.lane("t-1").expect("lane");
+        assert!(
+            Arc::ptr_eq(view, first.lane("t-1").expect("lane")),
+            "reused"
+        );
+        for found in [
+            second.lane_by_port(9001),
+            second.lane_by_vip("127.0.0.9".parse().expect("ip")),
+            second.lane_by_hostname("t-1.qa.test"),
+        ] {
+            assert!(found.is_some_and(|l| Arc::ptr_eq(l, view)));
+        }
+        assert!(second.lane_by_port(9002).is_none());
     }
 }

@@ -6,18 +6,20 @@
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderName;
+use regex::bytes::RegexSet;
 use toml::Spanned;
 
-use crate::config::error::{line_col, ConfigError};
+use crate::config::error::ConfigError;
 use crate::config::routes::{LocationDef, OrderedTable, RoutesFile, ServerDef};
 
 use super::host::{parse_name, HostTableBuilder, NameKind};
 use super::location::{parse_match, LocationKind, LocationTableBuilder};
-use super::pattern::Rx;
+use super::pattern::{build_set, set_pattern, Rx, SET_THRESHOLD};
 use super::template::{RewriteTarget, Scope, Template, TemplateError};
 use super::{Action, Location, Rewrite, RuleSet, Server};
 
@@ -27,11 +29,15 @@ pub(super) fn compile(source: &str, file: &Path) -> Result<RuleSet, Vec<ConfigEr
     let mut c = Compiler {
         file,
         source,
+        newlines: newlines(source),
         file_arc: Arc::from(file),
         errors: Vec::new(),
         services: Vec::new(),
         service_ids: HashMap::new(),
+        regexes: HashMap::new(),
     };
+    let mut pre = precompile(&parsed);
+    c.regexes = std::mem::take(&mut pre.regexes);
     let mut hosts = HostTableBuilder::default();
     let mut default: Option<(usize, usize)> = None;
     let mut server_lines = Vec::with_capacity(parsed.server.len());
@@ -50,7 +56,8 @@ pub(super) fn compile(source: &str, file: &Path) -> Result<RuleSet, Vec<ConfigEr
                 None => default = Some((si, line)),
             }
         }
-        servers.push(c.server(si, line, def.into_inner(), &mut hosts, &server_lines));
+        let set = pre.location_sets.remove(&si);
+        servers.push(c.server(si, line, def.into_inner(), &mut hosts, &server_lines, set));
     }
     if !c.errors.is_empty() {
         // file order, for `laneway check`
@@ -63,7 +70,7 @@ pub(super) fn compile(source: &str, file: &Path) -> Result<RuleSet, Vec<ConfigEr
     Ok(RuleSet {
         file: c.file_arc,
         servers: servers.into_boxed_slice(),
-        hosts: hosts.build(default),
+        hosts: hosts.build_with(default, pre.host_set),
         services: c.services.into_boxed_slice(),
     })
 }
@@ -84,10 +91,14 @@ const BUILTINS: &[&str] = &[
 struct Compiler<'a> {
     file: &'a Path,
     source: &'a str,
+    /// Byte offsets of every `\n` in `source`, for [`Compiler::line`].
+    newlines: Vec<usize>,
     file_arc: Arc<Path>,
     errors: Vec<ConfigError>,
     services: Vec<Arc<str>>,
     service_ids: HashMap<String, Arc<str>>,
+    /// Every regex compiled so far, by (caseless, pattern).
+    regexes: HashMap<(bool, String), Rx>,
 }
 
 /// What a location's templates can see, from the server's regex names.
@@ -106,8 +117,11 @@ impl Compiler<'_> {
         ));
     }
 
+    /// 1-based line of byte `offset` (as [`crate::config::error::line_col`],
+    /// which scans the text: called for every block it made compiling
+    /// quadratic in the file size).
     fn line(&self, offset: usize) -> usize {
-        line_col(self.source, offset).0
+        line_at(&self.newlines, offset)
     }
 
     fn server(
@@ -117,6 +131,7 @@ impl Compiler<'_> {
         def: ServerDef,
         hosts: &mut HostTableBuilder,
         server_lines: &[usize],
+        location_set: Option<RegexSet>,
     ) -> Server {
         let mut scope = ServerScope {
             names: Vec::new(),
@@ -199,7 +214,7 @@ impl Compiler<'_> {
             names: def.names.into_iter().map(Spanned::into_inner).collect(),
             default: def.default.is_some_and(|d| d.into_inner()),
             locations,
-            table: table.build(),
+            table: table.build_with(location_set),
             fallback_host: fallback_host.unwrap_or_default().into_boxed_str(),
         }
     }
@@ -212,12 +227,21 @@ impl Compiler<'_> {
         span: Range<usize>,
         what: &str,
     ) -> Option<Rx> {
-        let rx = match Rx::new(pattern, caseless) {
-            Ok(rx) => rx,
-            Err(e) => {
-                self.err(span, format!("{what} {pattern:?} does not compile: {e}"));
-                return None;
-            }
+        // Production rules repeat the same regex in many servers (static
+        // files, health checks): compile each distinct one once and share it.
+        let key = (caseless, pattern.to_string());
+        let rx = match self.regexes.get(&key) {
+            Some(rx) => rx.clone(),
+            None => match Rx::new(pattern, caseless) {
+                Ok(rx) => {
+                    self.regexes.insert(key, rx.clone());
+                    rx
+                }
+                Err(e) => {
+                    self.err(span, format!("{what} {pattern:?} does not compile: {e}"));
+                    return None;
+                }
+            },
         };
         let bad: Vec<String> = rx
             .names()
@@ -619,6 +643,142 @@ impl Compiler<'_> {
     }
 }
 
+/// Jobs per thread below which [`precompile`] does not use more threads.
+const JOBS_PER_THREAD: usize = 64;
+
+/// What [`precompile`] built: every regex that compiles, by
+/// (caseless, pattern), and the regex sets of the host table and of each
+/// server's locations (by server index).
+#[derive(Default)]
+struct Precompiled {
+    regexes: HashMap<(bool, String), Rx>,
+    host_set: Option<RegexSet>,
+    location_sets: HashMap<usize, RegexSet>,
+}
+
+/// One piece of [`precompile`] work.
+enum Job {
+    Regex(bool, String),
+    /// A set: `None` for the host table, else the server's locations.
+    Set(Option<usize>, Vec<String>),
+}
+
+enum Built {
+    Regex((bool, String), Rx),
+    Set(Option<usize>, RegexSet),
+}
+
+/// Compiles every distinct regex of the file (server names, location
+/// matches, rewrites) and every regex set the tables will use, ahead of the
+/// checking pass and on every core: that is most of a large file's compile
+/// time, and each piece is independent. Only what compiles is kept; the
+/// checking pass compiles anything missing itself (and reports its errors in
+/// file order), and a table uses a set only if its patterns are exactly the
+/// table's regexes.
+fn precompile(parsed: &RoutesFile) -> Precompiled {
+    let mut keys: Vec<(bool, String)> = Vec::new();
+    let mut jobs: Vec<Job> = Vec::new();
+    let mut host_set: Vec<String> = Vec::new();
+    for (si, server) in parsed.server.iter().enumerate() {
+        let server = server.get_ref();
+        for name in &server.names {
+            if let Ok(NameKind::Regex(p)) = parse_name(name.get_ref()) {
+                // as Compiler::server: an uppercase letter makes it caseless
+                let caseless = p.bytes().any(|b| b.is_ascii_uppercase());
+                host_set.push(set_pattern(&p, caseless));
+                keys.push((caseless, p));
+            }
+        }
+        let mut location_set = Vec::new();
+        for loc in &server.location {
+            let loc = loc.get_ref();
+            if let Ok((kind, path)) = parse_match(loc.pattern.get_ref()) {
+                if kind.is_regex() {
+                    let caseless = kind == LocationKind::RegexCaseless;
+                    location_set.push(set_pattern(path, caseless));
+                    keys.push((caseless, path.to_string()));
+                }
+            }
+            if let Some([re, _]) = loc.rewrite.as_ref().map(|r| r.get_ref().as_slice()) {
+                keys.push((false, re.get_ref().clone()));
+            }
+        }
+        if location_set.len() >= SET_THRESHOLD {
+            jobs.push(Job::Set(Some(si), location_set));
+        }
+    }
+    if host_set.len() >= SET_THRESHOLD {
+        jobs.push(Job::Set(None, host_set));
+    }
+    // the largest sets first, so that no thread ends with a long one alone
+    jobs.sort_by_key(|j| match j {
+        Job::Set(_, p) => std::cmp::Reverse(p.len()),
+        Job::Regex(..) => std::cmp::Reverse(0),
+    });
+    keys.sort_unstable();
+    keys.dedup();
+    jobs.extend(keys.into_iter().map(|(ci, p)| Job::Regex(ci, p)));
+
+    let run = |job: &Job| match job {
+        Job::Regex(ci, p) => Rx::new(p, *ci)
+            .ok()
+            .map(|rx| Built::Regex((*ci, p.clone()), rx)),
+        Job::Set(at, patterns) => build_set(patterns).map(|set| Built::Set(*at, set)),
+    };
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(jobs.len() / JOBS_PER_THREAD)
+        .max(1);
+    let built: Vec<Built> = if threads == 1 {
+        jobs.iter().filter_map(run).collect()
+    } else {
+        let next = AtomicUsize::new(0);
+        let work = || {
+            let mut out = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(job) = jobs.get(i) else { break out };
+                out.extend(run(job));
+            }
+        };
+        std::thread::scope(|scope| {
+            let helpers: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
+            let mut all = work();
+            // a helper cannot panic (errors are values); if one did, its
+            // jobs are simply done again by the checking pass
+            all.extend(helpers.into_iter().filter_map(|h| h.join().ok()).flatten());
+            all
+        })
+    };
+    let mut out = Precompiled::default();
+    for b in built {
+        match b {
+            Built::Regex(key, rx) => {
+                out.regexes.insert(key, rx);
+            }
+            Built::Set(None, set) => out.host_set = Some(set),
+            Built::Set(Some(si), set) => {
+                out.location_sets.insert(si, set);
+            }
+        }
+    }
+    out
+}
+
+/// Offsets of the line breaks of `source`.
+fn newlines(source: &str) -> Vec<usize> {
+    source
+        .bytes()
+        .enumerate()
+        .filter_map(|(i, b)| (b == b'\n').then_some(i))
+        .collect()
+}
+
+/// 1-based line of byte `offset`, given the offsets of the line breaks.
+fn line_at(newlines: &[usize], offset: usize) -> usize {
+    newlines.partition_point(|&nl| nl < offset) + 1
+}
+
 /// The text of rewrite item `i`.
 fn rx_source(def: &LocationDef, i: usize) -> String {
     def.rewrite
@@ -626,4 +786,27 @@ fn rx_source(def: &LocationDef, i: usize) -> String {
         .and_then(|r| r.get_ref().get(i))
         .map(|s| s.get_ref().clone())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::error::line_col;
+
+    #[test]
+    fn line_index_agrees_with_line_col() {
+        for text in ["", "a", "\n", "ab\ncd\n\nü\n", "[[server]]\nnames = []\n"] {
+            let nl = newlines(text);
+            // spans start at char boundaries; past the end is clamped
+            let offsets =
+                (0..=text.len() + 2).filter(|&o| o > text.len() || text.is_char_boundary(o));
+            for offset in offsets {
+                assert_eq!(
+                    line_at(&nl, offset),
+                    line_col(text, offset).0,
+                    "{text:?} at {offset}"
+                );
+            }
+        }
+    }
 }

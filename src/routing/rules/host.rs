@@ -17,9 +17,11 @@
 //! tried, as in nginx.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+
+use regex::bytes::RegexSet;
 
 use super::pattern::{FirstMatch, Rx};
+use crate::routing::hash::FastMap;
 
 /// Why a Host is refused (400), as nginx `ngx_http_validate_host`.
 pub(crate) const BAD_HOST: &str = "invalid host";
@@ -184,12 +186,34 @@ pub(crate) enum HostMatch {
     Regex { server: usize, rx: usize },
 }
 
+/// The lengths of a table's keys: a lookup of a length no key has is
+/// skipped. A host has several candidate suffixes (`a.b.example.com`:
+/// `b.example.com`, `example.com`, `com`) and prefixes; most are not keys.
+#[derive(Debug, Default, Clone, Copy)]
+struct Lengths([u64; 4]);
+
+impl Lengths {
+    fn add(&mut self, len: usize) {
+        let len = len.min(255);
+        self.0[len / 64] |= 1 << (len % 64);
+    }
+
+    /// Some key may have this length (lengths from 255 on share a bit).
+    #[inline]
+    fn has(&self, len: usize) -> bool {
+        let len = len.min(255);
+        self.0[len / 64] & (1 << (len % 64)) != 0
+    }
+}
+
 /// Host name → server index, every structure built ahead of time.
 #[derive(Debug, Default)]
 pub(crate) struct HostTable {
-    exact: HashMap<Box<str>, usize>,
-    head: HashMap<Box<str>, Head>,
-    tail: HashMap<Box<str>, usize>,
+    exact: FastMap<Box<str>, usize>,
+    head: FastMap<Box<str>, Head>,
+    head_lengths: Lengths,
+    tail: FastMap<Box<str>, usize>,
+    tail_lengths: Lengths,
     regexes: FirstMatch,
     regex_server: Vec<usize>,
     default: Option<usize>,
@@ -271,8 +295,22 @@ impl HostTableBuilder {
         self.table.regex_server.push(server);
     }
 
-    pub fn build(mut self, default: Option<usize>) -> HostTable {
-        self.table.regexes = FirstMatch::new(self.regexes);
+    #[cfg(test)]
+    pub fn build(self, default: Option<usize>) -> HostTable {
+        self.build_with(default, None)
+    }
+
+    /// Builds the table, taking the regex set from `set` when it was built
+    /// ahead for these regexes.
+    pub fn build_with(mut self, default: Option<usize>, set: Option<RegexSet>) -> HostTable {
+        let t = &mut self.table;
+        for k in t.head.keys() {
+            t.head_lengths.add(k.len());
+        }
+        for k in t.tail.keys() {
+            t.tail_lengths.add(k.len());
+        }
+        self.table.regexes = FirstMatch::with_set(self.regexes, set);
         self.table.default = default;
         self.table
     }
@@ -294,11 +332,19 @@ impl HostTable {
 
     fn find_wildcard_or_regex(&self, host: &str) -> Option<HostMatch> {
         if !self.head.is_empty() {
-            if let Some(s) = self.head.get(host).and_then(|h| h.dot) {
+            let head_lengths = self.head_lengths;
+            if let Some(s) = head_lengths
+                .has(host.len())
+                .then(|| self.head.get(host).and_then(|h| h.dot))
+                .flatten()
+            {
                 return Some(HostMatch::Server(s));
             }
             // longest suffix first
             for (i, _) in host.match_indices('.') {
+                if !head_lengths.has(host.len() - i - 1) {
+                    continue;
+                }
                 if let Some(h) = self.head.get(&host[i + 1..]) {
                     if let Some(s) = h.star.or(h.dot) {
                         return Some(HostMatch::Server(s));
@@ -309,6 +355,9 @@ impl HostTable {
         if !self.tail.is_empty() {
             // longest prefix first
             for (i, _) in host.rmatch_indices('.') {
+                if !self.tail_lengths.has(i) {
+                    continue;
+                }
                 if let Some(&s) = self.tail.get(&host[..i]) {
                     return Some(HostMatch::Server(s));
                 }
@@ -390,6 +439,30 @@ mod tests {
         );
         assert_eq!(server(&t, "a.example.com"), 2);
         assert_eq!(server(&t, "b.example.com"), 1);
+    }
+
+    #[test]
+    fn wildcards_of_every_length_are_found() {
+        // lookups skip lengths no key has; lengths from 255 on share a bit
+        let long = format!("{}.example.com", "x".repeat(300));
+        let star = format!("*.{long}");
+        let tail = format!("{long}.*");
+        let t = table(
+            &[
+                &["default.test"],
+                &[star.as_str()],
+                &[tail.as_str()],
+                &["*.b.c"],
+                &["a.*"],
+            ],
+            None,
+        );
+        assert_eq!(server(&t, &format!("a.{long}")), 1);
+        assert_eq!(server(&t, &format!("{long}.org")), 2);
+        assert_eq!(server(&t, &format!("y{long}.org")), 0);
+        assert_eq!(server(&t, "z.b.c"), 3);
+        assert_eq!(server(&t, "a.q"), 4);
+        assert_eq!(server(&t, "b.c"), 0);
     }
 
     #[test]

@@ -19,6 +19,8 @@
 use std::cmp::Ordering;
 use std::collections::HashMap;
 
+use regex::bytes::RegexSet;
+
 use super::pattern::{FirstMatch, Rx};
 
 /// The modifier of a location, as written before its pattern.
@@ -185,7 +187,14 @@ impl LocationTableBuilder {
         self.regex_location.push(location);
     }
 
-    pub fn build(mut self) -> LocationTable {
+    #[cfg(test)]
+    pub fn build(self) -> LocationTable {
+        self.build_with(None)
+    }
+
+    /// Builds the table, taking the regex set from `set` when it was built
+    /// ahead for these regexes.
+    pub fn build_with(mut self, set: Option<RegexSet>) -> LocationTable {
         self.statics.sort_by(|a, b| a.name.cmp(&b.name));
         // In sorted order every name comes after its prefixes, and all names
         // between a prefix and a name extending it also extend it: a stack
@@ -206,7 +215,7 @@ impl LocationTableBuilder {
         LocationTable {
             any_auto_redirect: self.statics.iter().any(|s| s.auto_redirect),
             statics: self.statics.into_boxed_slice(),
-            regexes: FirstMatch::new(self.regexes),
+            regexes: FirstMatch::with_set(self.regexes, set),
             regex_location: self.regex_location.into_boxed_slice(),
         }
     }

@@ -10,13 +10,14 @@ use std::cell::RefCell;
 use regex::bytes::{CaptureLocations, Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 
 /// Below this many regexes, trying them one by one beats a [`RegexSet`].
-const SET_THRESHOLD: usize = 4;
+pub(crate) const SET_THRESHOLD: usize = 4;
 /// The set is an optimisation: when it would be this large we try regexes
 /// one by one instead of failing the rules file.
 const SET_SIZE_LIMIT: usize = 64 << 20;
 
 /// One compiled regex with what templates need to know about its groups.
-#[derive(Debug)]
+/// A clone shares the compiled program (it gets its own match cache).
+#[derive(Debug, Clone)]
 pub(crate) struct Rx {
     pub re: Regex,
     /// The pattern as the set sees it (with a `(?i)` prefix when caseless).
@@ -40,11 +41,7 @@ impl Rx {
             .enumerate()
             .filter_map(|(i, n)| n.map(|n| (n.to_ascii_lowercase().into_boxed_str(), i)))
             .collect();
-        let set_pattern = if caseless {
-            format!("(?i){pattern}")
-        } else {
-            pattern.to_string()
-        };
+        let set_pattern = set_pattern(pattern, caseless);
         Ok(Rx {
             groups: re.captures_len() - 1,
             re,
@@ -77,6 +74,29 @@ impl Rx {
             locs,
         })
     }
+}
+
+/// `pattern` as a [`RegexSet`] member: the set has no per-pattern flags.
+pub(crate) fn set_pattern(pattern: &str, caseless: bool) -> String {
+    if caseless {
+        format!("(?i){pattern}")
+    } else {
+        pattern.to_string()
+    }
+}
+
+/// The set [`FirstMatch`] uses for these patterns (`set_pattern` form), or
+/// `None` when there are too few of them or the set would be too large.
+pub(crate) fn build_set<S: AsRef<str>>(patterns: &[S]) -> Option<RegexSet> {
+    if patterns.len() < SET_THRESHOLD {
+        return None;
+    }
+    RegexSetBuilder::new(patterns.iter().map(AsRef::as_ref))
+        .unicode(false)
+        .size_limit(SET_SIZE_LIMIT)
+        .dfa_size_limit(SET_SIZE_LIMIT)
+        .build()
+        .ok()
 }
 
 /// The groups of one successful match.
@@ -115,16 +135,26 @@ thread_local! {
 }
 
 impl FirstMatch {
+    #[cfg(test)]
     pub fn new(rxs: Vec<Rx>) -> FirstMatch {
-        let set = if rxs.len() >= SET_THRESHOLD {
-            RegexSetBuilder::new(rxs.iter().map(|r| r.set_pattern.as_str()))
-                .unicode(false)
-                .size_limit(SET_SIZE_LIMIT)
-                .dfa_size_limit(SET_SIZE_LIMIT)
-                .build()
-                .ok()
-        } else {
-            None
+        Self::with_set(rxs, None)
+    }
+
+    /// Like [`FirstMatch::new`], taking the set from `built` when it was
+    /// built ahead (see `compile::precompile`) for exactly these regexes.
+    pub fn with_set(rxs: Vec<Rx>, built: Option<RegexSet>) -> FirstMatch {
+        let patterns: Vec<&str> = rxs.iter().map(|r| r.set_pattern.as_str()).collect();
+        let set = match built {
+            Some(set)
+                if set
+                    .patterns()
+                    .iter()
+                    .map(String::as_str)
+                    .eq(patterns.iter().copied()) =>
+            {
+                Some(set)
+            }
+            _ => build_set(&patterns),
         };
         FirstMatch { rxs, set }
     }
@@ -208,6 +238,25 @@ mod tests {
         assert_eq!(fm.first(b"/a"), None);
         assert_eq!(fm.first(b"/b"), Some(1));
         assert_eq!(fm.first(b"/C"), None);
+    }
+
+    #[test]
+    fn a_set_built_ahead_is_used_only_for_the_same_patterns() {
+        let rxs = || {
+            ["^/a", "^/b", "^/c", "^/d"]
+                .iter()
+                .map(|p| Rx::new(p, false).unwrap())
+                .collect::<Vec<_>>()
+        };
+        let same = build_set(&["^/a", "^/b", "^/c", "^/d"]);
+        let fm = FirstMatch::with_set(rxs(), same);
+        assert_eq!(fm.first(b"/c"), Some(2));
+        // a set for other patterns is not trusted: it is built again
+        let other = build_set(&["^/x", "^/b", "^/c", "^/d"]);
+        let fm = FirstMatch::with_set(rxs(), other);
+        assert_eq!(fm.first(b"/a"), Some(0));
+        assert_eq!(fm.first(b"/x"), None);
+        assert!(build_set(&["^/a"]).is_none(), "below the threshold");
     }
 
     #[test]
