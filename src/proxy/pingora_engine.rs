@@ -171,7 +171,7 @@ impl ProxyHttp for Laneway {
         mut e: Box<Error>,
     ) -> Box<Error> {
         if let Some(plan) = &ctx.plan {
-            plan.pool.connect_errors.inc();
+            plan.pool.metrics().connect_errors.inc();
             let untried = ctx.tries < plan.pool.instances.len();
             if untried && ctx.tries <= self.settings.connect_retries {
                 debug!(peer = %peer, lane = ctx.lane_name(), "connect failed; trying another instance");
@@ -289,8 +289,11 @@ impl ProxyHttp for Laneway {
             lane.requests.inc(status);
         }
         if let (Some(plan), Some(up)) = (&ctx.plan, ctx.upstream_started) {
-            plan.pool.requests.inc(status);
-            plan.pool.duration.observe(up.elapsed().as_secs_f64());
+            plan.pool.metrics().requests.inc(status);
+            plan.pool
+                .metrics()
+                .duration
+                .observe(up.elapsed().as_secs_f64());
         }
         let req = session.req_header();
         info!(

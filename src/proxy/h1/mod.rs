@@ -386,8 +386,8 @@ impl H1App {
         log.lane.requests.inc(log.status);
         if let (Some(t), Some(up)) = (&log.target, log.upstream_started) {
             if let Ok(pool) = &t.pool {
-                pool.requests.inc(log.status);
-                pool.duration.observe(up.elapsed().as_secs_f64());
+                pool.metrics().requests.inc(log.status);
+                pool.metrics().duration.observe(up.elapsed().as_secs_f64());
             }
         }
         info!(

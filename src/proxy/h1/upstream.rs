@@ -67,7 +67,7 @@ impl H1App {
             {
                 Ok(done) => break done,
                 Err(Exchange::Connect(e)) => {
-                    pool.connect_errors.inc();
+                    pool.metrics().connect_errors.inc();
                     debug!(upstream = %addr, error = %e, "connect failed");
                     if tries > self.settings.connect_retries || tries >= pool.instances.len() {
                         return Err(if e.kind() == io::ErrorKind::TimedOut {
