@@ -46,6 +46,20 @@ pub fn class_index(status: u16) -> usize {
     (status / 100).clamp(1, 5) as usize - 1
 }
 
+/// Why laneway answered a request itself: the `reason` label of
+/// `laneway_local_responses_total`, children resolved at start.
+pub const LOCAL_REASONS: [&str; 9] = [
+    "not_found",
+    "return",
+    "redirect",
+    "no_instance",
+    "strict",
+    "bad_request",
+    "upstream_error",
+    "free_entry",
+    "other",
+];
+
 /// Every laneway metric family.
 pub struct Metrics {
     pub registry: Registry,
@@ -62,6 +76,7 @@ pub struct Metrics {
     /// Requests answered without an upstream: by reason (`not_found`,
     /// `return`, `redirect`, `no_instance`, `strict`, `bad_request`).
     pub local_responses: IntCounterVec,
+    local_by_reason: Vec<IntCounter>,
     pub snapshot_swaps: IntCounter,
     pub snapshot_build_seconds: Histogram,
     pub snapshot_generation: IntGauge,
@@ -131,6 +146,7 @@ impl Metrics {
                 &["reason"],
             )
             .expect("metric definition"),
+            local_by_reason: Vec::new(),
             snapshot_swaps: IntCounter::new(
                 "laneway_snapshot_swaps_total",
                 "Snapshots compiled and swapped in",
@@ -184,7 +200,22 @@ impl Metrics {
             registry,
         };
         m.register_all();
+        let mut m = m;
+        m.local_by_reason = LOCAL_REASONS
+            .iter()
+            .map(|r| m.local_responses.with_label_values(&[r]))
+            .collect();
         m
+    }
+
+    /// The counter of local responses for `reason` (one of
+    /// [`LOCAL_REASONS`]; anything else counts as `other`).
+    pub fn local_response(&self, reason: &str) -> &IntCounter {
+        let i = LOCAL_REASONS
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(LOCAL_REASONS.len() - 1);
+        &self.local_by_reason[i]
     }
 
     fn register_all(&self) {

@@ -127,10 +127,7 @@ impl ProxyHttp for Laneway {
             }
             Err(resp) => {
                 ctx.local = Some(resp.reason);
-                self.metrics
-                    .local_responses
-                    .with_label_values(&[resp.reason])
-                    .inc();
+                self.metrics.local_response(resp.reason).inc();
                 send_local(resp, session, ctx, &self.settings).await?;
                 Ok(true)
             }

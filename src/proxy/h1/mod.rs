@@ -321,10 +321,7 @@ impl H1App {
         let keep = match decided.action {
             Err(resp) => {
                 log.local = Some(resp.reason);
-                self.metrics
-                    .local_responses
-                    .with_label_values(&[resp.reason])
-                    .inc();
+                self.metrics.local_response(resp.reason).inc();
                 if info.expect_continue && info.framing != Framing::None {
                     // Nothing will read the body: don't invite it.
                     info.keep_alive = false;
@@ -354,10 +351,7 @@ impl H1App {
                 Err(Failure::Status(status, what)) => {
                     log.local = Some("upstream_error");
                     log.status = status;
-                    self.metrics
-                        .local_responses
-                        .with_label_values(&["upstream_error"])
-                        .inc();
+                    self.metrics.local_response("upstream_error").inc();
                     let body = super::pingora_engine::upstream_error_body(
                         &log.lane.name,
                         log.target.as_deref(),
