@@ -101,17 +101,8 @@ where
             Framing::Close => buf.len(),
         };
         if first && !prefix.is_empty() {
-            if take > 0 && take <= READ_CHUNK {
-                let mut joined = Vec::with_capacity(prefix.len() + take);
-                joined.extend_from_slice(prefix);
-                joined.extend_from_slice(&buf[..take]);
-                timed(timeout, dst.write_all(&joined)).await?;
-            } else {
-                timed(timeout, dst.write_all(prefix)).await?;
-                if take > 0 {
-                    timed(timeout, dst.write_all(&buf[..take])).await?;
-                }
-            }
+            // Head and the first body bytes in one vectored write.
+            timed(timeout, write_two(dst, prefix, &buf[..take])).await?;
         } else if take > 0 {
             timed(timeout, dst.write_all(&buf[..take])).await?;
         }
@@ -130,7 +121,7 @@ where
         if !buf.is_empty() {
             continue;
         }
-        buf.reserve(READ_CHUNK);
+        buf.reserve(BODY_CHUNK);
         let n = timed(timeout, src.read_buf(buf)).await?;
         if n == 0 {
             if framing == Framing::Close {
@@ -183,4 +174,32 @@ pub(super) async fn write_simple(c: &mut Client, status: u16, body: &str) -> io:
     status_line(&mut out, status);
     out.extend_from_slice(format!("content-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len()).as_bytes());
     write_flush(&mut c.io, &out).await
+}
+
+/// Writes `a` then `b` with as few (vectored) writes as the socket allows.
+async fn write_two<W: AsyncWrite + Unpin>(
+    dst: &mut W,
+    mut a: &[u8],
+    mut b: &[u8],
+) -> io::Result<()> {
+    while !a.is_empty() || !b.is_empty() {
+        let n = if a.is_empty() {
+            dst.write(b).await?
+        } else if b.is_empty() {
+            dst.write(a).await?
+        } else {
+            dst.write_vectored(&[io::IoSlice::new(a), io::IoSlice::new(b)])
+                .await?
+        };
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        if n < a.len() {
+            a = &a[n..];
+        } else {
+            b = &b[n - a.len()..];
+            a = &[];
+        }
+    }
+    Ok(())
 }
