@@ -6,4 +6,9 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
-cargo test --locked
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+# Library, binary and integration tests (there are no doc tests).
+cargo test --locked --lib --bins --tests 2>&1 | tee "$log"
+# One closing line over every test binary.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "laneway tests: %d passed, %d failed\n", p, f }' "$log"
