@@ -14,12 +14,17 @@ use tokio::sync::{watch, Mutex, Notify};
 use tracing::{debug, error, info, warn};
 
 use crate::allocation::auto::AutoLanes;
-use crate::allocation::lanes::LaneStore;
+use crate::allocation::consul_kv::{CasOutcome, KvLanes};
+use crate::allocation::lanes::{LaneError, LaneStore};
 use crate::allocation::pools::{unix_now_ms, Pools};
 use crate::allocation::StoreError;
+use crate::config::StartUnreachable;
 use crate::config::{Config, ConfigError};
+use crate::discovery::consul::client::ConsulError;
+use crate::discovery::consul::farm::SelfRegistration;
+use crate::discovery::consul::ConsulDiscovery;
 use crate::discovery::registry::Registry;
-use crate::discovery::Health;
+use crate::discovery::{Catalog, Health};
 use crate::health::InstanceHealth;
 use crate::routing::rules::RuleSet;
 use crate::routing::snapshot::{BuildInput, Snapshot};
@@ -42,7 +47,17 @@ pub struct Control {
     wake: Notify,
     /// Ready / maintenance / draining, as LVS health checks see it.
     pub health: Arc<InstanceHealth>,
+    /// Consul mode: the source of instances.
+    pub consul: Option<Arc<ConsulDiscovery>>,
+    /// Consul mode: the lane store shared through Consul KV.
+    kv: Option<KvLanes>,
+    /// Consul mode: this instance's own registration.
+    self_registration: Option<SelfRegistration>,
 }
+
+/// Attempts at a lane change before giving up when other laneway
+/// instances keep winning the check-and-set race.
+const CAS_ATTEMPTS: usize = 16;
 
 /// Why laneway cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +66,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("route rules are invalid:\n{}", crate::config::ConfigErrors(.0.clone()))]
     Rules(Vec<ConfigError>),
+    #[error("{0}")]
+    Consul(#[from] ConsulError),
 }
 
 impl Control {
@@ -69,6 +86,14 @@ impl Control {
         };
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::empty(&metrics)));
         let (built, _) = watch::channel(0);
+        let consul = match &config.discovery.consul {
+            Some(_) => Some(ConsulDiscovery::open(&config, &metrics.registry)?),
+            None => None,
+        };
+        let kv = consul
+            .as_ref()
+            .map(|d| KvLanes::new(d.client.clone(), &d.cfg.kv_prefix));
+        let self_registration = SelfRegistration::new(&config);
         let control = Arc::new(Control {
             config,
             metrics,
@@ -82,6 +107,9 @@ impl Control {
             built,
             wake: Notify::new(),
             health: Arc::new(InstanceHealth::new()),
+            consul,
+            kv,
+            self_registration,
         });
         Ok(control)
     }
@@ -129,7 +157,7 @@ impl Control {
     async fn build_once(&self) {
         let generation = self.wanted.load(Ordering::SeqCst);
         let started = Instant::now();
-        let catalog = self.registry.lock().await.catalog();
+        let catalog = self.catalog().await;
         let lanes = self.lanes.lock().await.list();
         let previous = self.snapshot.load_full();
         let snapshot = Snapshot::build(BuildInput {
@@ -162,7 +190,9 @@ impl Control {
         m.snapshot_generation.set(generation as i64);
         m.snapshot_timestamp.set(unix_now() as i64);
         self.built.send_replace(generation);
-        self.health.set_ready();
+        if self.may_serve() {
+            self.health.set_ready();
+        }
         debug!(
             generation,
             elapsed_us = elapsed.as_micros() as u64,
@@ -192,19 +222,24 @@ impl Control {
         if !self.config.lanes.auto_lanes {
             return false;
         }
-        let catalog = self.registry.lock().await.catalog();
-        let mut lanes = self.lanes.lock().await;
-        let Ok(mut auto) = self.auto.lock() else {
-            error!("auto-lane state is poisoned; auto lanes are not reconciled");
-            return false;
-        };
-        auto.reconcile(
-            &mut lanes,
-            &catalog,
-            Instant::now(),
-            unix_now_ms(),
-            self.config.lanes.auto_lane_grace,
-        )
+        let catalog = self.catalog().await;
+        let grace = self.config.lanes.auto_lane_grace;
+        let result = self
+            .mutate_lanes(|lanes| {
+                let Ok(mut auto) = self.auto.lock() else {
+                    error!("auto-lane state is poisoned; auto lanes are not reconciled");
+                    return Ok(false);
+                };
+                Ok(auto.reconcile(lanes, &catalog, Instant::now(), unix_now_ms(), grace))
+            })
+            .await;
+        match result {
+            Ok(changed) => changed,
+            Err(e) => {
+                warn!(error = %e, "auto lanes not reconciled");
+                false
+            }
+        }
     }
 
     /// Runs the lane reaper: once a second, releases lanes whose lease
@@ -218,10 +253,10 @@ impl Control {
         loop {
             tick.tick().await;
             let now_ms = unix_now_ms();
-            let (expiry, ended) = {
-                let mut lanes = self.lanes.lock().await;
-                (lanes.expire_at(now_ms), lanes.end_quarantine_at(now_ms))
-            };
+            let expiry = self.mutate_lanes(|lanes| lanes.expire_at(now_ms)).await;
+            let ended = self
+                .mutate_lanes(|lanes| lanes.end_quarantine_at(now_ms))
+                .await;
             let mut changed = false;
             match expiry {
                 Ok(expiry) => {
@@ -250,6 +285,160 @@ impl Control {
             if changed {
                 self.changed();
             }
+        }
+    }
+
+    /// The instances the snapshot is built from: Consul's catalog in
+    /// Consul mode, else the embedded registry's.
+    pub async fn catalog(&self) -> Catalog {
+        match &self.consul {
+            Some(d) => (*d.catalog()).clone(),
+            None => self.registry.lock().await.catalog(),
+        }
+    }
+
+    /// Whether LVS may send traffic once a snapshot serves: always, except
+    /// in Consul mode with `on_start_unreachable = "not-ready"` before the
+    /// first sync.
+    fn may_serve(&self) -> bool {
+        match &self.consul {
+            Some(d) => d.cfg.on_start_unreachable == StartUnreachable::ServeStale || d.synced(),
+            None => true,
+        }
+    }
+
+    /// Applies a change to the lane store. Embedded mode: on the local
+    /// store, saved to its file. Consul mode: on a copy of the shared
+    /// store, published to Consul KV with check-and-set; when another
+    /// laneway instance wrote first, `change` runs again on its state (so
+    /// a VIP it took is never given twice and no write is lost). `change`
+    /// may therefore run more than once; it must only touch the store it is
+    /// given. On error nothing changed.
+    pub async fn mutate_lanes<T>(
+        &self,
+        mut change: impl FnMut(&mut LaneStore) -> Result<T, LaneError>,
+    ) -> Result<T, LaneError> {
+        let mut lanes = self.lanes.lock().await;
+        let Some(kv) = &self.kv else {
+            return change(&mut lanes);
+        };
+        for _ in 0..CAS_ATTEMPTS {
+            let mut scratch = lanes.scratch();
+            let out = change(&mut scratch)?;
+            if scratch.same_state(&lanes) {
+                return Ok(out);
+            }
+            match kv.publish(&mut lanes, scratch).await {
+                Ok(CasOutcome::Written) => return Ok(out),
+                Ok(CasOutcome::Lost) => {
+                    if let Some(d) = &self.consul {
+                        d.metrics.kv_conflicts.inc();
+                    }
+                    debug!("lane store changed in Consul meanwhile; applying the change again");
+                }
+                Err(e) => return Err(LaneError::Unavailable(format!("{e}; nothing was changed"))),
+            }
+        }
+        Err(LaneError::Unavailable(format!(
+            "the lane store in Consul KV kept changing under this request ({CAS_ATTEMPTS} attempts); nothing was changed, retry"
+        )))
+    }
+
+    /// Consul mode: starts discovery, the shared lane store (seeding Consul
+    /// KV from the local store if the key does not exist yet) and this
+    /// instance's registration. No-op in embedded mode.
+    pub fn start_consul(self: &Arc<Self>) {
+        let Some(discovery) = self.consul.clone() else {
+            return;
+        };
+        discovery.spawn();
+        let control = self.clone();
+        let mut changes = discovery.subscribe();
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                if control.reconcile_auto_lanes().await {
+                    debug!("auto lanes changed with the catalog");
+                }
+                control.changed();
+            }
+        });
+        let control = self.clone();
+        tokio::spawn(async move { control.run_kv_lanes().await });
+        if let Some(reg) = self.self_registration.clone() {
+            tokio::spawn(async move { discovery.register_self(&reg).await });
+        }
+    }
+
+    /// Seeds and then watches the shared lane store.
+    async fn run_kv_lanes(self: Arc<Self>) {
+        let (Some(kv), Some(discovery)) = (&self.kv, &self.consul) else {
+            return;
+        };
+        let mut backoff = crate::discovery::consul::pace::Backoff::new(
+            Duration::from_millis(250),
+            Duration::from_secs(30),
+        );
+        // Seed: adopt the shared state, or publish ours if there is none.
+        loop {
+            let mut lanes = self.lanes.lock().await;
+            let result = match kv.refresh(&mut lanes).await {
+                Ok(changed) if kv.held_index() > 0 => Ok(changed),
+                Ok(_) => {
+                    let scratch = lanes.scratch();
+                    kv.publish(&mut lanes, scratch).await.map(|o| {
+                        if matches!(o, CasOutcome::Written) {
+                            info!(key = %kv.key, "lane store seeded in Consul KV from the local store");
+                        }
+                        true
+                    })
+                }
+                Err(e) => Err(e),
+            };
+            drop(lanes);
+            match result {
+                Ok(changed) => {
+                    if changed {
+                        self.changed();
+                    }
+                    break;
+                }
+                Err(e) => {
+                    let wait = backoff.next_wait();
+                    if backoff.failures() == 1 {
+                        warn!(error = %e, "cannot read the shared lane store in Consul KV yet; serving the local copy");
+                    }
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+        info!(key = %kv.key, "lanes shared through Consul KV");
+        let wait = discovery.cfg.wait;
+        let rate = discovery.cfg.rate;
+        kv.watch(wait, rate, |entry| {
+            let control = self.clone();
+            async move {
+                let Some(kv) = &control.kv else { return };
+                let mut lanes = control.lanes.lock().await;
+                match kv.adopt_entry(&mut lanes, entry) {
+                    Ok(true) => {
+                        drop(lanes);
+                        debug!("lanes changed in Consul KV");
+                        control.changed();
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        error!(error = %e, "rejected the lane store in Consul KV; keeping the last good lanes")
+                    }
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Consul mode: deregisters this instance (at shutdown).
+    pub async fn before_exit(&self) {
+        if let (Some(d), Some(reg)) = (&self.consul, &self.self_registration) {
+            d.deregister_self(reg, Duration::from_secs(2)).await;
         }
     }
 

@@ -143,6 +143,7 @@ fn run(config_path: PathBuf, upgrade: bool) -> anyhow::Result<()> {
     let watcher = runtime.block_on(async {
         tokio::spawn(control.clone().run_compiler());
         tokio::spawn(control.clone().run_reaper());
+        control.start_consul();
         let watcher = control.watch_rules();
         let admin_control = control.clone();
         tokio::spawn(async move {

@@ -55,6 +55,7 @@ impl From<LaneError> for ApiError {
             LaneError::Allocation { source, .. } if source.is_conflict() => StatusCode::CONFLICT,
             LaneError::Allocation { .. } => StatusCode::BAD_REQUEST,
             LaneError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            LaneError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError {
             status,

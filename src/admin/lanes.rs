@@ -192,10 +192,8 @@ fn counted(c: &Control, e: ApiError) -> ApiError {
 pub async fn create(State(c): State<Arc<Control>>, body: Bytes) -> Result<Response, ApiError> {
     let spec: LaneSpec = parse_body(&c, &body, "invalid lane body")?;
     let outcome = c
-        .lanes
-        .lock()
+        .mutate_lanes(|lanes| lanes.create(spec.clone()))
         .await
-        .create(spec)
         .map_err(|e| counted(&c, e.into()))?;
     let (status, lane) = match outcome {
         CreateOutcome::Created(lane) => {
@@ -309,10 +307,8 @@ pub async fn patch(
 ) -> Result<Json<Value>, ApiError> {
     let patch: LanePatch = parse_body(&c, &body, "invalid lane patch")?;
     let lane = c
-        .lanes
-        .lock()
+        .mutate_lanes(|lanes| lanes.patch(&name, patch.clone()))
         .await
-        .patch(&name, patch)
         .map_err(|e| counted(&c, e.into()))?;
     let generation = c.changed();
     c.wait_built(generation, PUBLISH_WAIT).await;
@@ -343,11 +339,10 @@ pub async fn extend(
         .map(|t| parse_ttl(&name, &t))
         .transpose()
         .map_err(|e| counted(&c, e.into()))?;
+    let now_ms = unix_now_ms();
     let lane = c
-        .lanes
-        .lock()
+        .mutate_lanes(|lanes| lanes.extend_at(&name, ttl, now_ms))
         .await
-        .extend_at(&name, ttl, unix_now_ms())
         .map_err(|e| counted(&c, e.into()))?;
     info!(lane = %lane.name, expires_at = ?lane.expires_at, "lane lease extended");
     Ok(Json(LaneJson::new(&c).lane_json(&lane)))
@@ -358,10 +353,8 @@ pub async fn delete(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let lane = c
-        .lanes
-        .lock()
+        .mutate_lanes(|lanes| lanes.delete(&name))
         .await
-        .delete(&name)
         .map_err(|e| counted(&c, e.into()))?;
     info!(lane = %lane.name, vip = ?lane.entries.vip, port = ?lane.entries.port, "lane deleted; its entries are in quarantine");
     let generation = c.changed();

@@ -66,7 +66,22 @@ pub async fn serve(
 
 async fn healthz(State(c): State<Arc<Control>>) -> Response {
     if c.ready() {
-        (StatusCode::OK, "ok\n").into_response()
+        match &c.consul {
+            Some(d) if !d.synced() => (
+                StatusCode::OK,
+                "ok; discovery not synced with Consul: serving the last known catalog\n",
+            )
+                .into_response(),
+            Some(d) if d.stale_seconds() > 0 => (
+                StatusCode::OK,
+                format!(
+                    "ok; Consul unreachable for {} s: serving the last known catalog\n",
+                    d.stale_seconds()
+                ),
+            )
+                .into_response(),
+            _ => (StatusCode::OK, "ok\n").into_response(),
+        }
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -131,7 +146,11 @@ async fn status(State(c): State<Arc<Control>>) -> Json<serde_json::Value> {
         "ready": c.ready(),
         "snapshot": {"generation": snap.generation, "age_seconds": age},
         "lanes": snap.lane_count(),
-        "instances": c.registry.lock().await.len(),
+        "instances": c.catalog().await.len(),
+        "discovery": match &c.consul {
+            Some(d) => d.status_json(),
+            None => json!({"mode": "embedded", "synced": true}),
+        },
         "pools": lanes::pools_json(&*c.lanes.lock().await),
         "rules_errors": c.rules_errors().iter().map(|e| e.to_string()).collect::<Vec<_>>(),
     }))

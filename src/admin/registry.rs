@@ -17,7 +17,23 @@ use crate::discovery::register::parse_registration;
 use crate::discovery::registry::RegistryError;
 use crate::discovery::Health;
 
+/// In Consul mode instances come from Consul: the embedded registry's
+/// write endpoints answer 409 and say where to register instead.
+fn embedded_only(c: &Control) -> Result<(), ApiError> {
+    match &c.consul {
+        None => Ok(()),
+        Some(d) => Err(ApiError {
+            status: axum::http::StatusCode::CONFLICT,
+            message: format!(
+                "laneway runs with [discovery] mode = \"consul\": register, deregister and update checks with the Consul agent ({}/v1/agent/...); laneway picks the change up from there",
+                d.client.address()
+            ),
+        }),
+    }
+}
+
 pub async fn register(State(c): State<Arc<Control>>, body: Bytes) -> Result<(), ApiError> {
+    embedded_only(&c)?;
     let d = &c.config.discovery;
     let instance = parse_registration(&body, &d.version_key, &d.lane_key).map_err(|e| {
         c.metrics
@@ -39,6 +55,7 @@ pub async fn deregister(
     State(c): State<Arc<Control>>,
     Path(id): Path<String>,
 ) -> Result<(), ApiError> {
+    embedded_only(&c)?;
     let existed = c.registry.lock().await.deregister(&id)?;
     if existed {
         c.reconcile_auto_lanes().await;
@@ -54,6 +71,7 @@ async fn check(
     status: Health,
     note: Option<String>,
 ) -> Result<(), ApiError> {
+    embedded_only(&c)?;
     let changed = c
         .registry
         .lock()
@@ -98,7 +116,7 @@ pub async fn check_fail(
 }
 
 pub async fn list(State(c): State<Arc<Control>>) -> Result<Json<Value>, ApiError> {
-    let catalog = c.registry.lock().await.catalog();
+    let catalog = c.catalog().await;
     let list: Vec<&crate::discovery::Instance> = catalog.instances.iter().map(|i| &**i).collect();
     serde_json::to_value(list)
         .map(Json)

@@ -179,6 +179,10 @@ pub enum LaneError {
     /// The change could not be saved; nothing changed (500).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The shared store (Consul KV) could not be reached or kept losing
+    /// races; nothing changed (503).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 #[derive(Serialize)]
@@ -203,6 +207,9 @@ pub struct LaneStore {
     pub(super) lanes: BTreeMap<String, Lane>,
     pub(super) quarantine: Vec<Quarantined>,
     pub(super) pools: Pools,
+    /// False on a scratch copy: commits change memory only (the caller
+    /// publishes the result elsewhere, e.g. Consul KV, then adopts it).
+    pub(super) durable: bool,
 }
 
 impl LaneStore {
@@ -245,6 +252,7 @@ impl LaneStore {
             lanes,
             quarantine,
             pools,
+            durable: true,
         };
         let mut next = store.lanes.clone();
         if !next.contains_key(BASELINE) {
@@ -480,6 +488,73 @@ impl LaneStore {
         chain
     }
 
+    /// A copy whose commits stay in memory: apply a change to it, publish
+    /// [`encode`](Self::encode)d state, then [`adopt`](Self::adopt) it.
+    pub fn scratch(&self) -> LaneStore {
+        LaneStore {
+            path: self.path.clone(),
+            lanes: self.lanes.clone(),
+            quarantine: self.quarantine.clone(),
+            pools: self.pools.clone(),
+            durable: false,
+        }
+    }
+
+    /// True if `other` holds the same lanes and quarantine.
+    pub fn same_state(&self, other: &LaneStore) -> bool {
+        self.lanes == other.lanes && self.quarantine == other.quarantine
+    }
+
+    /// The whole state in the stored format (compact JSON), as shared
+    /// through Consul KV.
+    pub fn encode(&self) -> Result<Vec<u8>, StoreError> {
+        serde_json::to_vec(&StoredRef {
+            version: FORMAT,
+            lanes: self.lanes.values().collect(),
+            quarantine: &self.quarantine,
+        })
+        .map_err(|source| StoreError::Encode {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// Replaces the state with `bytes` (from [`encode`](Self::encode), e.g.
+    /// written by another laneway instance) after the same checks as
+    /// [`open`](Self::open), and writes it to the local file. On error
+    /// nothing changes; `origin` names the source in the message.
+    pub fn adopt_encoded(&mut self, bytes: &[u8], origin: &str) -> Result<(), String> {
+        let stored: Stored = serde_json::from_slice(bytes)
+            .map_err(|e| format!("{origin}: not a lane store: {e}"))?;
+        if !(OLDEST_FORMAT..=FORMAT).contains(&stored.version) {
+            return Err(format!(
+                "{origin}: format version {} is not supported by this laneway (expected {OLDEST_FORMAT} to {FORMAT})",
+                stored.version
+            ));
+        }
+        let mut lanes = BTreeMap::new();
+        for lane in stored.lanes {
+            let name = lane.name.clone();
+            if lanes.insert(name.clone(), lane).is_some() {
+                return Err(format!("{origin}: lane {name:?} appears twice"));
+            }
+        }
+        if !lanes.contains_key(BASELINE) {
+            return Err(format!("{origin}: the baseline lane is missing"));
+        }
+        check_consistent(&lanes).map_err(|e| format!("{origin}: {e}"))?;
+        if lanes == self.lanes && stored.quarantine == self.quarantine {
+            return Ok(());
+        }
+        self.commit(lanes, stored.quarantine)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Makes a scratch copy's state this store's state, written locally.
+    pub fn adopt(&mut self, scratch: LaneStore) -> Result<(), StoreError> {
+        self.commit(scratch.lanes, scratch.quarantine)
+    }
+
     /// The file this store persists to.
     pub fn path(&self) -> &Path {
         &self.path
@@ -542,7 +617,9 @@ impl LaneStore {
                 source,
             })?;
         bytes.push(b'\n');
-        persist(&self.path, &bytes)?;
+        if self.durable {
+            persist(&self.path, &bytes)?;
+        }
         self.lanes = lanes;
         self.quarantine = quarantine;
         Ok(())
@@ -575,6 +652,7 @@ impl LaneStore {
                         lanes: lanes.clone(),
                         quarantine: self.quarantine.clone(),
                         pools: self.pools.clone(),
+                        durable: false,
                     };
                     match view.fill_missing(&name, &entries, want_vip, want_port, now_ms) {
                         Ok((vip, port)) => {

@@ -6,6 +6,7 @@
 //! request path.
 
 pub mod auto;
+pub mod consul_kv;
 pub mod file;
 pub mod lanes;
 pub mod lifecycle;

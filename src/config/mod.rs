@@ -2,6 +2,7 @@
 //! validation with file:line errors. Control plane only; nothing here runs on
 //! the request path.
 
+pub mod discovery;
 pub mod error;
 pub mod routes;
 
@@ -14,6 +15,7 @@ use toml::Spanned;
 
 use crate::allocation::pools::{HostnameTemplate, IpRange, PortPool, VipPool};
 
+pub use discovery::{Consistency, ConsulConfig, DiscoveryConfig, DiscoveryMode, StartUnreachable};
 pub use error::{ConfigError, ConfigErrors};
 
 /// The whole configuration, as read from `laneway.toml`, with relative paths
@@ -100,18 +102,6 @@ pub struct LanesConfig {
     pub auto_lane_grace: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DiscoveryMode {
-    Embedded,
-}
-
-#[derive(Debug, Clone)]
-pub struct DiscoveryConfig {
-    pub mode: DiscoveryMode,
-    pub version_key: String,
-    pub lane_key: String,
-}
-
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
     pub data_dir: PathBuf,
@@ -151,7 +141,7 @@ struct RawConfig {
     #[serde(default)]
     lanes: RawLanes,
     #[serde(default)]
-    discovery: RawDiscovery,
+    discovery: discovery::RawDiscovery,
     #[serde(default)]
     store: RawStore,
     #[serde(default)]
@@ -199,14 +189,6 @@ struct RawLanes {
     default_ttl: Option<Spanned<String>>,
     auto_lanes: Option<bool>,
     auto_lane_grace: Option<Spanned<String>>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawDiscovery {
-    mode: Option<Spanned<String>>,
-    version_key: Option<Spanned<String>>,
-    lane_key: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -414,31 +396,7 @@ impl Config {
                 .unwrap_or(Duration::from_secs(600)),
         };
 
-        let mode = match raw.discovery.mode {
-            None => DiscoveryMode::Embedded,
-            Some(m) => match m.get_ref().as_str() {
-                "embedded" => DiscoveryMode::Embedded,
-                "consul" => {
-                    v.err(
-                        m.span().start,
-                        "[discovery] mode \"consul\" is not available in this build; use \"embedded\"",
-                    );
-                    DiscoveryMode::Embedded
-                }
-                other => {
-                    v.err(
-                        m.span().start,
-                        format!("[discovery] mode {other:?} is unknown; expected \"embedded\""),
-                    );
-                    DiscoveryMode::Embedded
-                }
-            },
-        };
-        let discovery = DiscoveryConfig {
-            mode,
-            version_key: v.key(raw.discovery.version_key, "version_key", "version"),
-            lane_key: v.key(raw.discovery.lane_key, "lane_key", "lane"),
-        };
+        let discovery = v.discovery(raw.discovery, base);
 
         let store = StoreConfig {
             data_dir: base.join(raw.store.data_dir.as_deref().unwrap_or("data")),

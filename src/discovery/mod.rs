@@ -4,6 +4,7 @@
 //! request path; the data plane sees instances only through a compiled
 //! snapshot.
 
+pub mod consul;
 pub mod register;
 pub mod registry;
 

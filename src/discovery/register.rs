@@ -382,7 +382,7 @@ fn check_meta(meta: &BTreeMap<String, String>) -> Result<(), RegisterError> {
 }
 
 /// `meta[key]`, else the value of the first tag `key=value`; empty is none.
-fn label(meta: &BTreeMap<String, String>, tags: &[String], key: &str) -> Option<String> {
+pub(crate) fn label(meta: &BTreeMap<String, String>, tags: &[String], key: &str) -> Option<String> {
     meta.get(key)
         .filter(|v| !v.is_empty())
         .cloned()

@@ -183,6 +183,7 @@ impl ShutdownSignalWatch for DrainOnTerm {
             _ = term.recv() => {
                 let drain = self.control.config.proxy.drain;
                 self.control.health.start_draining();
+                self.control.before_exit().await;
                 info!(drain_seconds = drain.as_secs(), "SIGTERM: health is now 503; draining");
                 tokio::time::sleep(drain).await;
                 info!(in_flight = self.control.health.in_flight(), "drain over; closing listeners");
@@ -191,7 +192,10 @@ impl ShutdownSignalWatch for DrainOnTerm {
                 }
                 ShutdownSignal::GracefulTerminate
             }
-            _ = int.recv() => ShutdownSignal::FastShutdown,
+            _ = int.recv() => {
+                self.control.before_exit().await;
+                ShutdownSignal::FastShutdown
+            }
             _ = quit.recv() => {
                 info!("SIGQUIT: handing the listeners over for a graceful upgrade");
                 self.control.health.start_draining();
