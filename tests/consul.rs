@@ -484,3 +484,72 @@ fn instances_register_themselves_and_leave_on_shutdown() {
     assert!(eventually(WAIT, || laneways().len() == 1), "{}", a.log());
     a.wait_exit(Duration::from_secs(30));
 }
+
+/// Leases, quarantine and auto lanes act once for the whole farm.
+#[test]
+fn a_farm_reaps_and_creates_auto_lanes_once() {
+    let double = ConsulDouble::start();
+    let stable = Upstream::start("stable");
+    register(&double, "web-1", "web", "stable", &stable);
+    let net = vip_net();
+    let lanes = format!(
+        "vip_pool = [\"{net}.2-{net}.254\"]\nrelease_quarantine = \"1h\"\nauto_lane_grace = \"0s\""
+    );
+    let disc = discovery(&double, "");
+    let a = Laneway::start_full(SIMPLE_ROUTES, "bind_entries = false", &lanes, &disc);
+    let b = Laneway::start_full(SIMPLE_ROUTES, "bind_entries = false", &lanes, &disc);
+    assert!(eventually(WAIT, || synced(&a) && synced(&b)));
+
+    // A one-second lease ends; both reapers run; the lane is released once.
+    let (code, lane) = a.create_lane(r#"{"name":"short","ttl":"1s"}"#);
+    assert_eq!(code, 201, "{lane}");
+    let vip = lane["entries"]["vip"].clone();
+    assert!(eventually(WAIT, || a
+        .api("GET", "/api/v1/lanes/short", None)
+        .0
+        == 404
+        && b.api("GET", "/api/v1/lanes/short", None).0 == 404));
+    let quarantine = |lw: &Laneway| status(lw)["pools"]["quarantine"].clone();
+    assert!(eventually(WAIT, || quarantine(&a) == quarantine(&b)));
+    let q = quarantine(&a);
+    let records: Vec<&Value> = q
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["lane"] == "short")
+        .collect();
+    assert_eq!(records.len(), 1, "released once: {q}");
+    assert_eq!(records[0]["vip"], vip);
+
+    // An instance naming an unknown lane creates it once, on every instance.
+    let canary = Upstream::start("canary");
+    double.register(json!({
+        "ID": "web-c", "Name": "web", "Address": "127.0.0.1", "Port": canary.port(),
+        "Meta": {"version": "c1", "lane": "auto-c"},
+        "Check": {"CheckID": "service:web-c", "TTL": "10m", "Status": "passing"},
+    }));
+    assert!(eventually(WAIT, || served_by(&a, Some("auto-c"))
+        == "canary"
+        && served_by(&b, Some("auto-c")) == "canary"));
+    let lane_of = |lw: &Laneway| -> Value {
+        serde_json::from_str(&lw.api("GET", "/api/v1/lanes/auto-c", None).1).unwrap()
+    };
+    assert_eq!(lane_of(&a)["entries"]["vip"], lane_of(&b)["entries"]["vip"]);
+    assert_eq!(lane_of(&a)["auto"], json!(true));
+    // Its instance goes: the auto lane is released (grace 0s), once.
+    assert!(double.deregister("web-c"));
+    assert!(eventually(WAIT, || a
+        .api("GET", "/api/v1/lanes/auto-c", None)
+        .0
+        == 404
+        && b.api("GET", "/api/v1/lanes/auto-c", None).0 == 404));
+    assert!(eventually(WAIT, || quarantine(&a) == quarantine(&b)));
+    let q = quarantine(&a);
+    let n = q
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["lane"] == "auto-c")
+        .count();
+    assert_eq!(n, 1, "released once: {q}");
+}

@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use crate::discovery::consul::client::{ConsulClient, ConsulError, KvEntry};
-use crate::discovery::consul::pace::{next_index, Backoff, TokenBucket};
+use crate::discovery::consul::client::{ConsulClient, KvEntry};
+use crate::discovery::consul::pace::{next_index, Backoff, TokenBucket, WATCH_BURST};
 
 use super::lanes::LaneStore;
 
@@ -127,7 +127,7 @@ impl KvLanes {
         Fut: std::future::Future<Output = ()>,
     {
         let mut index = 0;
-        let mut bucket = TokenBucket::new(rate, 3);
+        let mut bucket = TokenBucket::new(rate, WATCH_BURST);
         let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
         let mut failing = false;
         loop {
@@ -156,9 +156,4 @@ impl KvLanes {
             }
         }
     }
-}
-
-/// Maps a KV failure to a message for the lane API.
-pub fn unavailable(e: &ConsulError) -> String {
-    format!("the shared lane store in Consul is unavailable: {e}; nothing was changed")
 }

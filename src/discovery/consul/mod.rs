@@ -40,7 +40,7 @@ use tracing::{debug, info, warn};
 
 use self::client::{ConsulClient, ConsulError};
 use self::entries::{CheckDigests, CheckJson, HealthEntry, Labels};
-use self::pace::{next_index, Backoff, TokenBucket};
+use self::pace::{next_index, Backoff, TokenBucket, WATCH_BURST};
 use crate::allocation::file::{read_json, write_atomic};
 use crate::allocation::pools::unix_now_ms;
 use crate::config::{Config, ConsulConfig};
@@ -320,7 +320,7 @@ impl ConsulDiscovery {
 
     async fn watch_services(self: Arc<Self>, tx: mpsc::UnboundedSender<Event>) {
         let mut index = 0;
-        let mut bucket = TokenBucket::new(self.cfg.rate, 3);
+        let mut bucket = TokenBucket::new(self.cfg.rate, WATCH_BURST);
         let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
         let mut last: Option<BTreeSet<String>> = None;
         loop {
@@ -380,7 +380,7 @@ impl ConsulDiscovery {
 
     async fn watch_checks(self: Arc<Self>, tx: mpsc::UnboundedSender<Event>) {
         let mut index = 0;
-        let mut bucket = TokenBucket::new(self.cfg.rate, 3);
+        let mut bucket = TokenBucket::new(self.cfg.rate, WATCH_BURST);
         let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
         let mut last: Option<CheckDigests> = None;
         loop {

@@ -10,6 +10,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+/// The burst of every watch loop's bucket: a few changes in a row are
+/// seen at once; a sustained stream is paced at `[discovery] rate`.
+pub const WATCH_BURST: u32 = 5;
+
 /// A token bucket: `rate` requests per second, bursts of `burst`.
 #[derive(Debug)]
 pub struct TokenBucket {
