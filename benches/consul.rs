@@ -84,7 +84,11 @@ fn main() {
         let mut call_times = Vec::with_capacity(registrations);
         for i in 0..registrations {
             std::thread::sleep(gap);
-            let (target, name) = if i % 2 == 0 { (&a, "canary-a") } else { (&b, "canary-b") };
+            let (target, name) = if i % 2 == 0 {
+                (&a, "canary-a")
+            } else {
+                (&b, "canary-b")
+            };
             let t_call = Instant::now();
             register_web(&double, "web-canary", "canary", target.port());
             let t0 = Instant::now();
@@ -101,7 +105,10 @@ fn main() {
                 if r.status == 200 && r.upstream() == name {
                     break;
                 }
-                assert!(t0.elapsed() < Duration::from_secs(10), "registration {i} not served");
+                assert!(
+                    t0.elapsed() < Duration::from_secs(10),
+                    "registration {i} not served"
+                );
                 // Poll every 0.5 ms rather than flat out, so the poller does
                 // not take the CPU laneway and the double need.
                 std::thread::sleep(Duration::from_micros(500));
@@ -145,7 +152,11 @@ fn main() {
     let mut next = Instant::now();
     while t0.elapsed() < window {
         let n = fastrand::usize(0..services);
-        let status = if changes % 2 == 0 { Status::Warning } else { Status::Passing };
+        let status = if changes % 2 == 0 {
+            Status::Warning
+        } else {
+            Status::Passing
+        };
         double.set_check_status(&format!("service:svc-{n}-1"), status);
         changes += 1;
         next += Duration::from_millis(100);
@@ -160,10 +171,7 @@ fn main() {
         t0.elapsed().as_secs_f64(),
         per_minute(churn)
     );
-    println!(
-        "peak connections to Consul: {}",
-        double.peak_connections()
-    );
+    println!("peak connections to Consul: {}", double.peak_connections());
 }
 
 fn register_web(double: &ConsulDouble, id: &str, version: &str, port: u16) {

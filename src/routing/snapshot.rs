@@ -366,22 +366,54 @@ impl Snapshot {
             previous.is_some_and(|p| *p.baseline_versions == *input.baseline_versions);
         let mut pools: FastMap<Arc<str>, Arc<ServicePools>> =
             FastMap::with_capacity_and_hasher(by_service.len(), Default::default());
+        let mut regroup: Vec<Regroup<'_>> = Vec::new();
         for (service, members) in by_service {
             let before = previous.and_then(|p| p.pools.get(service));
+            match before.filter(|b| same_grouping && b.made_from(&members)) {
+                Some(b) => {
+                    pools.insert(interner.get(service), b.clone());
+                }
+                None => regroup.push((service, members, before)),
+            }
+        }
+        let group = |(service, members, before): (
+            &str,
+            Vec<&Arc<Instance>>,
+            Option<&Arc<ServicePools>>,
+        )| {
             let service = interner.get(service);
-            let unchanged = before.filter(|b| same_grouping && b.made_from(&members));
-            let service_pools = match unchanged {
-                Some(b) => b.clone(),
-                None => Arc::new(ServicePools::build(
-                    &service,
-                    &members,
-                    &baseline_versions,
-                    before.map(|b| &**b),
-                    &interner,
-                    m,
-                )),
-            };
-            pools.insert(service, service_pools);
+            let built = ServicePools::build(
+                &service,
+                &members,
+                &baseline_versions,
+                before.map(|b| &**b),
+                &interner,
+                m,
+            );
+            (service, Arc::new(built))
+        };
+        // A cold build groups every instance: spread it over the cores (it
+        // happens at start, before the data plane serves). Small rebuilds
+        // stay on this thread.
+        let to_group: usize = regroup.iter().map(|(_, members, _)| members.len()).sum();
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(8);
+        if threads > 1 && to_group >= PARALLEL_GROUPING {
+            let chunks = split_balanced(regroup, threads);
+            let built: Vec<Vec<(Arc<str>, Arc<ServicePools>)>> = std::thread::scope(|scope| {
+                let handles: Vec<_> = chunks
+                    .into_iter()
+                    .map(|chunk| scope.spawn(|| chunk.into_iter().map(group).collect::<Vec<_>>()))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("snapshot grouping thread panicked"))
+                    .collect()
+            });
+            pools.extend(built.into_iter().flatten());
+        } else {
+            pools.extend(regroup.into_iter().map(group));
         }
         drop(rule_services);
         let baseline_name = interner.get(BASELINE);
@@ -486,7 +518,10 @@ impl Snapshot {
             lanes,
             baseline,
             pools,
-            names: interner.names.into_inner(),
+            names: interner
+                .names
+                .into_inner()
+                .unwrap_or_else(|p| p.into_inner()),
             lane_defs: input.lanes.into(),
             entries,
             baseline_versions: input.baseline_versions.into(),
@@ -765,6 +800,10 @@ fn smooth_wrr(weights: &[u32]) -> Box<[u32]> {
     if weights.is_empty() {
         return Box::new([]);
     }
+    if weights.iter().all(|&w| w == weights[0]) {
+        // Equal weights: plain round-robin.
+        return (0..weights.len() as u32).collect();
+    }
     let g = weights.iter().copied().fold(0, gcd).max(1);
     let mut w: Vec<u64> = weights.iter().map(|&x| u64::from(x / g)).collect();
     let total: u64 = w.iter().sum();
@@ -792,6 +831,35 @@ fn smooth_wrr(weights: &[u32]) -> Box<[u32]> {
     order.into_boxed_slice()
 }
 
+/// A service to group again: its name, its instances, its previous pools.
+type Regroup<'a> = (
+    &'a str,
+    Vec<&'a Arc<Instance>>,
+    Option<&'a Arc<ServicePools>>,
+);
+
+/// Instances to group in one build from which the grouping is spread over
+/// threads (a cold build of a large catalog).
+const PARALLEL_GROUPING: usize = 20_000;
+
+/// Splits `items` into at most `n` chunks of about the same number of
+/// instances.
+fn split_balanced(items: Vec<Regroup<'_>>, n: usize) -> Vec<Vec<Regroup<'_>>> {
+    let total: usize = items.iter().map(|(_, m, _)| m.len().max(1)).sum();
+    let per = total.div_ceil(n).max(1);
+    let mut chunks = vec![Vec::new()];
+    let mut size = 0;
+    for item in items {
+        if size >= per && chunks.len() < n {
+            chunks.push(Vec::new());
+            size = 0;
+        }
+        size += item.1.len().max(1);
+        chunks.last_mut().expect("one chunk at least").push(item);
+    }
+    chunks
+}
+
 fn gcd(a: u32, b: u32) -> u32 {
     if b == 0 {
         a
@@ -804,13 +872,13 @@ fn gcd(a: u32, b: u32) -> u32 {
 /// previous build: equal names are then the same `Arc`, which makes
 /// comparing reused parts a pointer comparison.
 struct Interner<'p> {
-    names: std::cell::RefCell<FastSet<Arc<str>>>,
+    names: std::sync::Mutex<FastSet<Arc<str>>>,
     previous: Option<&'p FastSet<Arc<str>>>,
 }
 
 impl Interner<'_> {
     fn get(&self, s: &str) -> Arc<str> {
-        let mut names = self.names.borrow_mut();
+        let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(found) = names.get(s) {
             return found.clone();
         }
