@@ -14,12 +14,17 @@
 //!
 //! A change therefore costs one small append and one `fdatasync`, whatever
 //! the registry's size (rewriting a 10,000-instance base costs tens of
-//! milliseconds). When the journal outgrows the base (and 1 MiB) the whole
-//! state is written as a new base and the journal emptied (compaction); the
-//! amortised cost per change stays constant.
+//! milliseconds). When the journal outgrows the base (and 1 MiB) it is
+//! compacted off the change's path: the journal is sealed (renamed
+//! `instances.journal.sealed-<last seq>`), new changes go to a fresh
+//! journal, and a background thread writes the state as of the seal as a
+//! new base, then deletes the sealed journals it includes. The change that
+//! triggers it pays for a rename and a copy of the instance map, not for
+//! the base.
 //!
 //! Crash safety: a record is one line written by one append. At open, the
-//! base is read, then every complete journal line is applied in order;
+//! base is read, then the sealed journals (oldest first) and the journal;
+//! every complete line is applied in order;
 //! records whose `seq` the base already includes are skipped (a crash
 //! between writing a new base and emptying the journal leaves them behind).
 //! An unterminated last line is a write that was never acknowledged (a
@@ -54,6 +59,8 @@ use crate::allocation::StoreError;
 pub const FILE_NAME: &str = "instances.json";
 /// The journal of changes since the base, next to it.
 pub const JOURNAL_NAME: &str = "instances.journal";
+/// A journal sealed for compaction: `instances.journal.sealed-<last seq>`.
+const SEALED_PREFIX: &str = "instances.journal.sealed-";
 /// The on-disk format version this build reads and writes.
 const FORMAT: u32 = 1;
 /// The journal is folded into a new base once it is larger than the base
@@ -136,6 +143,14 @@ pub struct Registry {
     seq: u64,
     /// Compaction threshold (tests lower it).
     compact_min: u64,
+    /// A compaction running in the background, if any.
+    compaction: Option<Compaction>,
+}
+
+/// A base being written by a background thread.
+#[derive(Debug)]
+struct Compaction {
+    handle: std::thread::JoinHandle<Result<u64, StoreError>>,
 }
 
 impl Registry {
@@ -145,6 +160,10 @@ impl Registry {
     pub fn open(data_dir: &Path) -> Result<Registry, StoreError> {
         let path = data_dir.join(FILE_NAME);
         let journal_path = data_dir.join(JOURNAL_NAME);
+        // Listed before the base is read: a compaction finishing meanwhile
+        // writes a base that includes them (their records are skipped) or
+        // deletes one before it is read (then everything is read again).
+        let sealed_list = sealed_journals(data_dir)?;
         let mut instances = BTreeMap::new();
         let mut base_seq = 0;
         let base_len = std::fs::metadata(&path).map_or(0, |m| m.len());
@@ -174,9 +193,25 @@ impl Registry {
                 }
             }
         }
-        let replayed = replay(&journal_path, base_seq, &mut instances)?;
+        let mut last_seq = 0;
+        let mut sealed_records = 0;
+        for sealed in sealed_list {
+            let r = replay(&sealed, base_seq, last_seq, &mut instances)?;
+            if !r.exists {
+                return Registry::open(data_dir);
+            }
+            if r.torn.is_some() {
+                return Err(StoreError::Corrupt {
+                    path: sealed,
+                    detail: "a sealed journal ends in an unfinished record".into(),
+                });
+            }
+            last_seq = last_seq.max(r.last_seq);
+            sealed_records += r.records;
+        }
+        let replayed = replay(&journal_path, base_seq, last_seq, &mut instances)?;
         let check_owner = index_checks(&instances).map_err(|detail| StoreError::Corrupt {
-            path: if replayed.records > 0 {
+            path: if replayed.records + sealed_records > 0 {
                 journal_path.clone()
             } else {
                 path.clone()
@@ -211,8 +246,9 @@ impl Registry {
             journal,
             journal_len: replayed.torn.unwrap_or(replayed.len),
             base_len,
-            seq: base_seq.max(replayed.last_seq),
+            seq: base_seq.max(last_seq).max(replayed.last_seq),
             compact_min: COMPACT_MIN,
+            compaction: None,
         })
     }
 
@@ -384,13 +420,59 @@ impl Registry {
         self.journal_len += line.len() as u64;
         self.apply(put, delete);
         self.seq = seq;
-        if self.journal_len > self.compact_min.max(self.base_len) {
-            if let Err(e) = self.compact() {
-                // the change is safe in the journal; try again next time
-                tracing::warn!(error = %e, "cannot compact the registry journal");
-            }
+        self.finish_compaction(false);
+        if self.compaction.is_none() && self.journal_len > self.compact_min.max(self.base_len) {
+            self.start_compaction();
         }
         Ok(())
+    }
+
+    /// Seals the journal and writes the state as of now as a new base on a
+    /// background thread. New changes go to a new journal meanwhile.
+    fn start_compaction(&mut self) {
+        let sealed = self
+            .path
+            .with_file_name(format!("{SEALED_PREFIX}{:020}", self.seq));
+        let sealed_ok =
+            std::fs::rename(&self.journal_path, &sealed).and_then(|()| sync_dir(&sealed));
+        if let Err(e) = sealed_ok {
+            // The change is safe in the journal; try again next time.
+            tracing::warn!(path = %self.journal_path.display(), error = %e, "cannot seal the registry journal for compaction");
+            return;
+        }
+        self.journal = Journal::Absent;
+        self.journal_len = 0;
+        let (path, seq, instances) = (self.path.clone(), self.seq, self.instances.clone());
+        let spawned = std::thread::Builder::new()
+            .name("laneway-compact".into())
+            .spawn(move || write_base(&path, seq, &instances));
+        match spawned {
+            Ok(handle) => self.compaction = Some(Compaction { handle }),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the registry compaction; the sealed journal is kept and replayed")
+            }
+        }
+    }
+
+    /// Collects a finished background compaction (waits for it with `wait`).
+    fn finish_compaction(&mut self, wait: bool) {
+        let done = self
+            .compaction
+            .as_ref()
+            .is_some_and(|c| wait || c.handle.is_finished());
+        if !done {
+            return;
+        }
+        let Some(c) = self.compaction.take() else {
+            return;
+        };
+        match c.handle.join() {
+            Ok(Ok(len)) => self.base_len = len,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "registry compaction failed; the sealed journal is kept and replayed")
+            }
+            Err(_) => tracing::error!("registry compaction thread panicked"),
+        }
     }
 
     /// Appends one record and syncs it.
@@ -448,11 +530,11 @@ impl Registry {
         }
     }
 
-    /// Writes the whole state as a new base, then empties the journal.
+    /// Writes the whole state as a new base, then empties the journal
+    /// (synchronously: used when the journal cannot be appended to).
     fn compact(&mut self) -> Result<(), StoreError> {
-        let bytes = encode(&self.path, self.seq, &self.instances)?;
-        persist(&self.path, &bytes)?;
-        self.base_len = bytes.len() as u64;
+        self.finish_compaction(true);
+        self.base_len = write_base(&self.path, self.seq, &self.instances)?;
         // The base holds every record now; should emptying the journal fail,
         // its records are skipped at open (their seq is in the base).
         let emptied = (|| {
@@ -501,6 +583,7 @@ struct Replayed {
 fn replay(
     path: &Path,
     base_seq: u64,
+    after_seq: u64,
     instances: &mut BTreeMap<String, Arc<Instance>>,
 ) -> Result<Replayed, StoreError> {
     let bytes = match std::fs::read(path) {
@@ -530,7 +613,7 @@ fn replay(
         exists: true,
         len: bytes.len() as u64,
         records: 0,
-        last_seq: 0,
+        last_seq: after_seq,
         torn: (complete < bytes.len()).then_some(complete as u64),
     };
     for (n, line) in bytes[..complete].split(|&b| b == b'\n').enumerate() {
@@ -569,6 +652,57 @@ fn replay(
         }
     }
     Ok(out)
+}
+
+/// Writes `instances` as the base at `seq`, then deletes the sealed
+/// journals it includes. Returns the base's size.
+fn write_base(
+    path: &Path,
+    seq: u64,
+    instances: &BTreeMap<String, Arc<Instance>>,
+) -> Result<u64, StoreError> {
+    let bytes = encode(path, seq, instances)?;
+    persist(path, &bytes)?;
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    for sealed in sealed_journals(dir)? {
+        let included = sealed_seq(&sealed).is_some_and(|s| s <= seq);
+        if included {
+            if let Err(e) = std::fs::remove_file(&sealed) {
+                tracing::warn!(path = %sealed.display(), error = %e, "cannot delete a compacted journal; it is skipped at open");
+            }
+        }
+    }
+    Ok(bytes.len() as u64)
+}
+
+/// The sealed journals in `dir`, oldest first.
+fn sealed_journals(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(StoreError::Io {
+                path: dir.to_owned(),
+                source,
+            })
+        }
+    };
+    let mut found: Vec<(u64, PathBuf)> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter_map(|p| sealed_seq(&p).map(|s| (s, p)))
+        .collect();
+    found.sort();
+    Ok(found.into_iter().map(|(_, p)| p).collect())
+}
+
+/// The last sequence number a sealed journal holds, from its name.
+fn sealed_seq(path: &Path) -> Option<u64> {
+    path.file_name()?
+        .to_str()?
+        .strip_prefix(SEALED_PREFIX)?
+        .parse()
+        .ok()
 }
 
 /// Cuts an unterminated last line off the journal; returns it open for
@@ -910,7 +1044,12 @@ mod tests {
             reg.register(web(&format!("web-{i}"), "v1"))
                 .expect("register");
         }
+        reg.finish_compaction(true);
         assert!(dir.path().join(FILE_NAME).exists(), "compacted");
+        assert!(
+            sealed_journals(dir.path()).expect("list").is_empty(),
+            "the sealed journals the base includes are deleted"
+        );
         assert!(reg.journal_len < reg.compact_min.max(reg.base_len));
         let base: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.path().join(FILE_NAME)).expect("base"))
@@ -922,6 +1061,43 @@ mod tests {
         let reopened = Registry::open(dir.path()).expect("reopen");
         assert_eq!(reopened.catalog().instances, reg.catalog().instances);
         assert_eq!(reopened.seq, 20);
+    }
+
+    #[test]
+    fn changes_during_a_compaction_and_a_crash_before_its_base_survive() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut reg = Registry::open(dir.path()).expect("open");
+        reg.compact_above(1_500);
+        for i in 0..30 {
+            reg.register(web(&format!("web-{i}"), "v1"))
+                .expect("register");
+            if i % 7 == 0 {
+                reg.deregister(&format!("web-{}", i / 2))
+                    .expect("deregister");
+            }
+        }
+        // Reopened while a compaction may still be running: the base, the
+        // sealed journals and the journal together hold every change.
+        let reopened = Registry::open(dir.path()).expect("reopen");
+        assert_eq!(reopened.catalog().instances, reg.catalog().instances);
+        assert_eq!(reopened.seq, reg.seq);
+        reg.finish_compaction(true);
+
+        // A crash after sealing but before the base was written: the
+        // sealed journal is replayed.
+        reg.register(web("web-a", "v2")).expect("register");
+        let sealed = dir.path().join(format!("{SEALED_PREFIX}{:020}", reg.seq));
+        std::fs::rename(dir.path().join(JOURNAL_NAME), &sealed).expect("seal");
+        reg.journal = Journal::Absent;
+        reg.register(web("web-b", "v2")).expect("register");
+        let reopened = Registry::open(dir.path()).expect("reopen");
+        assert!(reopened.get("web-a").is_some() && reopened.get("web-b").is_some());
+        assert_eq!(reopened.catalog().instances, reg.catalog().instances);
+        // The next compaction includes it and deletes it.
+        reg.compact().expect("compact");
+        assert!(!sealed.exists());
+        let reopened = Registry::open(dir.path()).expect("reopen");
+        assert_eq!(reopened.catalog().instances, reg.catalog().instances);
     }
 
     #[test]
