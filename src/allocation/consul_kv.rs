@@ -22,7 +22,7 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use crate::discovery::consul::client::{ConsulClient, KvEntry};
-use crate::discovery::consul::pace::{next_index, Backoff, TokenBucket, WATCH_BURST};
+use crate::discovery::consul::pace::{blocking_loop, Round};
 
 use super::lanes::LaneStore;
 
@@ -126,34 +126,34 @@ impl KvLanes {
         F: FnMut(Option<KvEntry>) -> Fut,
         Fut: std::future::Future<Output = ()>,
     {
-        let mut index = 0;
-        let mut bucket = TokenBucket::new(rate, WATCH_BURST);
-        let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
+        let path = format!("/v1/kv/{}", self.key);
         let mut failing = false;
-        loop {
-            bucket.acquire().await;
-            match self.client.kv_get(&self.key, Some((index, wait))).await {
-                Ok((entry, meta)) => {
-                    backoff.reset();
+        blocking_loop::<Vec<KvEntry>, _, _>(&self.client, &path, wait, rate, |round| {
+            let change = match round {
+                Round::Answer(entries, _) => {
                     if failing {
                         info!(key = %self.key, "lane store in Consul KV readable again");
                         failing = false;
                     }
-                    index = next_index(index, meta.index);
+                    let entry = entries.and_then(|e| e.into_iter().find(|e| e.key == self.key));
                     let moved = entry.as_ref().map(|e| e.modify_index) != Some(self.held_index());
-                    if moved {
-                        on_change(entry).await;
-                    }
+                    moved.then(|| on_change(entry))
                 }
-                Err(e) => {
-                    let wait = backoff.next_wait();
+                Round::Failed(e, _) => {
                     if !failing {
                         warn!(key = %self.key, error = %e, "cannot watch the lane store in Consul KV; serving the last lanes");
                         failing = true;
                     }
-                    tokio::time::sleep(wait).await;
+                    None
                 }
+            };
+            async move {
+                if let Some(change) = change {
+                    change.await;
+                }
+                true
             }
-        }
+        })
+        .await;
     }
 }

@@ -40,7 +40,7 @@ use tracing::{debug, info, warn};
 
 use self::client::{ConsulClient, ConsulError};
 use self::entries::{CheckDigests, CheckJson, HealthEntry, Labels};
-use self::pace::{next_index, Backoff, TokenBucket, WATCH_BURST};
+use self::pace::{blocking_loop, Backoff, Round};
 use crate::allocation::file::{read_json, write_atomic};
 use crate::allocation::pools::unix_now_ms;
 use crate::config::{Config, ConsulConfig};
@@ -319,104 +319,90 @@ impl ConsulDiscovery {
     }
 
     async fn watch_services(self: Arc<Self>, tx: mpsc::UnboundedSender<Event>) {
-        let mut index = 0;
-        let mut bucket = TokenBucket::new(self.cfg.rate, WATCH_BURST);
-        let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
+        type Services = BTreeMap<String, Option<Vec<String>>>;
+        let path = "/v1/catalog/services";
         let mut last: Option<BTreeSet<String>> = None;
-        loop {
-            bucket.acquire().await;
-            self.metrics.requests.with_label_values(&["services"]).inc();
-            let result = self
-                .client
-                .read::<BTreeMap<String, Option<Vec<String>>>>(
-                    "/v1/catalog/services",
-                    &[],
-                    Some((index, self.cfg.wait)),
-                )
-                .await;
-            match result {
-                Ok((Some(map), meta)) => {
-                    backoff.reset();
-                    index = next_index(index, meta.index);
-                    self.metrics
-                        .index
-                        .with_label_values(&["services"])
-                        .set(index as i64);
-                    let names: BTreeSet<String> = map
-                        .into_iter()
-                        .filter(|(name, tags)| {
-                            self.cfg.watches(name)
-                                && self.cfg.tag.as_ref().is_none_or(|t| {
-                                    tags.as_ref().is_some_and(|tags| tags.contains(t))
-                                })
-                        })
-                        .map(|(name, _)| name)
-                        .collect();
-                    self.ok(Loop::Services);
-                    if last.as_ref() != Some(&names) {
+        blocking_loop::<Services, _, _>(
+            &self.client,
+            path,
+            self.cfg.wait,
+            self.cfg.rate,
+            |round| {
+                self.metrics.requests.with_label_values(&["services"]).inc();
+                let go_on = match round {
+                    Round::Answer(Some(map), index) => {
+                        self.metrics
+                            .index
+                            .with_label_values(&["services"])
+                            .set(index as i64);
+                        self.ok(Loop::Services);
+                        let names: BTreeSet<String> = map
+                            .into_iter()
+                            .filter(|(name, tags)| {
+                                self.cfg.watches(name)
+                                    && self.cfg.tag.as_ref().is_none_or(|t| {
+                                        tags.as_ref().is_some_and(|tags| tags.contains(t))
+                                    })
+                            })
+                            .map(|(name, _)| name)
+                            .collect();
+                        let changed = last.as_ref() != Some(&names);
                         last = Some(names.clone());
-                        if tx.send(Event::Services(names)).is_err() {
-                            return;
-                        }
+                        !changed || tx.send(Event::Services(names)).is_ok()
                     }
-                }
-                Ok((None, _)) => {
-                    let e = ConsulError::Decode {
-                        path: "/v1/catalog/services".into(),
-                        detail: "404".into(),
-                    };
-                    let wait = backoff.next_wait();
-                    self.failed(Loop::Services, "services", &e, Some(wait));
-                    tokio::time::sleep(wait).await;
-                }
-                Err(e) => {
-                    let wait = backoff.next_wait();
-                    self.failed(Loop::Services, "services", &e, Some(wait));
-                    tokio::time::sleep(wait).await;
-                }
-            }
-        }
+                    Round::Answer(None, _) => {
+                        let e = ConsulError::Decode {
+                            path: path.into(),
+                            detail: "404".into(),
+                        };
+                        self.failed(Loop::Services, "services", &e, None);
+                        true
+                    }
+                    Round::Failed(e, pause) => {
+                        self.failed(Loop::Services, "services", &e, Some(pause));
+                        true
+                    }
+                };
+                std::future::ready(go_on)
+            },
+        )
+        .await;
     }
 
     async fn watch_checks(self: Arc<Self>, tx: mpsc::UnboundedSender<Event>) {
-        let mut index = 0;
-        let mut bucket = TokenBucket::new(self.cfg.rate, WATCH_BURST);
-        let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
+        let path = "/v1/health/state/any";
         let mut last: Option<CheckDigests> = None;
-        loop {
-            bucket.acquire().await;
-            self.metrics.requests.with_label_values(&["checks"]).inc();
-            let result = self
-                .client
-                .read::<Vec<CheckJson>>("/v1/health/state/any", &[], Some((index, self.cfg.wait)))
-                .await;
-            match result {
-                Ok((checks, meta)) => {
-                    backoff.reset();
-                    index = next_index(index, meta.index);
-                    self.metrics
-                        .index
-                        .with_label_values(&["checks"])
-                        .set(index as i64);
-                    self.ok(Loop::Checks);
-                    let digests = CheckDigests::of(checks.unwrap_or_default());
-                    if last.as_ref() != Some(&digests) {
+        blocking_loop::<Vec<CheckJson>, _, _>(
+            &self.client,
+            path,
+            self.cfg.wait,
+            self.cfg.rate,
+            |round| {
+                self.metrics.requests.with_label_values(&["checks"]).inc();
+                let go_on = match round {
+                    Round::Answer(checks, index) => {
+                        self.metrics
+                            .index
+                            .with_label_values(&["checks"])
+                            .set(index as i64);
+                        self.ok(Loop::Checks);
+                        let digests = CheckDigests::of(checks.unwrap_or_default());
+                        let changed = last.as_ref() != Some(&digests);
                         last = Some(CheckDigests {
                             services: digests.services.clone(),
                             nodes: digests.nodes.clone(),
                         });
-                        if tx.send(Event::Checks(digests)).is_err() {
-                            return;
-                        }
+                        !changed || tx.send(Event::Checks(digests)).is_ok()
                     }
-                }
-                Err(e) => {
-                    let wait = backoff.next_wait();
-                    self.failed(Loop::Checks, "checks", &e, Some(wait));
-                    tokio::time::sleep(wait).await;
-                }
-            }
-        }
+                    Round::Failed(e, pause) => {
+                        self.failed(Loop::Checks, "checks", &e, Some(pause));
+                        true
+                    }
+                };
+                std::future::ready(go_on)
+            },
+        )
+        .await;
     }
 
     /// Owns the per-service instance lists: applies events, fetches the

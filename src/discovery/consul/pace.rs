@@ -6,9 +6,13 @@
 //! clocks, retry combinators) than two loops that each need "wait before
 //! the next request" need; each is a dozen lines here.
 
+use std::future::Future;
 use std::time::Duration;
 
+use serde::de::DeserializeOwned;
 use tokio::time::Instant;
+
+use super::client::{ConsulClient, ConsulError};
 
 /// The burst of every watch loop's bucket: a few changes in a row are
 /// seen at once; a sustained stream is paced at `[discovery] rate`.
@@ -101,6 +105,53 @@ pub fn next_index(previous: u64, returned: u64) -> u64 {
         0
     } else {
         returned
+    }
+}
+
+/// What one round of a blocking watch got.
+pub enum Round<T> {
+    /// An answer (`None`: 404) and the index the watch now holds.
+    Answer(Option<T>, u64),
+    /// A failed request, and how long the loop now waits.
+    Failed(ConsulError, Duration),
+}
+
+/// Runs a blocking query on `path` for ever: paced by a token bucket
+/// (`rate`/s, burst [`WATCH_BURST`]), holding the index by
+/// [`next_index`], backing off with jitter after errors. `round` sees every
+/// answer and error; returning false ends the loop.
+pub async fn blocking_loop<T, F, Fut>(
+    client: &ConsulClient,
+    path: &str,
+    wait: Duration,
+    rate: f64,
+    mut round: F,
+) where
+    T: DeserializeOwned,
+    F: FnMut(Round<T>) -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let mut index = 0;
+    let mut bucket = TokenBucket::new(rate, WATCH_BURST);
+    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
+    loop {
+        bucket.acquire().await;
+        let go_on = match client.read::<T>(path, &[], Some((index, wait))).await {
+            Ok((value, meta)) => {
+                backoff.reset();
+                index = next_index(index, meta.index);
+                round(Round::Answer(value, index)).await
+            }
+            Err(e) => {
+                let pause = backoff.next_wait();
+                let go_on = round(Round::Failed(e, pause)).await;
+                tokio::time::sleep(pause).await;
+                go_on
+            }
+        };
+        if !go_on {
+            return;
+        }
     }
 }
 
