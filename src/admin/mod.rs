@@ -4,6 +4,7 @@
 //! [`Control`] and never touches the request path.
 
 mod error;
+mod explain;
 mod lanes;
 mod registry;
 
@@ -37,6 +38,7 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/status", get(status))
         .route("/api/v1/rules", get(rules))
+        .route("/api/v1/explain", get(explain::explain))
         .route("/api/v1/lanes", post(lanes::create).get(lanes::list))
         .route(
             "/api/v1/lanes/:name",
