@@ -83,6 +83,9 @@ pub struct LanesConfig {
     pub domain: String,
     pub header: http::HeaderName,
     pub cookie: String,
+    /// The W3C `baggage` member naming the lane (`laneway-lane=t-42`);
+    /// `None`: baggage is neither read nor written.
+    pub baggage_key: Option<String>,
     /// Versions that make an instance part of the baseline when the baseline
     /// lane does not pin a version for its service.
     pub baseline_versions: Vec<String>,
@@ -181,6 +184,7 @@ struct RawLanes {
     domain: Option<Spanned<String>>,
     header: Option<Spanned<String>>,
     cookie: Option<Spanned<String>>,
+    baggage_key: Option<Spanned<String>>,
     baseline_versions: Option<Vec<String>>,
     vip_pool: Option<Vec<Spanned<String>>>,
     port_pool: Option<Spanned<String>>,
@@ -358,6 +362,27 @@ impl Config {
             }
             None => "laneway_lane".to_string(),
         };
+        let baggage_key = match raw.lanes.baggage_key {
+            None => Some("laneway-lane".to_string()),
+            Some(k) if k.get_ref().is_empty() => None,
+            Some(k) => {
+                // A W3C baggage key is an HTTP token.
+                let ok = k
+                    .get_ref()
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+                if !ok {
+                    v.err(
+                        k.span().start,
+                        format!(
+                            "[lanes] baggage_key {:?} is not a valid baggage key (letters, digits and !#$%&'*+-.^_`|~); \"\" turns baggage off",
+                            k.get_ref()
+                        ),
+                    );
+                }
+                Some(k.into_inner())
+            }
+        };
         let vip_pool = raw
             .lanes
             .vip_pool
@@ -380,6 +405,7 @@ impl Config {
             domain,
             header,
             cookie,
+            baggage_key,
             baseline_versions: raw
                 .lanes
                 .baseline_versions

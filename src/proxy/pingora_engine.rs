@@ -19,7 +19,7 @@ use tracing::{debug, info};
 
 use super::plan::{self, LocalResponse, Plan};
 use super::{ProxySettings, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_LANEWAY_VERSION, X_REQUEST_ID};
-use crate::routing::lanes::LaneSource;
+use crate::routing::lanes::{self, LaneSource};
 use crate::routing::snapshot::{LaneView, Snapshot, Target};
 use crate::telemetry::{Metrics, ACCESS_LOG_TARGET};
 
@@ -220,6 +220,20 @@ impl ProxyHttp for Laneway {
         }
         if let Some(lane) = &ctx.lane {
             req.insert_header(self.settings.lanes.header.clone(), &*lane.name)?;
+            if let Some(key) = &self.settings.lanes.baggage_key {
+                // The other members as they came, then the lane's.
+                let mut members: Vec<String> = req
+                    .headers
+                    .get_all("baggage")
+                    .iter()
+                    .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+                    .map(|m| m.trim_ascii())
+                    .filter(|m| !m.is_empty() && !lanes::is_baggage_member(m, key.as_bytes()))
+                    .map(|m| String::from_utf8_lossy(m).into_owned())
+                    .collect();
+                members.push(format!("{key}={}", lane.name));
+                req.insert_header("baggage", members.join(","))?;
+            }
         }
         Ok(())
     }

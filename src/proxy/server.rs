@@ -25,6 +25,7 @@ pub fn settings(control: &Control) -> ProxySettings {
         lanes: LaneSettings {
             header: cfg.lanes.header.clone(),
             cookie: cfg.lanes.cookie.clone(),
+            baggage_key: cfg.lanes.baggage_key.clone(),
             domain: cfg.lanes.domain.clone(),
             vip_pool: cfg.lanes.vip_pool.clone().map(Arc::new),
             port_pool: cfg.lanes.port_pool,

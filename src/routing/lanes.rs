@@ -1,6 +1,6 @@
 //! Lane resolution on the request path: which lane a request wants, in the
-//! order of DESIGN.md (header, cookie, hostname, destination port,
-//! destination IP, baseline), and the production host recovered from a lane
+//! order of DESIGN.md (header, then the W3C `baggage` member, cookie,
+//! hostname, destination port, destination IP, baseline), and the production host recovered from a lane
 //! hostname. Pure lookups on the snapshot; no allocation.
 
 use std::net::SocketAddr;
@@ -16,6 +16,8 @@ use crate::allocation::pools::{Pool as _, PortPool, VipPool};
 pub struct LaneSettings {
     pub header: HeaderName,
     pub cookie: String,
+    /// The `baggage` member naming the lane; `None`: baggage is ignored.
+    pub baggage_key: Option<String>,
     /// Lowercase lane domain, e.g. `lanes.test`.
     pub domain: String,
     /// The VIP pool, to tell a free VIP from an address outside the pool.
@@ -27,6 +29,7 @@ pub struct LaneSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LaneSource {
     Header,
+    Baggage,
     Cookie,
     Hostname,
     Port,
@@ -38,6 +41,7 @@ impl LaneSource {
     pub fn as_str(self) -> &'static str {
         match self {
             LaneSource::Header => "header",
+            LaneSource::Baggage => "baggage",
             LaneSource::Cookie => "cookie",
             LaneSource::Hostname => "hostname",
             LaneSource::Port => "port",
@@ -88,6 +92,11 @@ pub fn resolve<'s, 'r>(
     for value in headers.get_all(&settings.header) {
         if let Some(lane) = value.to_str().ok().and_then(|v| snap.lane(v.trim())) {
             return pick(lane, LaneSource::Header);
+        }
+    }
+    if let Some(key) = &settings.baggage_key {
+        if let Some(lane) = baggage_value(headers, key).and_then(|v| snap.lane(&v)) {
+            return pick(lane, LaneSource::Baggage);
         }
     }
     if let Some(lane) = cookie_value(headers, &settings.cookie).and_then(|v| snap.lane(v)) {
@@ -165,6 +174,34 @@ pub fn strip_port(host: &str) -> &str {
     }
 }
 
+/// The value of member `key` in the request's W3C `baggage` headers
+/// (`key=value;property`, comma-separated, value percent-encoded).
+/// Borrowed unless the value had to be decoded.
+pub fn baggage_value<'r>(headers: &'r HeaderMap, key: &str) -> Option<std::borrow::Cow<'r, str>> {
+    headers
+        .get_all("baggage")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|member| {
+            let (k, rest) = member.split_once('=')?;
+            if k.trim() != key {
+                return None;
+            }
+            let value = rest.split(';').next()?.trim();
+            percent_encoding::percent_decode_str(value)
+                .decode_utf8()
+                .ok()
+        })
+}
+
+/// Whether `member` (one comma-separated item of a `baggage` value) is
+/// the member `key`.
+pub fn is_baggage_member(member: &[u8], key: &[u8]) -> bool {
+    let k = member.split(|&b| b == b'=').next().unwrap_or(member);
+    k.trim_ascii() == key
+}
+
 /// The value of cookie `name` in the request's `Cookie` headers.
 pub fn cookie_value<'r>(headers: &'r HeaderMap, name: &str) -> Option<&'r str> {
     headers
@@ -216,10 +253,24 @@ mod tests {
         LaneSettings {
             header: HeaderName::from_static("x-laneway-lane"),
             cookie: "laneway_lane".into(),
+            baggage_key: Some("laneway-lane".into()),
             domain: "lanes.test".into(),
             vip_pool: None,
             port_pool: None,
         }
+    }
+
+    #[test]
+    fn baggage_member_is_found_with_properties_and_encoding() {
+        let h = headers(&[
+            ("baggage", "a=1, laneway-lane = t%2D1 ;p=2"),
+            ("baggage", "laneway-lane=second"),
+        ]);
+        assert_eq!(baggage_value(&h, "laneway-lane").as_deref(), Some("t-1"));
+        assert_eq!(baggage_value(&h, "a").as_deref(), Some("1"));
+        assert_eq!(baggage_value(&h, "laneway"), None);
+        assert!(is_baggage_member(b"laneway-lane=t1;p", b"laneway-lane"));
+        assert!(!is_baggage_member(b"laneway-lanes=t1", b"laneway-lane"));
     }
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {

@@ -31,6 +31,7 @@ impl H1App {
             b" HTTP/1.1\r\n"
         });
         let lane_header = &self.settings.lanes.header;
+        let baggage_key = self.settings.lanes.baggage_key.as_deref();
         let mut forwarded_for: Option<&[u8]> = None;
         let mut request_id = false;
         for (name_r, value_r) in &s.fields {
@@ -48,6 +49,23 @@ impl H1App {
             }
             if name.eq_ignore_ascii_case(b"x-request-id") {
                 request_id = true;
+            }
+            if let Some(key) = baggage_key.filter(|_| name.eq_ignore_ascii_case(b"baggage")) {
+                // Forward the other members; the lane member is written below.
+                let mut first = true;
+                for member in value.split(|&b| b == b',') {
+                    let member = member.trim_ascii();
+                    if member.is_empty() || lanes::is_baggage_member(member, key.as_bytes()) {
+                        continue;
+                    }
+                    out.extend_from_slice(if first { b"baggage: " } else { b"," });
+                    out.extend_from_slice(member);
+                    first = false;
+                }
+                if !first {
+                    out.extend_from_slice(b"\r\n");
+                }
+                continue;
             }
             if name.eq_ignore_ascii_case(b"x-forwarded-proto")
                 || name.eq_ignore_ascii_case(lane_header.as_str().as_bytes())
@@ -90,6 +108,13 @@ impl H1App {
             push_header(out, b"x-request-id", plan::new_request_id().as_bytes());
         }
         push_header(out, lane_header.as_str().as_bytes(), lane.name.as_bytes());
+        if let Some(key) = baggage_key {
+            out.extend_from_slice(b"baggage: ");
+            out.extend_from_slice(key.as_bytes());
+            out.push(b'=');
+            out.extend_from_slice(lane.name.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
         if info.upgrade {
             out.extend_from_slice(b"connection: upgrade\r\n");
         } else {

@@ -42,7 +42,7 @@ use self::head::*;
 use self::wire::*;
 use super::plan::{self, LocalResponse, Plan};
 use super::ProxySettings;
-use crate::routing::lanes::LaneSource;
+use crate::routing::lanes::{self, LaneSource};
 use crate::routing::snapshot::{LaneView, Snapshot, Target};
 use crate::telemetry::{Metrics, ACCESS_LOG_TARGET};
 
