@@ -553,3 +553,89 @@ fn a_farm_reaps_and_creates_auto_lanes_once() {
         .count();
     assert_eq!(n, 1, "released once: {q}");
 }
+
+/// A TLS front for the double: accepts TLS on 127.0.0.1 with a certificate
+/// signed by a fresh test CA and relays the bytes to `backend`. Returns its
+/// port and the CA certificate (PEM).
+fn tls_front(backend: SocketAddr) -> (u16, String) {
+    use std::sync::Arc;
+    use tokio_rustls::rustls;
+
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            while let Ok((conn, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(conn).await else {
+                        return;
+                    };
+                    let Ok(mut plain) = tokio::net::TcpStream::connect(backend).await else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                });
+            }
+        });
+    });
+    (port, ca.pem())
+}
+
+#[test]
+fn https_to_consul_with_a_ca_file() {
+    let double = ConsulDouble::start();
+    let up = Upstream::start("stable");
+    register(&double, "web-1", "web", "stable", &up);
+    let (port, ca) = tls_front(double.addr());
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("consul-ca.pem");
+    std::fs::write(&ca_file, ca).unwrap();
+    let https = |extra: &str| {
+        format!(
+            "[discovery]\nmode = \"consul\"\naddress = \"https://127.0.0.1:{port}\"\nwait = \"3s\"\n{extra}\n"
+        )
+    };
+    let lw = Laneway::start(
+        SIMPLE_ROUTES,
+        &https(&format!("ca_file = \"{}\"", ca_file.display())),
+    );
+    assert!(
+        eventually(WAIT, || synced(&lw) && served_by(&lw, None) == "stable"),
+        "{}",
+        status(&lw)
+    );
+    drop(lw);
+    // Without the CA the certificate is refused, and the status says so.
+    let lw = Laneway::start(SIMPLE_ROUTES, &https(""));
+    assert!(eventually(WAIT, || status(&lw)["discovery"]["last_error"]
+        .as_str()
+        .is_some_and(|e| e.contains("certificate"))));
+    assert!(!synced(&lw));
+}
