@@ -58,6 +58,7 @@ fn fixture() -> Fixture {
         baseline_versions: &["stable".to_string()],
         metrics: &metrics,
         previous: None,
+        health: None,
     });
     Fixture {
         shape,
@@ -304,6 +305,7 @@ fn bench_compile(c: &mut Criterion, f: &Fixture) {
                     baseline_versions: &baseline_versions,
                     metrics: &m,
                     previous: None,
+                    health: None,
                 })
             },
             BatchSize::PerIteration,
@@ -319,6 +321,7 @@ fn bench_compile(c: &mut Criterion, f: &Fixture) {
                 baseline_versions: &baseline_versions,
                 metrics: &f.metrics,
                 previous: Some(&f.snapshot),
+                health: None,
             })
         })
     });

@@ -209,6 +209,7 @@ mod tests {
             baseline_versions: &[],
             metrics: m,
             previous: None,
+            health: None,
         })
     }
 
