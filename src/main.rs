@@ -56,6 +56,10 @@ enum Command {
     /// Create, list, show, extend and delete lanes through a running
     /// laneway's admin API.
     Lane(laneway::cli::lane::LaneArgs),
+    /// Explain how a running laneway would route a URL: server block and
+    /// location (file:line), lane, version and fallback, upstream URI and
+    /// instances. Nothing is sent upstream.
+    Explain(laneway::cli::explain::ExplainArgs),
 }
 
 fn main() -> ExitCode {
@@ -69,6 +73,16 @@ fn main() -> ExitCode {
             }
         },
         Command::Check { config, routes } => check(config, routes),
+        Command::Explain(args) => match laneway::cli::explain::run(args) {
+            Ok(out) => {
+                print!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("laneway: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Lane(args) => match laneway::cli::lane::run(args) {
             Ok(out) => {
                 print!("{out}");

@@ -4,6 +4,7 @@
 //! [`Control`] and never touches the request path.
 
 mod error;
+mod explain;
 mod lanes;
 mod registry;
 
@@ -37,6 +38,7 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/status", get(status))
         .route("/api/v1/rules", get(rules))
+        .route("/api/v1/explain", get(explain::explain))
         .route("/api/v1/lanes", post(lanes::create).get(lanes::list))
         .route(
             "/api/v1/lanes/:name",
@@ -117,6 +119,12 @@ async fn maintenance_set(
 }
 
 async fn metrics(State(c): State<Arc<Control>>) -> Response {
+    let age = c
+        .snapshot()
+        .built_at
+        .elapsed()
+        .map_or(0.0, |d| d.as_secs_f64());
+    c.metrics.snapshot_age.set(age);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         c.metrics.render(),

@@ -10,6 +10,8 @@
 //! That keeps one registration's rebuild to hash lookups and pointer
 //! comparisons for everything it does not touch.
 
+mod explain;
+
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
