@@ -158,13 +158,17 @@ async fn probe(kind: &CheckKind, addr: SocketAddr) -> Result<(), String> {
     // Drive the connection and the request together, so that everything is
     // dropped (and the socket closed) when the probe ends or times out.
     let mut conn = std::pin::pin!(conn);
+    let mut send = std::pin::pin!(sender.send_request(req));
     let resp = tokio::select! {
-        r = sender.send_request(req) => r.map_err(|e| format!("http: {e}"))?,
-        r = &mut conn => return Err(match r {
-            Ok(()) => "connection closed before a response".to_string(),
-            Err(e) => format!("http: {e}"),
-        }),
-    };
+        r = &mut send => r,
+        // the connection may end (Connection: close) before the response
+        // is handed over; it is then ready
+        r = &mut conn => match r {
+            Ok(()) => send.await,
+            Err(e) => return Err(format!("http: {e}")),
+        },
+    }
+    .map_err(|e| format!("http: {e}"))?;
     let status = resp.status();
     if status.is_success() || status.is_redirection() {
         Ok(())
