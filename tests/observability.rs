@@ -18,8 +18,11 @@ match = "/"
 service = "web"
 "#;
 
-/// `name{labels} value` lines of `/metrics`, parsed: (name, labels, value).
-fn metrics(lw: &Laneway) -> Vec<(String, Vec<(String, String)>, f64)> {
+/// One `name{labels} value` line of `/metrics`.
+type Series = (String, Vec<(String, String)>, f64);
+
+/// The series of `/metrics`, parsed.
+fn metrics(lw: &Laneway) -> Vec<Series> {
     let (status, text) = lw.api("GET", "/metrics", None);
     assert_eq!(status, 200);
     text.lines()
@@ -43,11 +46,7 @@ fn metrics(lw: &Laneway) -> Vec<(String, Vec<(String, String)>, f64)> {
         .collect()
 }
 
-fn find(
-    all: &[(String, Vec<(String, String)>, f64)],
-    name: &str,
-    labels: &[(&str, &str)],
-) -> Option<f64> {
+fn find(all: &[Series], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     all.iter()
         .find(|(n, l, _)| {
             n == name

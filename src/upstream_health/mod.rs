@@ -467,8 +467,10 @@ mod tests {
 
     #[test]
     fn consecutive_failures_eject_and_a_success_resets_the_count() {
-        let mut cfg = HealthChecksConfig::default();
-        cfg.default_passive = policy(3);
+        let cfg = HealthChecksConfig {
+            default_passive: policy(3),
+            ..Default::default()
+        };
         let h = Arc::new(UpstreamHealth::new(cfg, Arc::new(Metrics::new())));
         let s = h.state(&inst("a", 1));
         s.record_failure();
