@@ -35,6 +35,7 @@ use tracing::{info, warn};
 
 use crate::config::{HealthChecksConfig, PassivePolicy};
 use crate::discovery::{Catalog, CheckKind, CheckState, Health, Instance};
+use crate::routing::hash::{FastMap, FastSet};
 use crate::telemetry::Metrics;
 
 /// The id of the check laneway adds to an instance it holds out, as the
@@ -247,6 +248,11 @@ struct Inner {
     /// instance is the same `Arc` in every build).
     held_out: HashMap<Arc<str>, (Arc<Instance>, Arc<Instance>)>,
     checks: active::Checks,
+    /// The last catalog's instances by address in memory, with their
+    /// states: an instance that is the same `Arc` as last time needs no
+    /// lookup by id and no check bookkeeping. Holding the `Arc` keeps the
+    /// address from being reused by another instance.
+    by_ptr: FastMap<usize, (Arc<Instance>, Arc<UpstreamState>)>,
 }
 
 impl UpstreamHealth {
@@ -332,14 +338,25 @@ impl UpstreamHealth {
             return catalog;
         };
         let inner = &mut *guard;
-        let mut seen: HashMap<Arc<str>, ()> = HashMap::with_capacity(catalog.len());
+        let mut by_ptr = FastMap::with_capacity_and_hasher(catalog.len(), Default::default());
+        let mut changed = false;
         let mut instances = Vec::with_capacity(catalog.len());
         for inst in catalog.instances {
-            let state = self.state_locked(inner, &inst);
-            seen.insert(state.id.clone(), ());
-            inner.checks.ensure(self, &inst, &state);
+            let ptr = Arc::as_ptr(&inst) as usize;
+            let state = match inner.by_ptr.get(&ptr) {
+                Some((_, s)) => s.clone(),
+                None => {
+                    changed = true;
+                    let state = self.state_locked(inner, &inst);
+                    inner.checks.ensure(self, &inst, &state);
+                    state
+                }
+            };
+            by_ptr.insert(ptr, (inst.clone(), state.clone()));
             if !state.is_out() || inst.health == Health::Critical {
-                inner.held_out.remove(inst.id.as_str());
+                if !inner.held_out.is_empty() {
+                    inner.held_out.remove(inst.id.as_str());
+                }
                 instances.push(inst);
                 continue;
             }
@@ -365,12 +382,19 @@ impl UpstreamHealth {
             };
             instances.push(copy);
         }
+        changed |= by_ptr.len() != inner.by_ptr.len() || by_ptr.len() != inner.states.len();
+        inner.by_ptr = by_ptr;
+        if !changed {
+            return Catalog { instances };
+        }
+        let seen: FastSet<&str> = inner.by_ptr.values().map(|(_, s)| &*s.id).collect();
         let gone: Vec<Arc<str>> = inner
             .states
             .keys()
-            .filter(|id| !seen.contains_key(*id))
+            .filter(|id| !seen.contains(&***id))
             .cloned()
             .collect();
+        drop(seen);
         for id in gone {
             if let Some(s) = inner.states.remove(&id) {
                 self.forget_gauge(&s);
