@@ -58,6 +58,7 @@ fn fixture() -> Fixture {
         baseline_versions: &["stable".to_string()],
         metrics: &metrics,
         previous: None,
+        health: None,
     });
     Fixture {
         shape,
@@ -305,6 +306,7 @@ fn bench_compile(c: &mut Criterion, f: &Fixture) {
                     baseline_versions: &baseline_versions,
                     metrics: &m,
                     previous: None,
+                    health: None,
                 })
             },
             BatchSize::PerIteration,
@@ -320,6 +322,7 @@ fn bench_compile(c: &mut Criterion, f: &Fixture) {
                 baseline_versions: &baseline_versions,
                 metrics: &f.metrics,
                 previous: Some(&f.snapshot),
+                health: None,
             })
         })
     });

@@ -143,6 +143,7 @@ fn build<'a>(
         baseline_versions: baseline_versions(),
         metrics,
         previous,
+        health: None,
     })
 }
 

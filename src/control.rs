@@ -29,6 +29,7 @@ use crate::health::InstanceHealth;
 use crate::routing::rules::RuleSet;
 use crate::routing::snapshot::{BuildInput, Snapshot};
 use crate::telemetry::Metrics;
+use crate::upstream_health::UpstreamHealth;
 
 /// Shared state of the control plane.
 pub struct Control {
@@ -53,6 +54,8 @@ pub struct Control {
     kv: Option<KvLanes>,
     /// Consul mode: this instance's own registration.
     self_registration: Option<SelfRegistration>,
+    /// Instances' health as laneway's own checks and ejections see it.
+    pub upstream_health: Arc<UpstreamHealth>,
 }
 
 /// Attempts at a lane change before giving up when other laneway
@@ -87,14 +90,19 @@ impl Control {
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::empty(&metrics)));
         let (built, _) = watch::channel(0);
         let consul = match &config.discovery.consul {
-            Some(_) => Some(ConsulDiscovery::open(&config, &metrics.registry)?),
+            Some(_) => Some(ConsulDiscovery::open(&config, &metrics)?),
             None => None,
         };
         let kv = consul
             .as_ref()
             .map(|d| KvLanes::new(d.client.clone(), &d.cfg.kv_prefix));
         let self_registration = SelfRegistration::new(&config);
+        let upstream_health = Arc::new(UpstreamHealth::new(
+            config.health_checks.clone(),
+            metrics.clone(),
+        ));
         let control = Arc::new(Control {
+            upstream_health,
             config,
             metrics,
             registry: Mutex::new(registry),
@@ -157,7 +165,8 @@ impl Control {
     async fn build_once(&self) {
         let generation = self.wanted.load(Ordering::SeqCst);
         let started = Instant::now();
-        let catalog = self.catalog().await;
+        let discovered = self.catalog().await;
+        let catalog = self.upstream_health.prepare(discovered.clone());
         let lanes = self.lanes.lock().await.list();
         let previous = self.snapshot.load_full();
         let snapshot = Snapshot::build(BuildInput {
@@ -168,11 +177,12 @@ impl Control {
             baseline_versions: &self.config.lanes.baseline_versions,
             metrics: &self.metrics,
             previous: Some(&previous),
+            health: Some(&self.upstream_health),
         });
         drop(previous);
         let m = &self.metrics;
         let mut by_health = [0i64; 3];
-        for i in &catalog.instances {
+        for i in &discovered.instances {
             by_health[match i.health {
                 Health::Passing => 0,
                 Health::Warning => 1,
@@ -203,6 +213,13 @@ impl Control {
     /// Runs the compiler: one build at start, then one per wake-up; changes
     /// that arrive during a build are coalesced into the next one.
     pub async fn run_compiler(self: Arc<Self>) {
+        let control = self.clone();
+        tokio::spawn(crate::upstream_health::run(
+            self.upstream_health.clone(),
+            move || {
+                control.changed();
+            },
+        ));
         loop {
             let wanted = self.wanted.load(Ordering::SeqCst);
             if *self.built.borrow() < wanted {

@@ -15,3 +15,4 @@ pub mod health;
 pub mod proxy;
 pub mod routing;
 pub mod telemetry;
+pub mod upstream_health;

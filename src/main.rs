@@ -56,9 +56,9 @@ enum Command {
     /// Create, list, show, extend and delete lanes through a running
     /// laneway's admin API.
     Lane(laneway::cli::lane::LaneArgs),
-    /// Ask a running laneway how it routes a URL: lane, server and
-    /// location (file:line), version and why, instances; nothing is sent
-    /// upstream.
+    /// Explain how a running laneway would route a URL: server block and
+    /// location (file:line), lane, version and fallback, upstream URI and
+    /// instances. Nothing is sent upstream.
     Explain(laneway::cli::explain::ExplainArgs),
 }
 

@@ -3,11 +3,17 @@
 //! resolves their label children ahead of time so the request path only
 //! increments atomics.
 
+mod access;
+
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+pub use access::{ACCESS_FIELDS, ACCESS_FIELDS_DEFAULT};
 
 use crate::config::{LogConfig, LogFormat};
 
@@ -25,14 +31,25 @@ pub fn init_logging(cfg: &LogConfig) {
         eprintln!("laneway: invalid log filter {filter:?} ({e}); using \"info\"");
         EnvFilter::new("info")
     });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    let result = match cfg.format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let fmt = match cfg.format {
+        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt.json().flatten_event(true).boxed(),
     };
+    // With `[log] access_format = "json"` the access log has its own layer
+    // writing JSON lines of the configured fields; the main log skips it.
+    let json_access = cfg.access_log && cfg.access_format == LogFormat::Json;
+    let fmt = fmt.with_filter(tracing_subscriber::filter::filter_fn(move |m| {
+        !(json_access && m.target() == ACCESS_LOG_TARGET)
+    }));
+    let access = json_access.then(|| access::JsonAccessLayer::new(&cfg.access_fields));
+    let result = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(access)
+        .try_init();
     if let Err(e) = result {
         eprintln!("laneway: logging already initialised: {e}");
     }
@@ -59,6 +76,10 @@ pub const LOCAL_REASONS: [&str; 9] = [
     "free_entry",
     "other",
 ];
+
+/// Why a request was sent upstream again: the `reason` label of
+/// `laneway_upstream_retries_total`, children resolved at start.
+pub const RETRY_REASONS: [&str; 2] = ["connect", "read"];
 
 /// Every laneway metric family.
 pub struct Metrics {
@@ -88,6 +109,23 @@ pub struct Metrics {
     pub lanes: IntGauge,
     /// Admin API requests rejected as bad input, by endpoint.
     pub admin_rejects: IntCounterVec,
+    /// Passive ejections of an instance, by service and version.
+    pub upstream_ejections: IntCounterVec,
+    /// 1 when an instance takes traffic, 0 when an active check or a
+    /// passive ejection holds it out (by service, version, instance).
+    pub upstream_health: IntGaugeVec,
+    /// Active check results by service and `result` (`pass`, `fail`).
+    pub health_checks: IntCounterVec,
+    /// Requests sent upstream again, by reason (`connect`, `read`).
+    pub upstream_retries: IntCounterVec,
+    retries_by_reason: Vec<IntCounter>,
+    /// Client connections open on the data plane.
+    pub active_connections: IntGauge,
+    /// Seconds since the serving snapshot was built (set when scraped).
+    pub snapshot_age: Gauge,
+    /// Seconds since discovery last heard from its source (0 in embedded
+    /// mode, where the registry is in-process).
+    pub discovery_staleness: Gauge,
 }
 
 impl Metrics {
@@ -197,6 +235,54 @@ impl Metrics {
                 &["endpoint"],
             )
             .expect("metric definition"),
+            upstream_ejections: IntCounterVec::new(
+                Opts::new(
+                    "laneway_upstream_ejections_total",
+                    "Instances ejected after consecutive failed requests",
+                ),
+                &["service", "version"],
+            )
+            .expect("metric definition"),
+            upstream_health: IntGaugeVec::new(
+                Opts::new(
+                    "laneway_upstream_health",
+                    "1 when an instance takes traffic, 0 when a health check or an ejection holds it out",
+                ),
+                &["service", "version", "instance"],
+            )
+            .expect("metric definition"),
+            health_checks: IntCounterVec::new(
+                Opts::new(
+                    "laneway_health_checks_total",
+                    "Active health check results by service",
+                ),
+                &["service", "result"],
+            )
+            .expect("metric definition"),
+            upstream_retries: IntCounterVec::new(
+                Opts::new(
+                    "laneway_upstream_retries_total",
+                    "Requests sent upstream again, by reason",
+                ),
+                &["reason"],
+            )
+            .expect("metric definition"),
+            retries_by_reason: Vec::new(),
+            active_connections: IntGauge::new(
+                "laneway_active_connections",
+                "Client connections open on the data plane",
+            )
+            .expect("metric definition"),
+            snapshot_age: Gauge::new(
+                "laneway_snapshot_age_seconds",
+                "Seconds since the serving snapshot was built",
+            )
+            .expect("metric definition"),
+            discovery_staleness: Gauge::new(
+                "laneway_discovery_staleness_seconds",
+                "Seconds since discovery last heard from its source (0 when embedded)",
+            )
+            .expect("metric definition"),
             registry,
         };
         m.register_all();
@@ -204,6 +290,10 @@ impl Metrics {
         m.local_by_reason = LOCAL_REASONS
             .iter()
             .map(|r| m.local_responses.with_label_values(&[r]))
+            .collect();
+        m.retries_by_reason = RETRY_REASONS
+            .iter()
+            .map(|r| m.upstream_retries.with_label_values(&[r]))
             .collect();
         m
     }
@@ -216,6 +306,11 @@ impl Metrics {
             .position(|r| *r == reason)
             .unwrap_or(LOCAL_REASONS.len() - 1);
         &self.local_by_reason[i]
+    }
+
+    /// The retry counter for `reason`: 0 `connect`, 1 `read`.
+    pub fn retry(&self, reason: usize) -> &IntCounter {
+        &self.retries_by_reason[reason.min(RETRY_REASONS.len() - 1)]
     }
 
     fn register_all(&self) {
@@ -236,6 +331,13 @@ impl Metrics {
             Box::new(self.instances.clone()),
             Box::new(self.lanes.clone()),
             Box::new(self.admin_rejects.clone()),
+            Box::new(self.upstream_ejections.clone()),
+            Box::new(self.upstream_health.clone()),
+            Box::new(self.health_checks.clone()),
+            Box::new(self.upstream_retries.clone()),
+            Box::new(self.active_connections.clone()),
+            Box::new(self.snapshot_age.clone()),
+            Box::new(self.discovery_staleness.clone()),
         ];
         for c in collectors {
             r.register(c).expect("metric names are unique");

@@ -290,7 +290,7 @@ fn consul_lost_while_serving_keeps_serving_and_recovers() {
             assert_eq!(served_by(&lw, None), "stable", "{fault}: keeps serving");
         }
         assert!(
-            eventually(WAIT, || metric(&lw, "laneway_discovery_stale_seconds")
+            eventually(WAIT, || metric(&lw, "laneway_discovery_staleness_seconds")
                 >= 1.0),
             "{fault}"
         );

@@ -1,56 +1,47 @@
-//! `GET /api/v1/explain` and `laneway explain`: every precedence case of
-//! host and location matching, every way a lane is found, every version
-//! choice, and nothing sent upstream.
+//! End-to-end: `GET /api/v1/explain` and `laneway explain` on the real
+//! binary: every server and location precedence case with file:line, every
+//! way a lane is resolved, override / fallback / strict versions, the
+//! rewritten upstream URI and the instances that would be tried. Nothing
+//! reaches an upstream.
 
 mod common;
 
 use std::process::Command;
 
-use common::{vip_net, Laneway, Upstream};
+use common::*;
 use serde_json::Value;
 
 const ROUTES: &str = r#"
 [[server]]
-names = ["shop.example.com"]
+names = ["shop.example.com", "*.example.com", "www.example.*"]
+
+[[server.location]]
+match = "/"
+service = "web"
 
 [[server.location]]
 match = "= /exact"
-service = "web"
+return = { status = 200, body = "exact" }
 
 [[server.location]]
 match = "^~ /static/"
 service = "web"
 
 [[server.location]]
-match = "~ ^/static/.*\\.png$"
-service = "img"
-
-[[server.location]]
-match = "~ ^/u/(?<id>[0-9]+)$"
-service = "user-api"
-rewrite = ["^/u/(?<id>[0-9]+)$", "/users/$id"]
-
-[[server.location]]
-match = "/"
+match = "~ \\.php$"
 service = "web"
+
+[[server.location]]
+match = "/app/"
+service = "web"
+
+[[server]]
+names = ["~^(?<city>[a-z]+)\\.city\\.org$"]
 
 [[server.location]]
 match = "/user/"
 service = "user-api"
-
-[[server]]
-names = ["*.example.com"]
-
-[[server.location]]
-match = "/"
-redirect = { status = 301, to = "https://shop.example.com$uri" }
-
-[[server]]
-names = ["~^(?<city>[a-z]+)\\.city\\.test$"]
-
-[[server.location]]
-match = "/"
-return = { status = 200, body = "city $city" }
+rewrite = ["^/user/(.*)$", "/$city/u/$1"]
 
 [[server]]
 names = ["fallback.test"]
@@ -61,201 +52,346 @@ match = "/"
 service = "web"
 "#;
 
-fn explain(lw: &Laneway, query: &str) -> Value {
-    let (code, body) = lw.api("GET", &format!("/api/v1/explain?{query}"), None);
-    assert_eq!(code, 200, "{query}: {body}");
-    serde_json::from_str(&body).unwrap()
+struct World {
+    lw: Laneway,
+    vip_base: String,
+    port_base: u16,
+    web: Upstream,
+    _others: Vec<Upstream>,
 }
 
-fn url(u: &str) -> String {
-    format!(
-        "url={}",
-        u.replace(':', "%3A")
-            .replace('/', "%2F")
-            .replace('?', "%3F")
-    )
-}
-
-/// The line of the `[[server.location]]` header above the `nth` (from 0)
-/// line of ROUTES equal to `text`.
-fn location_line(text: &str, nth: usize) -> u64 {
-    let lines: Vec<&str> = ROUTES.lines().collect();
-    let at = lines
-        .iter()
-        .enumerate()
-        .filter(|(_, l)| l.trim() == text)
-        .nth(nth)
-        .map(|(i, _)| i)
-        .unwrap_or_else(|| panic!("{text} #{nth} not in ROUTES"));
-    let header = (0..=at)
-        .rev()
-        .find(|&i| lines[i] == "[[server.location]]")
-        .unwrap();
-    header as u64 + 1
-}
-
-#[test]
-fn explains_host_and_location_precedence() {
-    let web = Upstream::start("web");
-    let user = Upstream::start("user");
-    let lw = Laneway::start(ROUTES, "");
-    lw.register("web-1", "web", None, web.port());
-    lw.register("user-1", "user-api", None, user.port());
-    lw.register("img-1", "img", None, web.port());
-
-    let cases = [
-        (
-            "http://shop.example.com/exact",
-            r#"match = "= /exact""#,
-            0,
-            "proxy",
-        ),
-        (
-            "http://shop.example.com/static/a.png",
-            r#"match = "^~ /static/""#,
-            0,
-            "proxy",
-        ),
-        (
-            "http://shop.example.com/u/42",
-            r#"match = "~ ^/u/(?<id>[0-9]+)$""#,
-            0,
-            "proxy",
-        ),
-        (
-            "http://shop.example.com/user/7",
-            r#"match = "/user/""#,
-            0,
-            "proxy",
-        ),
-        (
-            "http://shop.example.com/other",
-            r#"match = "/""#,
-            0,
-            "proxy",
-        ),
-        ("http://www.example.com/x", r#"match = "/""#, 1, "redirect"),
-        ("http://bj.city.test/", r#"match = "/""#, 2, "return"),
-        ("http://unknown.test/", r#"match = "/""#, 3, "proxy"),
-    ];
-    for (u, text, nth, action) in cases {
-        let a = explain(&lw, &url(u));
-        assert_eq!(a["action"], action, "{u}: {a}");
-        assert_eq!(a["location"]["line"], location_line(text, nth), "{u}: {a}");
-        assert!(a["location"]["file"]
-            .as_str()
-            .unwrap()
-            .ends_with("routes.toml"));
-    }
-    let a = explain(&lw, &url("http://shop.example.com/u/42?x=1"));
-    assert_eq!(a["service"], "user-api");
-    assert_eq!(a["upstream_target"], "/users/42?x=1", "{a}");
-    let a = explain(&lw, &url("http://www.example.com/x"));
-    assert_eq!(a["redirect_to"], "https://shop.example.com/x");
-    assert_eq!(a["server"]["names"][0], "*.example.com");
-    let a = explain(&lw, &url("http://unknown.test/"));
-    assert_eq!(a["server"]["default"], true);
-    assert_eq!(a["lane"]["source"], "default");
-    assert_eq!(a["instances"][0]["id"], "web-1");
-
-    // Nothing was sent upstream.
-    assert_eq!(web.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
-    assert_eq!(user.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
-
-    // Bad questions are 400s naming the problem.
-    let (code, body) = lw.api("GET", "/api/v1/explain?url=nonsense", None);
-    assert_eq!(code, 400, "{body}");
-    assert!(body.contains("url"), "{body}");
-}
-
-#[test]
-fn explains_lanes_and_version_choices() {
-    let stable = Upstream::start("stable");
-    let v2 = Upstream::start("v2");
+fn world() -> World {
     let net = vip_net();
+    let port_base = free_port_range(4);
     let lw = Laneway::start_full(
         ROUTES,
         "bind_entries = false",
-        &format!("vip_pool = [\"{net}.2-{net}.9\"]"),
+        &format!(
+            "vip_pool = [\"{net}.2-{net}.9\"]\nport_pool = \"{port_base}-{}\"",
+            port_base + 3
+        ),
         "",
     );
-    lw.register("user-1", "user-api", Some("stable"), stable.port());
-    lw.register("user-2", "user-api", Some("v2"), v2.port());
-    lw.register("web-1", "web", Some("stable"), stable.port());
-    let (code, t1) = lw.create_lane(r#"{"name":"t1","services":{"user-api":"v2"}}"#);
-    assert_eq!(code, 201);
-    lw.create_lane(r#"{"name":"t2","parent":"t1"}"#);
-    lw.create_lane(r#"{"name":"t3","services":{"user-api":"v9"}}"#);
-    lw.create_lane(r#"{"name":"t4","services":{"user-api":"v9"},"strict":true}"#);
-    let u = url("http://shop.example.com/user/1");
+    let web = Upstream::start("web");
+    let v2 = Upstream::start("web-v2");
+    let user = Upstream::start("user");
+    lw.register("web-1", "web", Some("stable"), web.port());
+    lw.register("web-2", "web", Some("v2"), v2.port());
+    lw.register("user-1", "user-api", None, user.port());
+    for body in [
+        r#"{"name":"t-1","services":{"web":"v2"}}"#,
+        r#"{"name":"t-2","parent":"t-1","services":{"web":"v9"}}"#,
+        r#"{"name":"t-s","services":{"web":"v9"},"strict":true}"#,
+    ] {
+        assert_eq!(lw.create_lane(body).0, 201, "{body}");
+    }
+    World {
+        lw,
+        vip_base: net,
+        port_base,
+        web,
+        _others: vec![v2, user],
+    }
+}
 
-    let a = explain(&lw, &format!("{u}&lane=t1"));
+fn explain(lw: &Laneway, query: &str) -> Value {
+    let (status, text) = lw.api("GET", &format!("/api/v1/explain?{query}"), None);
+    assert_eq!(status, 200, "{query}: {text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// (server line, server rule, location line, location rule) for a URL.
+fn matched(lw: &Laneway, url: &str) -> (u64, String, u64, String) {
+    let e = explain(lw, &format!("url={}", enc(url)));
+    let s = &e["server"];
+    let l = &e["location"];
+    assert!(s["file"].as_str().unwrap().ends_with("routes.toml"), "{e}");
+    (
+        s["line"].as_u64().unwrap(),
+        s["matched_by"].as_str().unwrap().to_string(),
+        l["line"].as_u64().unwrap_or(0),
+        l["matched_by"].as_str().unwrap_or("-").to_string(),
+    )
+}
+
+#[test]
+fn every_server_and_location_precedence_case() {
+    let w = world();
+    let lw = &w.lw;
+    let cases = [
+        // exact host, exact location
+        (
+            "http://shop.example.com/exact",
+            2,
+            "exact name",
+            9,
+            "exact (=",
+        ),
+        // leading wildcard; ^~ wins over the .php regex
+        (
+            "http://a.example.com/static/x.php",
+            2,
+            "leading wildcard",
+            13,
+            "^~",
+        ),
+        // trailing wildcard; a regex beats the longer /app/ prefix
+        (
+            "http://www.example.net/app/x.php",
+            2,
+            "trailing wildcard",
+            17,
+            "regex",
+        ),
+        // longest prefix when no regex matches
+        (
+            "http://shop.example.com/app/x",
+            2,
+            "exact name",
+            21,
+            "longest prefix",
+        ),
+        // regex host
+        (
+            "http://bj.city.org/user/7",
+            25,
+            "regex",
+            28,
+            "longest prefix",
+        ),
+        // nothing matches the host: the default server
+        (
+            "http://nowhere.test/",
+            33,
+            "default server",
+            37,
+            "longest prefix",
+        ),
+    ];
+    for (url, sline, sby, lline, lby) in cases {
+        let (sl, sb, ll, lb) = matched(lw, url);
+        assert_eq!(sl, sline, "{url}");
+        assert!(sb.contains(sby), "{url}: {sb}");
+        assert_eq!(ll, lline, "{url}");
+        assert!(lb.contains(lby), "{url}: {lb}");
+    }
+    // The regex host's capture in the rewrite, and the default instance.
+    let e = explain(lw, &format!("url={}", enc("http://bj.city.org/user/7?x=1")));
+    assert_eq!(e["server"]["name"], "~^(?<city>[a-z]+)\\.city\\.org$");
+    assert_eq!(e["outcome"]["upstream_uri"], "/bj/u/7?x=1", "{e}");
+    assert_eq!(e["instances"]["would_try"][0]["id"], "user-1");
+    // A return location answers locally; nothing is proxied.
+    let e = explain(lw, "url=http://shop.example.com/exact");
     assert_eq!(
         (
-            a["lane"]["source"].as_str(),
-            a["choice"].as_str(),
-            a["version"].as_str()
+            e["outcome"]["status"].as_u64(),
+            e["outcome"]["body"].as_str()
         ),
-        (Some("header"), Some("override"), Some("v2")),
-        "{a}"
+        (Some(200), Some("exact"))
     );
-    assert_eq!(a["instances"][0]["id"], "user-2");
-    let a = explain(&lw, &format!("{u}&cookie=laneway_lane%3Dt2"));
-    assert_eq!(a["lane"]["source"], "cookie");
-    assert_eq!(a["choice"], "inherited");
-    assert_eq!(a["served_by"], "t1");
-    assert_eq!(
-        a["lane"]["chain"],
-        serde_json::json!(["t2", "t1", "baseline"])
-    );
-    let a = explain(&lw, &format!("{u}&lane=t3"));
-    assert_eq!(a["choice"], "fallback", "{a}");
-    // The unpinned baseline pool: the "stable" instances.
-    assert_eq!(a["version"], "baseline");
-    assert_eq!(a["instances"][0]["id"], "user-1");
-    let a = explain(&lw, &format!("{u}&lane=t4"));
-    assert_eq!(a["status"], 503, "{a}");
-    assert!(a["why"].as_str().unwrap().contains("v9"), "{a}");
-    let a = explain(&lw, &url("http://shop.example.com.t1.lanes.test/user/1"));
-    assert_eq!(a["lane"]["source"], "hostname");
-    assert_eq!(a["rules_host"], "shop.example.com");
-    assert_eq!(a["host_recovered"], true);
-    let vip = t1["entries"]["vip"].as_str().unwrap();
-    let a = explain(&lw, &format!("{u}&dst={vip}%3A80"));
-    assert_eq!(a["lane"]["source"], "vip", "{a}");
-    assert_eq!(a["lane"]["name"], "t1");
-    let a = explain(&lw, &u);
-    assert_eq!(
-        (a["lane"]["name"].as_str(), a["choice"].as_str()),
-        (Some("baseline"), Some("baseline"))
-    );
+    assert_eq!(w.web.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    // Bad input is a 400 naming it.
+    let (status, text) = lw.api("GET", "/api/v1/explain?lane=t-1", None);
+    assert!(status == 400 && text.contains("url is required"), "{text}");
+    let (status, text) = lw.api("GET", "/api/v1/explain?url=http://a/&header=nocolon", None);
+    assert!(status == 400 && text.contains("Name:Value"), "{text}");
+    let (status, _) = lw.api("GET", "/api/v1/explain?url=http://a/&lane=nope", None);
+    assert_eq!(status, 404);
+}
 
-    // The command line prints the same.
+#[test]
+fn lane_resolution_and_version_choice() {
+    let w = world();
+    let lw = &w.lw;
+    let lane_of = |q: &str| {
+        let e = explain(lw, q);
+        (
+            e["lane"]["name"].as_str().unwrap().to_string(),
+            e["lane"]["source"].as_str().unwrap().to_string(),
+        )
+    };
+    let url = enc("http://shop.example.com/x");
+    assert_eq!(
+        lane_of(&format!("url={url}&lane=t-1")),
+        ("t-1".into(), "header".into())
+    );
+    assert_eq!(
+        lane_of(&format!(
+            "url={url}&header={}",
+            enc("Cookie: laneway_lane=t-2")
+        )),
+        ("t-2".into(), "cookie".into())
+    );
+    let e = explain(
+        lw,
+        &format!("url={}", enc("http://shop.example.com.t-1.lanes.test/x")),
+    );
+    assert_eq!(
+        (e["lane"]["name"].as_str(), e["lane"]["source"].as_str()),
+        (Some("t-1"), Some("hostname"))
+    );
+    assert_eq!(e["lane"]["production_host"], "shop.example.com");
+    assert_eq!(e["outcome"]["host_header"], "shop.example.com");
+    // t-1 got the first port and VIP of the pools.
+    let port_url = enc(&format!("http://127.0.0.1:{}/x", w.port_base));
+    assert_eq!(
+        lane_of(&format!("url={port_url}")),
+        ("t-1".into(), "port".into())
+    );
+    let vip_url = enc(&format!("http://{}.2:8080/x", w.vip_base));
+    assert_eq!(
+        lane_of(&format!(
+            "url={vip_url}&header={}",
+            enc("Host: shop.example.com")
+        )),
+        ("t-1".into(), "vip".into())
+    );
+    assert_eq!(
+        lane_of(&format!("url={url}")),
+        ("baseline".into(), "baseline".into())
+    );
+    // A pool entry no lane holds.
+    let free = enc(&format!("http://{}.9:8080/x", w.vip_base));
+    let e = explain(lw, &format!("url={free}"));
+    assert_eq!(e["outcome"]["status"], 421, "{e}");
+
+    // Versions: override, inherited fallback through the chain, strict.
+    let v = |lane: &str| explain(lw, &format!("url={url}&lane={lane}"))["version"].clone();
+    let t1 = v("t-1");
+    assert_eq!(
+        (t1["choice"].as_str(), t1["version"].as_str()),
+        (Some("override"), Some("v2"))
+    );
+    let t2 = v("t-2");
+    assert_eq!(
+        (t2["choice"].as_str(), t2["version"].as_str()),
+        (Some("fallback"), Some("v2")),
+        "{t2}"
+    );
+    assert_eq!(t2["served_by"], "t-1");
+    let chain: Vec<(String, Value)> = t2["chain"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["lane"].as_str().unwrap().to_string(),
+                s["healthy"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        chain,
+        [
+            ("t-2".to_string(), Value::Bool(false)),
+            ("t-1".to_string(), Value::Bool(true))
+        ]
+    );
+    assert!(
+        t2["why"].as_str().unwrap().contains("v9 of lane t-2"),
+        "{t2}"
+    );
+    let ts = v("t-s");
+    assert_eq!(ts["choice"], "strict");
+    assert!(
+        ts["error"].as_str().unwrap().contains("strict lane"),
+        "{ts}"
+    );
+    let base = v("baseline");
+    assert_eq!(base["choice"], "baseline");
+    let e = explain(lw, &format!("url={url}&lane=t-1"));
+    let tried = &e["instances"]["would_try"][0];
+    assert_eq!(
+        (tried["id"].as_str(), tried["health"].as_str()),
+        (Some("web-2"), Some("healthy"))
+    );
+}
+
+#[test]
+fn laneway_explain_prints_it_readably() {
+    let w = world();
+    let lw = &w.lw;
     let out = Command::new(env!("CARGO_BIN_EXE_laneway"))
         .args([
             "explain",
-            "http://shop.example.com/user/1",
+            "http://bj.city.org/user/7",
             "--lane",
-            "t2",
+            "t-2",
             "--admin",
         ])
         .arg(lw.admin.to_string())
         .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+        .expect("run laneway explain");
+    // aligned columns: compare with runs of spaces collapsed
+    let stdout = squeeze(&String::from_utf8_lossy(&out.stdout));
     assert!(
         out.status.success(),
-        "{text}{}",
+        "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    for part in [
+        "lane t-2 by header",
+        "routes.toml:25 by regex",
+        "\"/user/\" at ",
+        "routes.toml:28 by longest prefix",
+        "upstream uri /bj/u/7",
+        "would try user-1",
+    ] {
+        assert!(stdout.contains(part), "{part:?} missing:\n{stdout}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_laneway"))
+        .args([
+            "explain",
+            "http://shop.example.com/",
+            "-H",
+            "Cookie: laneway_lane=t-2",
+            "--admin",
+        ])
+        .arg(lw.admin.to_string())
+        .output()
+        .expect("run laneway explain");
+    let stdout = squeeze(&String::from_utf8_lossy(&out.stdout));
+    assert!(stdout.contains("fallback"), "{stdout}");
     assert!(
-        text.contains("lane      t2 (from header; chain t2 → t1 → baseline)"),
-        "{text}"
+        stdout.contains("t-2: v9 (no healthy instance) -> t-1: v2 (healthy)"),
+        "{stdout}"
     );
-    assert!(
-        text.contains("version   v2 (inherited, served by lane t1)"),
-        "{text}"
-    );
-    assert!(text.contains("instance  user-2"), "{text}");
-    assert!(text.contains("routes.toml:"), "{text}");
+    // An unknown lane: the API's message, non-zero exit.
+    let out = Command::new(env!("CARGO_BIN_EXE_laneway"))
+        .args([
+            "explain",
+            "http://shop.example.com/",
+            "--lane",
+            "nope",
+            "--admin",
+        ])
+        .arg(lw.admin.to_string())
+        .output()
+        .expect("run laneway explain");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lane \"nope\" does not exist"));
+}
+
+fn squeeze(s: &str) -> String {
+    s.lines()
+        .map(|l| {
+            l.split(' ')
+                .filter(|w| !w.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }

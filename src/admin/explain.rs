@@ -1,342 +1,350 @@
-//! `GET /api/v1/explain`: how laneway would route a request, without
-//! sending anything upstream. The same lane resolution and rule matching
-//! the data plane runs, on the snapshot serving now, answered with where
-//! each decision came from (file:line, lane source, version choice and the
-//! lane chain walked, the instances that would be tried).
-//!
-//! Query: `url=http://host[:port]/path?query` (or `host=` plus a `url`
-//! that is a path), `lane=NAME` (sent as the lane header), `header=Name:Value`
-//! (repeatable), `cookie=name=value` (repeatable), `dst=IP:PORT` (the
-//! address the client connected to: a VIP or a pool port).
+//! `GET /api/v1/explain?url=…&lane=…&header=Name:Value`: what laneway would
+//! do with a request, without sending anything upstream. It runs the same
+//! decision as the data plane ([`plan::decide`] on the serving snapshot) and
+//! adds the reasons: which server block and location matched and by which
+//! precedence rule (with file:line), how the lane was resolved, the version
+//! chosen and the fallback chain walked, the rewritten upstream URI, and the
+//! instances that would be tried, with their health. Control plane.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
-use axum::extract::{RawQuery, State};
+use axum::extract::{Query, State};
 use axum::Json;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{json, Value};
 
 use super::ApiError;
 use crate::control::Control;
-use crate::discovery::Health;
-use crate::routing::lanes;
-use crate::routing::rules::{Decision, Location, RequestInfo, Server};
-use crate::routing::snapshot::{Choice, Target};
+use crate::proxy::plan;
+use crate::routing::lanes::{self, LaneSource};
+use crate::routing::rules::{Action, Decision, RequestInfo};
+use crate::routing::snapshot::{Choice, Snapshot, Target, BASELINE};
 
-/// What the query asks about.
-#[derive(Debug, Default, PartialEq)]
-struct Ask {
-    scheme: String,
-    host: String,
-    target: String,
-    lane: Option<String>,
-    headers: Vec<(String, String)>,
-    cookies: Vec<String>,
-    dst: Option<SocketAddr>,
-}
-
-impl Ask {
-    fn parse(query: &str) -> Result<Ask, String> {
-        let mut ask = Ask::default();
-        let mut url = None;
-        let mut host = None;
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let v = decode(v)?;
-            match decode(k)?.as_str() {
-                "url" => url = Some(v),
-                "host" => host = Some(v),
-                "lane" => ask.lane = Some(v),
-                "header" => {
-                    let Some((name, value)) = v.split_once(':') else {
-                        return Err(format!("header {v:?} must be Name:Value"));
-                    };
-                    ask.headers
-                        .push((name.trim().to_string(), value.trim().to_string()));
-                }
-                "cookie" => ask.cookies.push(v),
-                "dst" => {
-                    ask.dst = Some(v.parse().map_err(|_| {
-                        format!("dst {v:?} is not an IP:port (the address the client connected to)")
-                    })?)
-                }
-                other => {
-                    return Err(format!(
-                        "unknown parameter {other:?}; use url, host, lane, header, cookie, dst"
-                    ))
-                }
-            }
-        }
-        let Some(url) = url else {
-            return Err("url is required, e.g. url=http://shop.example.com/user/1".into());
-        };
-        if let Some((scheme, rest)) = url.split_once("://") {
-            ask.scheme = scheme.to_ascii_lowercase();
-            let (authority, target) = match rest.find('/') {
-                Some(at) => (&rest[..at], &rest[at..]),
-                None => match rest.find('?') {
-                    Some(at) => (&rest[..at], &rest[at..]),
-                    None => (rest, "/"),
-                },
-            };
-            ask.host = host.unwrap_or_else(|| authority.to_string());
-            ask.target = if target.starts_with('?') {
-                format!("/{target}")
-            } else {
-                target.to_string()
-            };
-        } else if url.starts_with('/') {
-            ask.scheme = "http".into();
-            ask.host = host.ok_or("with a url that is a path, give host= too")?;
-            ask.target = url;
-        } else {
-            return Err(format!(
-                "url {url:?} must be http://host/path or a path starting with '/'"
-            ));
-        }
-        if ask.host.is_empty() {
-            return Err("the url has no host".into());
-        }
-        Ok(ask)
-    }
-}
-
-fn decode(s: &str) -> Result<String, String> {
-    percent_encoding::percent_decode_str(&s.replace('+', " "))
-        .decode_utf8()
-        .map(|s| s.into_owned())
-        .map_err(|_| format!("{s:?} is not UTF-8"))
-}
-
+/// The explain endpoint.
 pub async fn explain(
     State(c): State<Arc<Control>>,
-    RawQuery(query): RawQuery,
+    Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Json<Value>, ApiError> {
-    let ask = Ask::parse(query.as_deref().unwrap_or("")).map_err(|e| {
+    let reject = |msg: String| {
         c.metrics
             .admin_rejects
             .with_label_values(&["explain"])
             .inc();
-        ApiError::bad_request(format!("explain: {e}"))
-    })?;
-    let lane_header = &c.config.lanes.header;
-    let mut headers = HeaderMap::new();
-    let mut put = |name: &str, value: &str| -> Result<(), ApiError> {
-        let n = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| ApiError::bad_request(format!("explain: bad header name {name:?}")))?;
-        let v = HeaderValue::from_str(value)
-            .map_err(|_| ApiError::bad_request(format!("explain: bad header value {value:?}")))?;
-        headers.append(n, v);
-        Ok(())
+        ApiError::bad_request(msg)
     };
-    if let Some(lane) = &ask.lane {
-        put(lane_header.as_str(), lane)?;
-    }
-    for (n, v) in &ask.headers {
-        put(n, v)?;
-    }
-    if !ask.cookies.is_empty() {
-        put("cookie", &ask.cookies.join("; "))?;
-    }
-    put("host", &ask.host)?;
-
-    let snap = c.snapshot();
-    let settings = crate::proxy::server::settings(&c).lanes;
-    let resolved = lanes::resolve(&snap, &settings, &headers, &ask.host, ask.dst);
-    let lane = resolved.lane.clone();
-    let chain: Vec<String> = c
-        .lanes
-        .lock()
-        .await
-        .chain(&lane.name)
-        .iter()
-        .map(|l| l.name.clone())
-        .collect();
-    let mut out = json!({
-        "request": {"scheme": ask.scheme, "host": ask.host, "target": ask.target, "dst": ask.dst.map(|d| d.to_string())},
-        "snapshot": snap.generation,
-        "lane": {
-            "name": &*lane.name,
-            "source": resolved.source.as_str(),
-            "strict": lane.strict,
-            "chain": chain,
-        },
-        "rules_host": resolved.host,
-        "host_recovered": resolved.host_recovered,
-    });
-    if let Some(entry) = resolved.free_entry {
-        out["action"] = json!("free_entry");
-        out["status"] = json!(421);
-        out["why"] = json!(format!("{entry} is a lane entry that no lane holds"));
-        return Ok(Json(out));
-    }
-    let info = RequestInfo {
-        host: resolved.host,
-        target: &ask.target,
-        scheme: &ask.scheme,
-        lane: &lane.name,
-        headers: &headers,
-    };
-    match snap.rules.route(&info) {
-        Decision::Proxy {
-            server,
-            location,
-            service,
-            upstream_target,
-            set_headers,
-            ..
-        } => {
-            where_matched(&mut out, server, location);
-            out["action"] = json!("proxy");
-            out["service"] = json!(&**service);
-            out["upstream_target"] = json!(upstream_target.as_deref().unwrap_or(&ask.target));
-            out["set_headers"] = Value::Array(
-                set_headers
-                    .iter()
-                    .map(|(n, v)| json!({"name": n.as_str(), "value": v}))
-                    .collect(),
-            );
-            match snap.target(&lane, service) {
-                None => {
-                    out["status"] = json!(503);
-                    out["why"] = json!(format!("service \"{service}\" has no registered instance"));
-                }
-                Some(t) => version(&mut out, &c, &lane.name, t).await,
+    let mut url = None;
+    let mut lane = None;
+    let mut extra: Vec<(HeaderName, HeaderValue)> = Vec::new();
+    for (k, v) in params {
+        match k.as_str() {
+            "url" if url.is_none() => url = Some(v),
+            "lane" if lane.is_none() => lane = Some(v),
+            "header" => {
+                let (name, value) = v
+                    .split_once(':')
+                    .ok_or_else(|| reject(format!("header {v:?} is not Name:Value")))?;
+                let name = HeaderName::from_bytes(name.trim().as_bytes())
+                    .map_err(|_| reject(format!("header name {:?} is invalid", name.trim())))?;
+                let value = HeaderValue::from_str(value.trim())
+                    .map_err(|_| reject(format!("header value {:?} is invalid", value.trim())))?;
+                extra.push((name, value));
+            }
+            "url" | "lane" => return Err(reject(format!("{k} given twice"))),
+            other => {
+                return Err(reject(format!(
+                    "unknown parameter {other:?}; expected url, lane, header"
+                )))
             }
         }
-        Decision::Return {
-            server,
-            location,
-            status,
-            ..
-        } => {
-            where_matched(&mut out, server, location);
-            out["action"] = json!("return");
-            out["status"] = json!(status);
-        }
-        Decision::Redirect {
-            server,
-            location,
-            status,
-            to,
-        } => {
-            where_matched(&mut out, server, location);
-            out["action"] = json!("redirect");
-            out["status"] = json!(status);
-            out["redirect_to"] = json!(to);
-        }
-        Decision::NotFound { host, path } => {
-            out["action"] = json!("not_found");
-            out["status"] = json!(404);
-            out["why"] = json!(format!("no route for host \"{host}\" and path \"{path}\""));
-        }
-        Decision::BadRequest(why) => {
-            out["action"] = json!("bad_request");
-            out["status"] = json!(400);
-            out["why"] = json!(why);
+    }
+    let url = url.ok_or_else(|| reject("url is required: ?url=http://host/path".into()))?;
+    let with_scheme = if url.contains("://") {
+        url.clone()
+    } else {
+        format!("http://{url}")
+    };
+    let uri: http::Uri = with_scheme
+        .parse()
+        .map_err(|e| reject(format!("url {url:?} is not a URL: {e}")))?;
+    let scheme = uri.scheme_str().unwrap_or("http").to_string();
+    let authority = uri
+        .authority()
+        .ok_or_else(|| reject(format!("url {url:?} has no host")))?
+        .clone();
+    let target = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+
+    let snap = c.snapshot();
+    let settings = crate::proxy::server::settings(&c);
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        http::header::HOST,
+        HeaderValue::from_str(authority.as_str())
+            .map_err(|_| reject(format!("host {:?} is invalid", authority.as_str())))?,
+    );
+    for (name, value) in extra {
+        if name == http::header::HOST {
+            headers.insert(name, value);
+        } else {
+            headers.append(name, value);
         }
     }
+    if let Some(l) = &lane {
+        if snap.lane(l).is_none() {
+            return Err(ApiError::not_found(format!("lane {l:?} does not exist")));
+        }
+        let value = HeaderValue::from_str(l)
+            .map_err(|_| reject(format!("lane {l:?} is not a valid header value")))?;
+        headers.insert(settings.lanes.header.clone(), value);
+    }
+    let host = headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    // The address the client would connect to: an IP in the URL can be a
+    // VIP, a port can be a pool port.
+    let port = authority
+        .port_u16()
+        .unwrap_or(if scheme == "https" { 443 } else { 80 });
+    let dst = match authority
+        .host()
+        .trim_matches(|ch| ch == '[' || ch == ']')
+        .parse::<IpAddr>()
+    {
+        Ok(ip) => Some(SocketAddr::new(ip, port)),
+        Err(_) => authority
+            .port_u16()
+            .map(|p| SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), p)),
+    };
+
+    let resolved = lanes::resolve(&snap, &settings.lanes, &headers, &host, dst);
+    let lane_json = lane_json(&resolved, &settings.lanes, &headers, &host, dst);
+    let rules_host = resolved.host.to_string();
+    let decided = plan::decide(&snap, &settings, &host, &target, &scheme, &headers, dst);
+    let mut out = json!({
+        "request": {
+            "url": url,
+            "host": host,
+            "target": target,
+            "headers": headers.iter().map(|(k, v)| json!([k.as_str(), v.to_str().unwrap_or("")])).collect::<Vec<_>>(),
+            "destination": dst.map(|d| d.to_string()),
+        },
+        "lane": lane_json,
+    });
+    if let Some(entry) = resolved.free_entry {
+        out["outcome"] = json!({
+            "status": 421,
+            "reason": "free_entry",
+            "detail": format!("{entry} is a lane entry that no lane holds"),
+        });
+        return Ok(Json(out));
+    }
+
+    // Server and location, with the precedence rule behind each.
+    let matched = snap.rules.explain_match(&rules_host, &target);
+    out["rules_host"] = json!(matched.host);
+    out["path"] = json!(matched.path);
+    out["server"] = match &matched.server {
+        Some((s, by, name)) => json!({
+            "file": s.file.display().to_string(),
+            "line": s.line,
+            "names": s.names,
+            "matched_by": by.as_str(),
+            "name": name,
+        }),
+        None => Value::Null,
+    };
+    out["location"] = match &matched.location {
+        Some((l, by)) => json!({
+            "file": l.file.display().to_string(),
+            "line": l.line,
+            "match": l.pattern,
+            "matched_by": by.as_str(),
+            "action": l.action.kind(),
+            "service": match &l.action { Action::Proxy { service } => Some(service.to_string()), _ => None },
+            "rewrite": l.rewrite.as_ref().map(|r| json!([r.pattern(), r.replacement()])),
+        }),
+        None => Value::Null,
+    };
+    let decision = snap.rules.route(&RequestInfo {
+        host: &rules_host,
+        target: &target,
+        scheme: &scheme,
+        lane: &decided.lane.name,
+        headers: &headers,
+    });
+    if let Decision::Proxy { service, .. } = &decision {
+        out["service"] = json!(service.to_string());
+    }
+    drop(decision);
+
+    if let Some(t) = &decided.target {
+        out["version"] = version_json(&snap, &decided.lane.name, t);
+        out["instances"] = instances_json(&c, &snap, t);
+    }
+    out["outcome"] = match &decided.action {
+        Ok(p) => json!({
+            "action": "proxy",
+            "upstream_uri": p.upstream_target.clone().unwrap_or_else(|| target.clone()),
+            "host_header": p.production_host.clone().unwrap_or_else(|| host.clone()),
+            "set_headers": p.set_headers.iter().map(|(k, v)| json!([k.as_str(), v])).collect::<Vec<_>>(),
+            "read_retries": p.read_retries,
+            "connect_timeout": humantime::format_duration(p.connect_timeout).to_string(),
+            "read_timeout": humantime::format_duration(p.read_timeout).to_string(),
+        }),
+        Err(resp) => json!({
+            "action": "local",
+            "status": resp.status,
+            "reason": resp.reason,
+            "body": String::from_utf8_lossy(&resp.body),
+            "headers": resp.headers.iter().map(|(k, v)| json!([k.as_str(), v])).collect::<Vec<_>>(),
+        }),
+    };
     Ok(Json(out))
 }
 
-fn where_matched(out: &mut Value, server: &Server, location: &Location) {
-    out["server"] = json!({
-        "names": server.names,
-        "default": server.default,
-        "file": server.file.display().to_string(),
-        "line": server.line,
-    });
-    out["location"] = json!({
-        "match": location.pattern,
-        "kind": format!("{:?}", location.kind),
-        "file": location.file.display().to_string(),
-        "line": location.line,
-    });
+fn lane_json(
+    r: &lanes::Resolved<'_, '_>,
+    settings: &lanes::LaneSettings,
+    headers: &HeaderMap,
+    host: &str,
+    dst: Option<SocketAddr>,
+) -> Value {
+    let detail = match r.source {
+        LaneSource::Header => format!("header {}: {}", settings.header, r.lane.name),
+        LaneSource::Baggage => format!(
+            "baggage member {}={}",
+            settings.baggage_key.as_deref().unwrap_or(""),
+            r.lane.name
+        ),
+        LaneSource::Cookie => format!(
+            "cookie {}={}",
+            settings.cookie,
+            lanes::cookie_value(headers, &settings.cookie).unwrap_or("")
+        ),
+        LaneSource::Hostname => format!("hostname {host}"),
+        LaneSource::Port => format!("destination port {}", dst.map_or(0, |d| d.port())),
+        LaneSource::Vip => format!(
+            "destination address {} (VIP)",
+            dst.map_or_else(|| "-".to_string(), |d| d.ip().to_string())
+        ),
+        LaneSource::Default => "nothing named a lane: the baseline".to_string(),
+    };
+    json!({
+        "name": &*r.lane.name,
+        "source": match r.source { LaneSource::Default => "baseline", s => s.as_str() },
+        "detail": detail,
+        "strict": r.lane.strict,
+        "production_host": r.host_recovered.then(|| r.host.to_string()),
+    })
 }
 
-/// The version chosen, why, and the instances that would be tried.
-async fn version(out: &mut Value, c: &Control, lane: &str, t: &Target) {
-    out["version"] = json!(&*t.version);
-    out["choice"] = json!(t.choice.as_str());
-    out["served_by"] = json!(&*t.served_by);
-    let why = match t.choice {
-        Choice::Override => format!("lane \"{lane}\" overrides {} with {}", t.service, t.version),
-        Choice::Inherited => format!(
-            "lane \"{lane}\" inherits {} {} from its ancestor \"{}\"",
-            t.service, t.version, t.served_by
-        ),
-        Choice::Fallback => format!(
-            "the version lane \"{lane}\" asks for has no healthy instance; falls back to \"{}\"'s {} {}",
-            t.served_by, t.service, t.version
-        ),
-        Choice::Baseline => format!(
-            "no lane in the chain overrides {}: the baseline's {}",
-            t.service, t.version
-        ),
-    };
-    match &t.pool {
-        Ok(pool) => {
-            out["status"] = json!("proxied");
-            out["why"] = json!(why);
-            out["instances"] = Value::Array(
-                pool.instances
-                    .iter()
-                    .map(|u| json!({"id": &*u.id, "address": u.addr.to_string(), "weight": u.weight}))
-                    .collect(),
-            );
+/// The version served and the chain walked to find it.
+fn version_json(snap: &Snapshot, lane: &str, t: &Target) -> Value {
+    let service = &*t.service;
+    let mut chain = Vec::new();
+    let mut skipped = Vec::new();
+    for l in snap.lane_chain(lane) {
+        let pinned = l.services.get(service);
+        let available = pinned.map(|v| snap.version_available(service, v));
+        chain.push(json!({
+            "lane": l.name,
+            "version": pinned,
+            "healthy": available,
+            "strict": l.strict,
+        }));
+        if let (Some(v), Some(false)) = (pinned, available) {
+            if l.name != BASELINE {
+                skipped.push(format!("{} of lane {}", v, l.name));
+            }
         }
-        Err(msg) => {
-            out["status"] = json!(503);
-            out["why"] = json!(&**msg);
+        if l.name == *t.served_by {
+            break;
         }
     }
-    // Instances of the service that take no traffic, and why.
-    let catalog = c.catalog().await;
-    let left_out: Vec<Value> = catalog
-        .instances
+    let why = match (&t.pool, t.choice) {
+        (Err(msg), _) => format!("answered 503: {msg}"),
+        (Ok(_), Choice::Override) => {
+            format!("lane {lane} overrides {service} with version {}", t.version)
+        }
+        (Ok(_), Choice::Inherited) => format!(
+            "lane {lane} inherits version {} of {service} from lane {}",
+            t.version, t.served_by
+        ),
+        (Ok(_), Choice::Fallback) => format!(
+            "fell back: {} has no healthy instance; lane {} serves version {}",
+            skipped.join(", "),
+            t.served_by,
+            t.version
+        ),
+        (Ok(_), Choice::Baseline) => format!(
+            "no lane in the chain overrides {service}: the baseline's {}",
+            if &*t.version == BASELINE {
+                "unpinned versions".to_string()
+            } else {
+                format!("version {}", t.version)
+            }
+        ),
+    };
+    json!({
+        "service": service,
+        "version": &*t.version,
+        "served_by": &*t.served_by,
+        "choice": if t.pool.is_err() && t.choice != Choice::Fallback { "strict" } else { t.choice.as_str() },
+        "why": why,
+        "chain": chain,
+        "error": t.pool.as_ref().err().map(|m| m.to_string()),
+    })
+}
+
+/// The instances that would be tried (the version's pool, in order) and
+/// those of the same version held out, with the reason.
+fn instances_json(c: &Control, snap: &Snapshot, t: &Target) -> Value {
+    let mut would_try = Vec::new();
+    let mut in_pool = Vec::new();
+    if let Ok(pool) = &t.pool {
+        for u in pool.instances.iter() {
+            in_pool.push(u.id.clone());
+            would_try.push(json!({
+                "id": &*u.id,
+                "address": u.addr.to_string(),
+                "weight": u.weight,
+                "health": if u.state.is_out() { "held out" } else { "healthy" },
+                "reason": u.state.out_reason(),
+            }));
+        }
+    }
+    let baseline_versions = snap.baseline_versions();
+    let same_version = |v: Option<&str>| match v {
+        _ if &*t.version == BASELINE => v.is_none_or(|v| baseline_versions.iter().any(|b| b == v)),
+        Some(v) => v == &*t.version,
+        None => false,
+    };
+    let held_out: Vec<Value> = snap
+        .service_members(&t.service)
         .iter()
-        .filter(|i| *i.service == *t.service && i.weight() == 0)
+        .filter(|i| same_version(i.version.as_deref()))
+        .filter(|i| !in_pool.iter().any(|id| **id == *i.id))
         .map(|i| {
+            let reason = c
+                .upstream_health
+                .get(&i.id)
+                .and_then(|s| s.out_reason())
+                .or_else(|| {
+                    i.checks
+                        .iter()
+                        .find(|ch| ch.status == crate::discovery::Health::Critical)
+                        .map(|ch| format!("discovery check {} is critical", ch.id))
+                })
+                .unwrap_or_else(|| "weight 0".to_string());
             json!({
-                "id": i.id, "version": i.version, "health": i.health.as_str(),
-                "reason": if i.health == Health::Critical { "critical" } else { "weight 0" },
+                "id": i.id,
+                "address": format!("{}:{}", i.address, i.port),
+                "health": i.health.as_str(),
+                "reason": reason,
             })
         })
         .collect();
-    out["not_routed"] = Value::Array(left_out);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn queries_parse() {
-        let a = Ask::parse("url=http%3A%2F%2Fbj.example.com%2Fuser%2F1%3Fx%3D1&lane=t-1&header=X-A:%201&cookie=a%3Db&dst=127.0.0.5:80").unwrap();
-        assert_eq!(a.scheme, "http");
-        assert_eq!(a.host, "bj.example.com");
-        assert_eq!(a.target, "/user/1?x=1");
-        assert_eq!(a.lane.as_deref(), Some("t-1"));
-        assert_eq!(a.headers, vec![("X-A".to_string(), "1".to_string())]);
-        assert_eq!(a.cookies, vec!["a=b".to_string()]);
-        assert_eq!(a.dst, Some("127.0.0.5:80".parse().unwrap()));
-        let a = Ask::parse("url=https://a.example.com").unwrap();
-        assert_eq!((a.scheme.as_str(), a.target.as_str()), ("https", "/"));
-        let a = Ask::parse("url=/p?q&host=h.example.com").unwrap();
-        assert_eq!(
-            (a.host.as_str(), a.target.as_str()),
-            ("h.example.com", "/p?q")
-        );
-        for bad in [
-            "",
-            "url=ftp:x",
-            "url=/p",
-            "url=http://h/&header=nocolon",
-            "url=http://h/&dst=x",
-            "url=http://h/&bogus=1",
-        ] {
-            assert!(Ask::parse(bad).is_err(), "{bad}");
-        }
-    }
+    json!({ "would_try": would_try, "held_out": held_out })
 }

@@ -134,6 +134,12 @@ async fn maintenance_set(
 }
 
 async fn metrics(State(c): State<Arc<Control>>) -> Response {
+    let age = c
+        .snapshot()
+        .built_at
+        .elapsed()
+        .map_or(0.0, |d| d.as_secs_f64());
+    c.metrics.snapshot_age.set(age);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         c.metrics.render(),

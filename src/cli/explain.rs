@@ -1,30 +1,27 @@
-//! `laneway explain URL`: asks a running laneway's admin API
-//! (`/api/v1/explain`) how it would route a request, and prints the answer:
-//! lane and how it was found, the server and location matched (file:line),
-//! the version chosen and why, and the instances that would be tried.
+//! `laneway explain URL [--lane L] [--header Name:Value]…`: asks a running
+//! laneway's admin API what it would do with a request (nothing is sent
+//! upstream) and prints the answer readably, or the API's JSON with
+//! `--json`.
 
 use std::fmt::Write as _;
-use std::time::Duration;
 
 use clap::Args;
-use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde_json::Value;
 
-/// Explain how a running laneway routes a request (nothing is sent upstream).
+use super::lane::{encode, normalise, text, Api};
+
+/// Explain how laneway would route a request.
 #[derive(Debug, Args)]
 pub struct ExplainArgs {
-    /// The request: `http://host[:port]/path?query`.
+    /// The URL as a client would open it, e.g. http://bj.example.com/user/1
     pub url: String,
-    /// Ask as this lane (sent as the lane header).
+    /// Ask for this lane (as the lane header would).
     #[arg(long)]
     pub lane: Option<String>,
-    /// A request header, repeatable: `-H 'Cookie: laneway_lane=t-1'`.
+    /// A request header, repeatable: `--header 'Cookie: laneway_lane=t-1'`.
     #[arg(short = 'H', long = "header", value_name = "NAME:VALUE")]
     pub headers: Vec<String>,
-    /// The address the client connected to (a VIP or a pool port).
-    #[arg(long, value_name = "IP:PORT")]
-    pub dst: Option<String>,
-    /// The admin API to ask.
+    /// The admin API to talk to.
     #[arg(long, default_value = "http://127.0.0.1:9900", value_name = "URL")]
     pub admin: String,
     /// Print the API's JSON.
@@ -32,164 +29,186 @@ pub struct ExplainArgs {
     pub json: bool,
 }
 
+/// Runs the command; `Ok` is what to print, `Err` the message for stderr.
 pub fn run(args: ExplainArgs) -> Result<String, String> {
-    let enc = |s: &str| utf8_percent_encode(s, NON_ALPHANUMERIC).to_string();
-    let mut query = format!("url={}", enc(&args.url));
+    let admin = normalise(&args.admin);
+    let mut query = format!("url={}", encode(&args.url));
     if let Some(l) = &args.lane {
-        write!(query, "&lane={}", enc(l)).ok();
+        let _ = write!(query, "&lane={}", encode(l));
     }
     for h in &args.headers {
-        write!(query, "&header={}", enc(h)).ok();
-    }
-    if let Some(d) = &args.dst {
-        write!(query, "&dst={}", enc(d)).ok();
-    }
-    let admin = args.admin.trim().trim_end_matches('/');
-    let admin = if admin.contains("://") {
-        admin.to_string()
-    } else {
-        format!("http://{admin}")
-    };
-    let url = format!("{admin}/api/v1/explain?{query}");
-    let answer: Value = match ureq::get(&url).timeout(Duration::from_secs(30)).call() {
-        Ok(r) => r
-            .into_json()
-            .map_err(|e| format!("{url}: the answer is not JSON: {e}"))?,
-        Err(ureq::Error::Status(_, r)) => {
-            let text = r.into_string().unwrap_or_default();
-            let msg = serde_json::from_str::<Value>(&text)
-                .ok()
-                .and_then(|v| v["error"].as_str().map(str::to_owned))
-                .unwrap_or(text);
-            return Err(msg);
+        if !h.contains(':') {
+            return Err(format!("--header {h:?} must be NAME:VALUE"));
         }
-        Err(ureq::Error::Transport(t)) => {
-            return Err(format!(
-                "cannot reach the laneway admin API at {admin} ({}); use --admin URL",
-                t.to_string().trim()
-            ))
-        }
-    };
+        let _ = write!(query, "&header={}", encode(h));
+    }
+    let v = Api { admin: &admin }.call("GET", &format!("/api/v1/explain?{query}"), None)?;
     if args.json {
-        return Ok(format!("{answer:#}\n"));
+        return serde_json::to_string_pretty(&v)
+            .map(|s| s + "\n")
+            .map_err(|e| e.to_string());
     }
-    Ok(render(&answer))
+    Ok(render(&v))
 }
 
-/// The answer as lines a person reads.
-fn render(a: &Value) -> String {
-    let s = |v: &Value| {
-        v.as_str()
-            .map(str::to_owned)
-            .unwrap_or_else(|| v.to_string())
-    };
-    let mut out = String::new();
-    let r = &a["request"];
-    writeln!(
-        out,
-        "request   {}://{}{}",
-        s(&r["scheme"]),
-        s(&r["host"]),
-        s(&r["target"])
-    )
-    .ok();
-    let lane = &a["lane"];
-    let chain: Vec<String> = lane["chain"]
-        .as_array()
-        .map(|c| c.iter().map(s).collect())
-        .unwrap_or_default();
-    writeln!(
-        out,
-        "lane      {} (from {}{}; chain {})",
-        s(&lane["name"]),
-        s(&lane["source"]),
-        if lane["strict"] == true {
-            ", strict"
-        } else {
-            ""
-        },
-        chain.join(" → ")
-    )
-    .ok();
-    if a["host_recovered"] == true {
-        writeln!(
-            out,
-            "host      {} (recovered from the lane hostname)",
-            s(&a["rules_host"])
-        )
-        .ok();
+/// The explanation as aligned `key  value` lines.
+pub fn render(v: &Value) -> String {
+    let mut rows: Vec<(String, String)> = Vec::new();
+    let mut row = |k: &str, val: String| rows.push((k.to_string(), val));
+    let r = &v["request"];
+    row(
+        "request",
+        format!("{} (Host {})", text(&r["url"]), text(&r["host"])),
+    );
+    let l = &v["lane"];
+    row(
+        "lane",
+        format!(
+            "{} by {} ({}){}",
+            text(&l["name"]),
+            text(&l["source"]),
+            text(&l["detail"]),
+            if l["strict"].as_bool() == Some(true) {
+                ", strict"
+            } else {
+                ""
+            }
+        ),
+    );
+    if !l["production_host"].is_null() {
+        row("production host", text(&l["production_host"]));
     }
-    if a["server"].is_object() {
-        let sv = &a["server"];
-        let names: Vec<String> = sv["names"]
+    let s = &v["server"];
+    if !s.is_null() {
+        row(
+            "server",
+            format!(
+                "{}:{} by {}{}",
+                text(&s["file"]),
+                text(&s["line"]),
+                text(&s["matched_by"]),
+                match &s["name"] {
+                    Value::Null => String::new(),
+                    n => format!(" {}", text(n)),
+                }
+            ),
+        );
+    } else if v["outcome"]["reason"] != "free_entry" {
+        row("server", "none matches".to_string());
+    }
+    let loc = &v["location"];
+    if !loc.is_null() {
+        row(
+            "location",
+            format!(
+                "{:?} at {}:{} by {}",
+                text(&loc["match"]),
+                text(&loc["file"]),
+                text(&loc["line"]),
+                text(&loc["matched_by"])
+            ),
+        );
+    } else if !s.is_null() {
+        row("location", "none matches".to_string());
+    }
+    let ver = &v["version"];
+    if !ver.is_null() {
+        row(
+            "version",
+            format!(
+                "{} {} ({}, served by lane {})",
+                text(&ver["service"]),
+                text(&ver["version"]),
+                text(&ver["choice"]),
+                text(&ver["served_by"])
+            ),
+        );
+        row("why", text(&ver["why"]));
+        let chain: Vec<String> = ver["chain"]
             .as_array()
-            .map(|n| n.iter().map(s).collect())
+            .map(|a| {
+                a.iter()
+                    .map(|step| {
+                        let pinned = match &step["version"] {
+                            Value::Null => "no override".to_string(),
+                            p => format!(
+                                "{} ({})",
+                                text(p),
+                                if step["healthy"] == true {
+                                    "healthy"
+                                } else {
+                                    "no healthy instance"
+                                }
+                            ),
+                        };
+                        format!("{}: {pinned}", text(&step["lane"]))
+                    })
+                    .collect()
+            })
             .unwrap_or_default();
-        writeln!(
-            out,
-            "server    {} ({}:{})",
-            names.join(" "),
-            s(&sv["file"]),
-            sv["line"]
-        )
-        .ok();
-        let lo = &a["location"];
-        writeln!(
-            out,
-            "location  {} ({}:{})",
-            s(&lo["match"]),
-            s(&lo["file"]),
-            lo["line"]
-        )
-        .ok();
+        row("chain", chain.join(" -> "));
     }
-    writeln!(out, "action    {}", s(&a["action"])).ok();
-    if a["service"].is_string() {
-        writeln!(
-            out,
-            "service   {} → upstream target {}",
-            s(&a["service"]),
-            s(&a["upstream_target"])
-        )
-        .ok();
+    let o = &v["outcome"];
+    match o["action"].as_str() {
+        Some("proxy") => {
+            row("upstream uri", text(&o["upstream_uri"]));
+            row("host header", text(&o["host_header"]));
+        }
+        _ => row(
+            "answer",
+            format!(
+                "{} {} {}",
+                text(&o["status"]),
+                text(&o["reason"]),
+                text(&o["body"]).trim()
+            ),
+        ),
     }
-    if a["version"].is_string() {
-        writeln!(
-            out,
-            "version   {} ({}, served by lane {})",
-            s(&a["version"]),
-            s(&a["choice"]),
-            s(&a["served_by"])
-        )
-        .ok();
+    let inst = &v["instances"];
+    for (i, u) in inst["would_try"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let key = if i == 0 { "would try" } else { "" };
+        let reason = match &u["reason"] {
+            Value::Null => String::new(),
+            r => format!(": {}", text(r)),
+        };
+        row(
+            key,
+            format!(
+                "{} {} weight {} {}{reason}",
+                text(&u["id"]),
+                text(&u["address"]),
+                text(&u["weight"]),
+                text(&u["health"])
+            ),
+        );
     }
-    if a["redirect_to"].is_string() {
-        writeln!(out, "redirect  {} {}", a["status"], s(&a["redirect_to"])).ok();
-    } else if !a["status"].is_null() {
-        writeln!(out, "status    {}", s(&a["status"])).ok();
+    for (i, u) in inst["held_out"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let key = if i == 0 { "held out" } else { "" };
+        row(
+            key,
+            format!(
+                "{} {} {}: {}",
+                text(&u["id"]),
+                text(&u["address"]),
+                text(&u["health"]),
+                text(&u["reason"])
+            ),
+        );
     }
-    if a["why"].is_string() {
-        writeln!(out, "why       {}", s(&a["why"])).ok();
-    }
-    for i in a["instances"].as_array().into_iter().flatten() {
-        writeln!(
-            out,
-            "instance  {} {} weight {}",
-            s(&i["id"]),
-            s(&i["address"]),
-            i["weight"]
-        )
-        .ok();
-    }
-    for i in a["not_routed"].as_array().into_iter().flatten() {
-        writeln!(
-            out,
-            "skipped   {} version {} ({})",
-            s(&i["id"]),
-            s(&i["version"]),
-            s(&i["reason"])
-        )
-        .ok();
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    let mut out = String::new();
+    for (k, val) in rows {
+        let _ = writeln!(out, "{k:width$}  {val}");
     }
     out
 }

@@ -197,12 +197,17 @@ enum Kind {
     Deleted,
 }
 
-struct Api<'a> {
-    admin: &'a str,
+pub(super) struct Api<'a> {
+    pub(super) admin: &'a str,
 }
 
 impl Api<'_> {
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
+    pub(super) fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, String> {
         let url = format!("{}{path}", self.admin);
         let req = ureq::request(method, &url).timeout(Duration::from_secs(30));
         let res = match body {
@@ -231,7 +236,7 @@ impl Api<'_> {
 }
 
 /// `127.0.0.1:9900` and `http://h:p/` both become `http://h:p`.
-fn normalise(admin: &str) -> String {
+pub(super) fn normalise(admin: &str) -> String {
     let admin = admin.trim().trim_end_matches('/');
     if admin.contains("://") {
         admin.to_owned()
@@ -240,7 +245,7 @@ fn normalise(admin: &str) -> String {
     }
 }
 
-fn encode(s: &str) -> String {
+pub(super) fn encode(s: &str) -> String {
     utf8_percent_encode(s, NON_ALPHANUMERIC).to_string()
 }
 
@@ -256,7 +261,7 @@ fn pairs(flag: &str, items: &[String]) -> Result<Map<String, Value>, String> {
 }
 
 /// A JSON value as plain text: strings unquoted, null as `-`.
-fn text(v: &Value) -> String {
+pub(super) fn text(v: &Value) -> String {
     match v {
         Value::Null => "-".to_owned(),
         Value::String(s) if s.is_empty() => "-".to_owned(),

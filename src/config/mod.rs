@@ -5,6 +5,7 @@
 pub mod discovery;
 pub mod error;
 pub mod routes;
+pub mod services;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,6 +18,7 @@ use crate::allocation::pools::{HostnameTemplate, IpRange, PortPool, VipPool};
 
 pub use discovery::{Consistency, ConsulConfig, DiscoveryConfig, DiscoveryMode, StartUnreachable};
 pub use error::{ConfigError, ConfigErrors};
+pub use services::{ActiveCheck, CheckKind, HealthChecksConfig, PassivePolicy};
 
 /// The whole configuration, as read from `laneway.toml`, with relative paths
 /// already resolved against the directory of that file.
@@ -31,6 +33,8 @@ pub struct Config {
     pub store: StoreConfig,
     pub routes: RoutesConfig,
     pub log: LogConfig,
+    /// `[health_checks]` and the `check`/`passive` tables of `[services.*]`.
+    pub health_checks: HealthChecksConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -45,6 +49,9 @@ pub struct ProxyConfig {
     pub upstream_keepalive: usize,
     /// How many other instances a request may try after a connect failure.
     pub connect_retries: usize,
+    /// How many times an idempotent request is sent again when the upstream
+    /// closes or resets before answering (a location's `retries` overrides).
+    pub read_retries: usize,
     /// Add `X-Laneway-Lane` and `X-Laneway-Version` to responses.
     pub response_headers: bool,
     /// Which HTTP engine serves the data plane.
@@ -124,6 +131,11 @@ pub struct LogConfig {
     pub level: String,
     pub format: LogFormat,
     pub access_log: bool,
+    /// How access-log lines are written: through the main log (`Text`, the
+    /// default) or as JSON lines of `access_fields`.
+    pub access_format: LogFormat,
+    /// The fields of a JSON access-log line, in order.
+    pub access_fields: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,6 +163,9 @@ struct RawConfig {
     routes: RawRoutes,
     #[serde(default)]
     log: RawLog,
+    health_checks: Option<services::RawHealthChecks>,
+    #[serde(default)]
+    services: std::collections::BTreeMap<String, services::RawService>,
 }
 
 #[derive(Deserialize, Default)]
@@ -163,6 +178,7 @@ struct RawProxy {
     write_timeout: Option<Spanned<String>>,
     upstream_keepalive: Option<usize>,
     connect_retries: Option<usize>,
+    read_retries: Option<usize>,
     response_headers: Option<bool>,
     engine: Option<Spanned<String>>,
     client_keepalive: Option<Spanned<String>>,
@@ -214,6 +230,8 @@ struct RawLog {
     level: Option<String>,
     format: Option<Spanned<String>>,
     access_log: Option<bool>,
+    access_format: Option<Spanned<String>>,
+    access_fields: Option<Vec<Spanned<String>>>,
 }
 
 impl Config {
@@ -267,6 +285,7 @@ impl Config {
             write_timeout: v.duration(raw.proxy.write_timeout, "write_timeout", 60),
             upstream_keepalive: raw.proxy.upstream_keepalive.unwrap_or(256),
             connect_retries: raw.proxy.connect_retries.unwrap_or(2),
+            read_retries: raw.proxy.read_retries.unwrap_or(1),
             response_headers: raw.proxy.response_headers.unwrap_or(true),
             engine: match raw.proxy.engine {
                 None => Engine::H1,
@@ -450,7 +469,46 @@ impl Config {
                 }
             },
             access_log: raw.log.access_log.unwrap_or(true),
+            access_format: match raw.log.access_format {
+                None => LogFormat::Text,
+                Some(f) => match f.get_ref().as_str() {
+                    "text" => LogFormat::Text,
+                    "json" => LogFormat::Json,
+                    other => {
+                        v.err(
+                            f.span().start,
+                            format!("[log] access_format {other:?} is unknown; expected \"text\" or \"json\""),
+                        );
+                        LogFormat::Text
+                    }
+                },
+            },
+            access_fields: match raw.log.access_fields {
+                None => crate::telemetry::ACCESS_FIELDS_DEFAULT
+                    .iter()
+                    .map(|f| f.to_string())
+                    .collect(),
+                Some(list) => {
+                    let mut out = Vec::new();
+                    for f in list {
+                        if crate::telemetry::ACCESS_FIELDS.contains(&f.get_ref().as_str()) {
+                            out.push(f.into_inner());
+                        } else {
+                            v.err(
+                                f.span().start,
+                                format!(
+                                    "[log] access_fields: {:?} is not an access-log field; known: {}",
+                                    f.get_ref(),
+                                    crate::telemetry::ACCESS_FIELDS.join(", ")
+                                ),
+                            );
+                        }
+                    }
+                    out
+                }
+            },
         };
+        let health_checks = v.health_checks(raw.health_checks, raw.services);
 
         // In file order, whichever key was checked first.
         v.errors.sort_by_key(|e| (e.line, e.column));
@@ -464,6 +522,7 @@ impl Config {
                 store,
                 routes,
                 log,
+                health_checks,
             })
         } else {
             Err(ConfigErrors(v.errors))

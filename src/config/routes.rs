@@ -76,6 +76,9 @@ pub struct LocationDef {
     pub connect_timeout: Option<Spanned<String>>,
     pub read_timeout: Option<Spanned<String>>,
     pub write_timeout: Option<Spanned<String>>,
+    /// Resends of an idempotent request whose upstream closed or reset
+    /// before answering (default `[proxy] read_retries`).
+    pub retries: Option<Spanned<i64>>,
 }
 
 /// `return = { status = 200, body = "home", headers = { … } }`.

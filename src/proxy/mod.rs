@@ -31,6 +31,9 @@ pub struct ProxySettings {
     pub read_timeout: Duration,
     pub write_timeout: Duration,
     pub connect_retries: usize,
+    /// Default of a location's `retries`: resends of an idempotent request
+    /// whose upstream closed or reset before answering.
+    pub read_retries: usize,
     pub response_headers: bool,
     /// How long an idle client connection is kept open.
     pub client_keepalive: Duration,

@@ -1,7 +1,10 @@
 //! The data plane on Pingora's `ProxyHttp` framework (`[proxy] engine =
 //! "pingora"`). Request path: lanes, rules and targets come from
 //! [`super::plan::decide`]; this module applies them through Pingora's
-//! filters, with a retry on another instance when connecting fails.
+//! filters, with a retry on another instance when connecting fails, a
+//! resend of an idempotent request whose upstream closed or reset before
+//! answering (up to the location's `retries`), and every attempt's outcome
+//! recorded on the instance for passive ejection.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -58,6 +61,8 @@ pub struct Ctx {
     upstream_addr: Option<SocketAddr>,
     /// Set when laneway answered the request itself.
     local: Option<&'static str>,
+    /// Resends left after the upstream closed or reset before answering.
+    read_retries: usize,
 }
 
 impl Ctx {
@@ -69,6 +74,13 @@ impl Ctx {
 
     fn lane_name(&self) -> &str {
         self.lane.as_ref().map_or("-", |l| &l.name)
+    }
+
+    /// The health state of the instance tried last.
+    fn last_state(&self) -> Option<&crate::upstream_health::UpstreamState> {
+        let plan = self.plan.as_ref()?;
+        let last = self.tried.get(self.tries.checked_sub(1)?)?;
+        plan.pool.instances.get(*last as usize).map(|u| &*u.state)
     }
 }
 
@@ -88,6 +100,7 @@ impl ProxyHttp for Laneway {
             upstream_started: None,
             upstream_addr: None,
             local: None,
+            read_retries: 0,
         }
     }
 
@@ -122,6 +135,7 @@ impl ProxyHttp for Laneway {
         ctx.target = decided.target;
         match decided.action {
             Ok(plan) => {
+                ctx.read_retries = plan.read_retries;
                 ctx.plan = Some(plan);
                 Ok(false)
             }
@@ -139,12 +153,18 @@ impl ProxyHttp for Laneway {
             .plan
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no plan"))?;
-        let idx = plan.pool.pick(|i| ctx.tried(i)).ok_or_else(|| {
-            Error::explain(
-                ErrorType::ConnectRefused,
-                "every instance of the version failed to connect",
-            )
-        })?;
+        // a resend goes to another instance when there is one
+        let resend = || (ctx.tries > 0).then(|| plan.pool.pick(|_| false)).flatten();
+        let idx = plan
+            .pool
+            .pick(|i| ctx.tried(i))
+            .or_else(resend)
+            .ok_or_else(|| {
+                Error::explain(
+                    ErrorType::ConnectRefused,
+                    "every instance of the version failed to connect",
+                )
+            })?;
         let upstream = &plan.pool.instances[idx];
         let mut peer = HttpPeer::new(upstream.addr, false, String::new());
         peer.options.connection_timeout = Some(plan.connect_timeout);
@@ -167,13 +187,49 @@ impl ProxyHttp for Laneway {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        if let Some(state) = ctx.last_state() {
+            state.record_failure();
+        }
         if let Some(plan) = &ctx.plan {
             plan.pool.metrics().connect_errors.inc();
             let untried = ctx.tries < plan.pool.instances.len();
             if untried && ctx.tries <= self.settings.connect_retries {
                 debug!(peer = %peer, lane = ctx.lane_name(), "connect failed; trying another instance");
+                self.metrics.retry(0).inc();
                 e.set_retry(true);
             }
+        }
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let closed_early = matches!(
+            e.etype(),
+            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+        ) && e.esource() == &pingora_error::ErrorSource::Upstream;
+        if closed_early {
+            if let Some(state) = ctx.last_state() {
+                state.record_failure();
+            }
+        }
+        let whole = session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated();
+        if !whole {
+            e.set_retry(false);
+        } else if closed_early && ctx.read_retries > 0 && session.response_written().is_none() {
+            ctx.read_retries -= 1;
+            self.metrics.retry(1).inc();
+            e.set_retry(true);
+        } else {
+            e.retry.decide_reuse(client_reused);
         }
         e
     }
@@ -298,6 +354,11 @@ impl ProxyHttp for Laneway {
         self.metrics.request_duration.observe(elapsed.as_secs_f64());
         if let Some(lane) = &ctx.lane {
             lane.requests.inc(status);
+        }
+        if status != 0 && ctx.upstream_started.is_some() && ctx.local.is_none() {
+            if let Some(state) = ctx.last_state() {
+                state.record_status(status);
+            }
         }
         if let (Some(plan), Some(up)) = (&ctx.plan, ctx.upstream_started) {
             plan.pool.metrics().requests.inc(status);

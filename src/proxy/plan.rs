@@ -26,6 +26,9 @@ pub struct Plan {
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub write_timeout: Duration,
+    /// Times an idempotent request may be sent again after the upstream
+    /// closed or reset before answering.
+    pub read_retries: usize,
 }
 
 /// A response produced by laneway rather than an upstream.
@@ -124,6 +127,7 @@ pub fn decide(
                             .unwrap_or(settings.connect_timeout),
                         read_timeout: location.read_timeout.unwrap_or(settings.read_timeout),
                         write_timeout: location.write_timeout.unwrap_or(settings.write_timeout),
+                        read_retries: location.retries.unwrap_or(settings.read_retries),
                     }),
                     Err(msg) => Err(LocalResponse::text(
                         503,

@@ -36,6 +36,7 @@ pub fn settings(control: &Control) -> ProxySettings {
         read_timeout: cfg.proxy.read_timeout,
         write_timeout: cfg.proxy.write_timeout,
         connect_retries: cfg.proxy.connect_retries,
+        read_retries: cfg.proxy.read_retries,
         response_headers: cfg.proxy.response_headers,
         client_keepalive: cfg.proxy.client_keepalive,
         upstream_keepalive: (cfg.proxy.upstream_keepalive / cfg.proxy.threads).max(1),

@@ -246,6 +246,7 @@ mod tests {
             baseline_versions: &[],
             metrics: m,
             previous: None,
+            health: None,
         })
     }
 

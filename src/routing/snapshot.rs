@@ -10,6 +10,8 @@
 //! That keeps one registration's rebuild to hash lookups and pointer
 //! comparisons for everything it does not touch.
 
+mod explain;
+
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -22,6 +24,7 @@ use crate::discovery::{Catalog, Health, Instance};
 use crate::routing::hash::{FastMap, FastSet};
 use crate::routing::rules::RuleSet;
 use crate::telemetry::{ClassCounters, Metrics};
+use crate::upstream_health::{UpstreamHealth, UpstreamState};
 
 pub use crate::allocation::lanes::BASELINE;
 
@@ -106,12 +109,13 @@ impl ServicePools {
         previous: Option<&ServicePools>,
         interner: &Interner<'_>,
         m: &Metrics,
+        health: Option<&UpstreamHealth>,
     ) -> ServicePools {
         let mut resolved_names = false;
         let mut baseline = Vec::new();
         let mut versions: FastMap<&str, Vec<Upstream>> = FastMap::default();
         for inst in members {
-            let Some(upstream) = upstream_of(inst, &mut resolved_names) else {
+            let Some(upstream) = upstream_of(inst, &mut resolved_names, health) else {
                 continue;
             };
             match inst.version.as_deref() {
@@ -237,12 +241,27 @@ struct PoolVecs {
 }
 
 /// One healthy instance ready to connect to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Upstream {
     pub id: Arc<str>,
     pub addr: SocketAddr,
     pub weight: u32,
+    /// Its health as laneway sees it (active check, passive ejection),
+    /// shared with the control plane; read and recorded with atomics.
+    pub state: Arc<UpstreamState>,
 }
+
+impl PartialEq for Upstream {
+    fn eq(&self, other: &Upstream) -> bool {
+        self.id == other.id
+            && self.addr == other.addr
+            && self.weight == other.weight
+            && (Arc::ptr_eq(&self.state, &other.state)
+                || (self.state.detached_state() && other.state.detached_state()))
+    }
+}
+
+impl Eq for Upstream {}
 
 impl Pool {
     /// The pool's metric children, made on its first request rather than
@@ -264,15 +283,20 @@ impl Pool {
 
     /// The next instance in weighted round-robin order that `skip` does not
     /// reject (`skip` sees instance indexes, e.g. those already tried).
+    /// Instances held out by a health check or an ejection are passed over
+    /// while the snapshot that leaves them out is being built; if every
+    /// other one is skipped, they are tried rather than none.
     pub fn pick(&self, skip: impl Fn(usize) -> bool) -> Option<usize> {
         let n = self.schedule.len();
         if n == 0 {
             return None;
         }
         let start = self.cursor.fetch_add(1, Ordering::Relaxed);
-        (0..n)
-            .map(|i| self.schedule[(start + i) % n] as usize)
-            .find(|&idx| !skip(idx))
+        let order = (0..n).map(|i| self.schedule[(start + i) % n] as usize);
+        order
+            .clone()
+            .find(|&idx| !skip(idx) && !self.instances[idx].state.is_out())
+            .or_else(|| order.clone().find(|&idx| !skip(idx)))
     }
 
     fn same_members(&self, members: &[Upstream]) -> bool {
@@ -307,6 +331,9 @@ pub struct BuildInput<'a> {
     pub metrics: &'a Metrics,
     /// The snapshot being replaced, whose unchanged pools are reused.
     pub previous: Option<&'a Snapshot>,
+    /// Where instances' health states come from; `None`: states nobody
+    /// tracks (benchmarks, tests).
+    pub health: Option<&'a UpstreamHealth>,
 }
 
 impl Snapshot {
@@ -389,6 +416,7 @@ impl Snapshot {
                 before.map(|b| &**b),
                 &interner,
                 m,
+                input.health,
             );
             (service, Arc::new(built))
         };
@@ -746,7 +774,11 @@ impl Resolver<'_> {
 
 /// The upstream of a healthy instance; sets `resolved_name` when its
 /// address is a host name that had to be resolved.
-fn upstream_of(inst: &Instance, resolved_name: &mut bool) -> Option<Upstream> {
+fn upstream_of(
+    inst: &Instance,
+    resolved_name: &mut bool,
+    health: Option<&UpstreamHealth>,
+) -> Option<Upstream> {
     if inst.health == Health::Critical {
         return None;
     }
@@ -767,10 +799,15 @@ fn upstream_of(inst: &Instance, resolved_name: &mut bool) -> Option<Upstream> {
             }
         }
     };
+    let state = match health {
+        Some(h) => h.state(inst),
+        None => Arc::new(UpstreamState::detached(&inst.id)),
+    };
     Some(Upstream {
         id: Arc::from(inst.id.as_str()),
         addr,
         weight,
+        state,
     })
 }
 
@@ -937,6 +974,7 @@ mod tests {
             baseline_versions: &["stable".to_string()],
             metrics: m,
             previous: None,
+            health: None,
         })
     }
 
@@ -1068,6 +1106,7 @@ mod tests {
             baseline_versions: &[],
             metrics: &m,
             previous: Some(&first),
+            health: None,
         });
         let p1 = first
             .target(first.baseline(), "svc")
@@ -1099,6 +1138,7 @@ mod tests {
             baseline_versions: versions,
             metrics: m,
             previous: Some(prev),
+            health: None,
         })
     }
 

@@ -45,6 +45,7 @@ use crate::allocation::file::{read_json, write_atomic};
 use crate::allocation::pools::unix_now_ms;
 use crate::config::{Config, ConsulConfig};
 use crate::discovery::{Catalog, Instance};
+use crate::telemetry::Metrics;
 
 /// The file the last synced catalog is kept in, under `data_dir`.
 pub const CACHE_FILE: &str = "consul-catalog.json";
@@ -66,7 +67,8 @@ pub struct ConsulMetrics {
     pub errors: IntCounterVec,
     pub index: IntGaugeVec,
     pub synced: IntGauge,
-    pub stale_seconds: IntGauge,
+    /// `laneway_discovery_staleness_seconds`, shared with embedded mode.
+    pub staleness: prometheus::Gauge,
     pub last_contact: IntGauge,
     pub catalog_updates: IntCounter,
     pub services_fetched: IntCounter,
@@ -74,7 +76,7 @@ pub struct ConsulMetrics {
 }
 
 impl ConsulMetrics {
-    fn new(registry: &Registry) -> ConsulMetrics {
+    fn new(registry: &Registry, staleness: prometheus::Gauge) -> ConsulMetrics {
         let m = ConsulMetrics {
             requests: IntCounterVec::new(
                 Opts::new("laneway_consul_requests_total", "Requests sent to Consul, by watch"),
@@ -99,11 +101,7 @@ impl ConsulMetrics {
                 "1 once the catalog matches Consul and every watch is healthy",
             )
             .expect("metric definition"),
-            stale_seconds: IntGauge::new(
-                "laneway_discovery_stale_seconds",
-                "Seconds since the served catalog was last known to match Consul (0 while in sync)",
-            )
-            .expect("metric definition"),
+            staleness,
             last_contact: IntGauge::new(
                 "laneway_discovery_last_contact_timestamp_seconds",
                 "Unix time of the last successful answer from Consul",
@@ -130,7 +128,6 @@ impl ConsulMetrics {
             Box::new(m.errors.clone()),
             Box::new(m.index.clone()),
             Box::new(m.synced.clone()),
-            Box::new(m.stale_seconds.clone()),
             Box::new(m.last_contact.clone()),
             Box::new(m.catalog_updates.clone()),
             Box::new(m.services_fetched.clone()),
@@ -184,7 +181,7 @@ pub struct ConsulDiscovery {
 impl ConsulDiscovery {
     /// Sets up the client and loads the persisted catalog, if any (a
     /// damaged cache is logged and ignored: Consul is the source of truth).
-    pub fn open(config: &Config, registry: &Registry) -> Result<Arc<ConsulDiscovery>, ConsulError> {
+    pub fn open(config: &Config, metrics: &Metrics) -> Result<Arc<ConsulDiscovery>, ConsulError> {
         let cfg = config
             .discovery
             .consul
@@ -216,7 +213,7 @@ impl ConsulDiscovery {
             stale_since_ms: AtomicU64::new(now),
             last_contact_ms: AtomicU64::new(0),
             last_error: StdMutex::new(None),
-            metrics: ConsulMetrics::new(registry),
+            metrics: ConsulMetrics::new(&metrics.registry, metrics.discovery_staleness.clone()),
             cache_path,
             cache_loaded,
             persist: Notify::new(),
@@ -276,7 +273,7 @@ impl ConsulDiscovery {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                me.metrics.stale_seconds.set(me.stale_seconds() as i64);
+                me.metrics.staleness.set(me.stale_seconds() as f64);
             }
         });
     }

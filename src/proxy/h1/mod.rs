@@ -89,6 +89,7 @@ impl ServerApp for H1App {
         let local = digest
             .as_ref()
             .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied());
+        let _open = ConnGauge::open(&self.metrics.active_connections);
         let mut conn = Client {
             io: stream,
             buf: BytesMut::with_capacity(READ_CHUNK),
@@ -107,6 +108,22 @@ impl ServerApp for H1App {
             }
         }
         None
+    }
+}
+
+/// Counts an open client connection until dropped.
+struct ConnGauge<'a>(&'a prometheus::IntGauge);
+
+impl ConnGauge<'_> {
+    fn open(g: &prometheus::IntGauge) -> ConnGauge<'_> {
+        g.inc();
+        ConnGauge(g)
+    }
+}
+
+impl Drop for ConnGauge<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -286,6 +303,8 @@ impl H1App {
         if head.target() == self.settings.health_path {
             let resp = super::pingora_engine::health_response(&self.settings);
             let log = Log {
+                req: AccessInfo::of(&head, &headers, c.peer),
+                tries: 0,
                 started,
                 lane: self.snapshot.load().baseline().clone(),
                 lane_source: LaneSource::Default,
@@ -312,6 +331,8 @@ impl H1App {
             c.local,
         );
         let mut log = Log {
+            req: AccessInfo::of(&head, &headers, c.peer),
+            tries: 0,
             started,
             lane: decided.lane,
             lane_source: decided.lane_source,
@@ -387,22 +408,33 @@ impl H1App {
                 pool.metrics().duration.observe(up.elapsed().as_secs_f64());
             }
         }
+        let dash: &dyn std::fmt::Display = &"-";
+        let r = &log.req;
         info!(
             target: ACCESS_LOG_TARGET,
+            client = %r.client.as_ref().map_or(dash, |a| a as &dyn std::fmt::Display),
+            method = r.method(),
+            host = r.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("-"),
+            uri = r.uri(),
             lane = &*log.lane.name,
             lane_source = log.lane_source.as_str(),
             service = log.target.as_ref().map_or("-", |t| &*t.service),
             version = log.target.as_ref().map_or("-", |t| &*t.version),
-            upstream = ?log.upstream,
+            upstream = %log.upstream.as_ref().map_or(dash, |a| a as &dyn std::fmt::Display),
+            tries = log.tries,
             local = log.local.unwrap_or("-"),
             status = log.status,
             duration_ms = elapsed.as_secs_f64() * 1000.0,
+            upstream_ms = log.upstream_started.map_or(0.0, |u| u.elapsed().as_secs_f64() * 1000.0),
         );
     }
 }
 
 /// What the access log and metrics need of a request.
 struct Log {
+    req: AccessInfo,
+    /// Upstream attempts made (connect and read retries included).
+    tries: u8,
     started: Instant,
     lane: Arc<LaneView>,
     lane_source: LaneSource,
@@ -411,4 +443,34 @@ struct Log {
     upstream_started: Option<Instant>,
     status: u16,
     local: Option<&'static str>,
+}
+
+/// The request as the access log names it: shared slices of the head, no
+/// copy.
+struct AccessInfo {
+    head: bytes::Bytes,
+    method: Range<usize>,
+    target: Range<usize>,
+    host: Option<HeaderValue>,
+    client: Option<SocketAddr>,
+}
+
+impl AccessInfo {
+    fn of(head: &ReqHead, headers: &HeaderMap, client: Option<SocketAddr>) -> AccessInfo {
+        AccessInfo {
+            head: head.head.clone(),
+            method: head.method.clone(),
+            target: head.target.clone(),
+            host: headers.get(http::header::HOST).cloned(),
+            client,
+        }
+    }
+
+    fn method(&self) -> &str {
+        std::str::from_utf8(&self.head[self.method.clone()]).unwrap_or("-")
+    }
+
+    fn uri(&self) -> &str {
+        std::str::from_utf8(&self.head[self.target.clone()]).unwrap_or("-")
+    }
 }

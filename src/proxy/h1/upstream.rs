@@ -2,6 +2,13 @@
 //! the request on a pooled or new connection (with a retry on another
 //! instance when connecting fails, and on a fresh connection when a pooled
 //! one turns out stale), and forwarding the response. Request path.
+//!
+//! Read retries: when the upstream closes or resets before the first
+//! response byte, an idempotent request (GET, HEAD, OPTIONS, PUT, DELETE,
+//! TRACE) whose body went out whole with the head (or had none) is sent
+//! again, on another instance when there is one, up to the location's
+//! `retries` (`[proxy] read_retries`). Anything else answers 502.
+//! Every attempt's outcome is recorded on the instance for passive ejection.
 
 use super::*;
 
@@ -50,8 +57,21 @@ impl H1App {
         let pool = &plan.pool;
         let mut tried = [usize::MAX; 8];
         let mut tries = 0usize;
-        let (up, head_len) = loop {
-            let Some(idx) = pool.pick(|i| tried[..tries.min(8)].contains(&i)) else {
+        let mut connect_failures = 0usize;
+        let mut read_retries = if info.idempotent && replayable {
+            plan.read_retries
+        } else {
+            0
+        };
+        let mut resending = false;
+        let (up, head_len, idx) = loop {
+            let skip = |i| tried[..tries.min(8)].contains(&i);
+            // A resend goes to another instance when there is one, else to
+            // the same one again.
+            let picked = pool
+                .pick(skip)
+                .or_else(|| resending.then(|| pool.pick(|_| false)).flatten());
+            let Some(idx) = picked else {
                 return Err(Failure::Status(502, "every instance failed to connect"));
             };
             let addr = pool.instances[idx].addr;
@@ -59,30 +79,61 @@ impl H1App {
                 tried[tries] = idx;
             }
             tries += 1;
+            log.tries = tries.min(255) as u8;
             log.upstream = Some(addr);
             log.upstream_started = Some(Instant::now());
+            let state = &pool.instances[idx].state;
             match self
                 .exchange(c, s, addr, plan, info, rest, &mut tracker, replayable)
                 .await
             {
-                Ok(done) => break done,
+                Ok((up, head_len)) => break (up, head_len, idx),
                 Err(Exchange::Connect(e)) => {
                     pool.metrics().connect_errors.inc();
+                    state.record_failure();
+                    connect_failures += 1;
                     debug!(upstream = %addr, error = %e, "connect failed");
-                    if tries > self.settings.connect_retries || tries >= pool.instances.len() {
+                    if connect_failures > self.settings.connect_retries
+                        || tries >= pool.instances.len()
+                    {
                         return Err(if e.kind() == io::ErrorKind::TimedOut {
                             Failure::Status(504, "connect timed out")
                         } else {
                             Failure::Status(502, "connect failed")
                         });
                     }
+                    self.metrics.retry(0).inc();
+                    resending = false;
                 }
-                Err(Exchange::Failed(f)) => return Err(f),
+                Err(Exchange::Reset(f)) => {
+                    state.record_failure();
+                    if read_retries == 0 {
+                        return Err(f);
+                    }
+                    debug!(upstream = %addr, "upstream closed before answering; sending again");
+                    read_retries -= 1;
+                    self.metrics.retry(1).inc();
+                    resending = true;
+                }
+                Err(Exchange::Failed(f, upstream_fault)) => {
+                    if upstream_fault {
+                        state.record_failure();
+                    }
+                    return Err(f);
+                }
             }
         };
-        let addr = log.upstream.unwrap_or_else(|| pool.instances[0].addr);
-        self.respond(c, s, up, addr, head_len, info, plan, log)
-            .await
+        let addr = pool.instances[idx].addr;
+        let result = self
+            .respond(c, s, up, addr, head_len, info, plan, log)
+            .await;
+        let state = &pool.instances[idx].state;
+        if log.status != 0 {
+            state.record_status(log.status);
+        } else if matches!(result, Err(Failure::Status(..))) {
+            state.record_failure();
+        }
+        result
     }
 
     /// Writes the request on a pooled or new connection to `addr` and reads
@@ -117,10 +168,13 @@ impl H1App {
                 if retry_stale {
                     continue;
                 }
-                return Err(Exchange::Failed(io_failure(
-                    &e,
-                    "sending the request failed",
-                )));
+                // nothing of the answer read yet: a resend is safe when
+                // the request is idempotent and whole
+                return Err(if e.kind() == io::ErrorKind::TimedOut {
+                    Exchange::Failed(io_failure(&e, "sending the request failed"), true)
+                } else {
+                    Exchange::Reset(Failure::Status(502, "sending the request failed"))
+                });
             }
             if rest != Framing::None {
                 if let Err(e) = transfer(
@@ -135,10 +189,10 @@ impl H1App {
                 .await
                 {
                     debug!(error = %e, "request body transfer failed");
-                    return Err(Exchange::Failed(Failure::Status(
-                        502,
-                        "sending the request body failed",
-                    )));
+                    return Err(Exchange::Failed(
+                        Failure::Status(502, "sending the request body failed"),
+                        false,
+                    ));
                 }
             }
             s.up_buf.clear();
@@ -153,16 +207,22 @@ impl H1App {
                     continue
                 }
                 Ok(None) => {
-                    return Err(Exchange::Failed(Failure::Status(
+                    return Err(Exchange::Reset(Failure::Status(
                         502,
-                        "upstream closed the connection",
+                        "upstream closed the connection before answering",
+                    )))
+                }
+                Err(e) if s.up_buf.is_empty() && e.kind() != io::ErrorKind::TimedOut => {
+                    return Err(Exchange::Reset(Failure::Status(
+                        502,
+                        "upstream reset the connection before answering",
                     )))
                 }
                 Err(e) => {
-                    return Err(Exchange::Failed(io_failure(
-                        &e,
-                        "reading the response failed",
-                    )))
+                    return Err(Exchange::Failed(
+                        io_failure(&e, "reading the response failed"),
+                        true,
+                    ))
                 }
             }
         }
@@ -333,7 +393,12 @@ impl H1App {
 enum Exchange {
     /// Connecting failed: another instance may be tried.
     Connect(io::Error),
-    Failed(Failure),
+    /// The upstream closed or reset before sending a byte of its answer:
+    /// an idempotent, whole request may be sent again.
+    Reset(Failure),
+    /// Anything else; `true` when the upstream is to blame (counted for
+    /// passive ejection).
+    Failed(Failure, bool),
 }
 
 pub(super) fn io_failure(e: &io::Error, what: &'static str) -> Failure {

@@ -343,6 +343,19 @@ impl Compiler<'_> {
         let connect_timeout = self.duration(def.connect_timeout.as_ref(), "connect_timeout");
         let read_timeout = self.duration(def.read_timeout.as_ref(), "read_timeout");
         let write_timeout = self.duration(def.write_timeout.as_ref(), "write_timeout");
+        let retries = def
+            .retries
+            .as_ref()
+            .and_then(|r| match usize::try_from(*r.get_ref()) {
+                Ok(n) if n <= 10 => Some(n),
+                _ => {
+                    self.err(
+                        r.span(),
+                        format!("retries {} must be between 0 and 10", r.get_ref()),
+                    );
+                    None
+                }
+            });
 
         if self.errors.len() != errors_before {
             return None;
@@ -373,6 +386,7 @@ impl Compiler<'_> {
                 connect_timeout,
                 read_timeout,
                 write_timeout,
+                retries,
                 uses_captures,
             },
             pattern_span,
@@ -435,6 +449,7 @@ impl Compiler<'_> {
                 "write_timeout",
                 def.write_timeout.as_ref().map(|s| s.span()),
             ),
+            ("retries", def.retries.as_ref().map(|s| s.span())),
         ];
         for (key, span) in keys {
             let Some(span) = span else { continue };

@@ -23,6 +23,7 @@
 //!   rather than silently empty or ignored.
 
 mod compile;
+mod explain;
 mod host;
 mod location;
 mod pattern;
@@ -46,6 +47,7 @@ use pattern::Rx;
 use template::{CaptureState, Ctx, RewriteTarget};
 use uri::Escape;
 
+pub use explain::{LocationBy, RuleMatch, ServerBy};
 pub use location::LocationKind;
 pub use template::Template;
 
@@ -96,6 +98,9 @@ pub struct Location {
     pub connect_timeout: Option<Duration>,
     pub read_timeout: Option<Duration>,
     pub write_timeout: Option<Duration>,
+    /// `retries`: resends of an idempotent request after the upstream closed
+    /// or reset before answering (`None`: `[proxy] read_retries`).
+    pub retries: Option<usize>,
     /// Some template reads a regex capture: run regexes for their groups.
     uses_captures: bool,
 }
