@@ -3,6 +3,7 @@
 //! the request path.
 
 pub mod error;
+pub mod nginx;
 pub mod routes;
 
 use std::net::SocketAddr;
