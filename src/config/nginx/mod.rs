@@ -2,3 +2,4 @@
 //! into laneway's route rules (`translate.rs`). Control plane only.
 
 pub mod parse;
+pub mod translate;

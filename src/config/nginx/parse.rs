@@ -139,7 +139,8 @@ fn lex(src: &[u8], file: &Path) -> Result<Vec<(Tok, usize)>, ConfigError> {
                     raw.push(b);
                 }
                 if let Some(&n) = src.get(i) {
-                    if !matches!(n, b' ' | b'\t' | b'\r' | b'\n' | b';' | b'{' | b'}') {
+                    // nginx also accepts ")" right after a quote (`if ($a = "x")`)
+                    if !matches!(n, b' ' | b'\t' | b'\r' | b'\n' | b';' | b'{' | b'}' | b')') {
                         return Err(err(
                             line,
                             format!("unexpected {:?} after a quoted string", n as char),

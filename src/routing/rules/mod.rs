@@ -238,6 +238,26 @@ pub enum Decision<'r> {
     BadRequest(&'static str),
 }
 
+/// Checks that `text` is a template laneway can render: every variable is
+/// built in, a capture, or one of `extra` (lowercased names without `$`,
+/// such as `set` and `map` variables). The error names the problem.
+pub fn check_template(text: &str, extra: &[String]) -> Result<(), String> {
+    let scope = template::Scope {
+        names: Vec::new(),
+        max_group: 9,
+        what: "a regex",
+        slots: Some(extra.iter().map(|s| Box::from(s.as_str())).collect()),
+    };
+    Template::parse(text, &scope)
+        .map(|_| ())
+        .map_err(|e| e.message)
+}
+
+/// Named groups of a regex pattern, lowercased.
+pub fn regex_group_names(pattern: &str) -> Vec<String> {
+    script::group_names(pattern)
+}
+
 /// Body of the 500 answer when a rewrite leaves an empty path (nginx logs
 /// "the rewritten URI has a zero length" and answers 500).
 pub(crate) const EMPTY_REWRITE: &str = "the rewritten URI has a zero length\n";
