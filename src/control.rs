@@ -315,10 +315,38 @@ impl Control {
             return None;
         }
         let is_nginx = routes.nginx.is_some();
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<PathBuf>>();
+        let main_dir = main
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."));
+        // what the callback lets through: the rules files, and for nginx any
+        // file in a directory includes read from (a glob may match new ones)
+        let interest: Arc<StdMutex<(Vec<PathBuf>, Vec<PathBuf>)>> =
+            Arc::new(StdMutex::new((Vec::new(), Vec::new())));
+        let set_interest = |files: Vec<PathBuf>| {
+            let dirs = files
+                .iter()
+                .filter_map(|f| f.parent().map(PathBuf::from))
+                .filter(|d| *d != main_dir)
+                .collect();
+            if let Ok(mut i) = interest.lock() {
+                *i = (files, dirs);
+            }
+        };
+        set_interest(self.rules_files());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let filter = interest.clone();
+        let main_name = main.file_name().map(|n| n.to_os_string());
         let watcher = match notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-            if let Ok(ev) = ev {
-                let _ = tx.send(ev.paths); // the receiver only ends at shutdown
+            let Ok(ev) = ev else { return };
+            let Ok(i) = filter.lock() else { return };
+            let hit = ev.paths.iter().any(|p| {
+                i.0.iter().any(|f| f == p)
+                    || p.file_name() == main_name.as_deref()
+                    || (is_nginx && p.parent().is_some_and(|d| i.1.iter().any(|x| x == d)))
+            });
+            if hit {
+                let _ = tx.send(()); // the receiver only ends at shutdown
             }
         }) {
             Ok(w) => Arc::new(StdMutex::new(w)),
@@ -327,10 +355,6 @@ impl Control {
                 return None;
             }
         };
-        let main_dir = main
-            .parent()
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("."));
         let mut watched: Vec<PathBuf> = Vec::new();
         watch_dirs(&watcher, &main_dir, &self.rules_files(), &mut watched);
         if watched.is_empty() {
@@ -340,40 +364,29 @@ impl Control {
         let handle_for_dirs = watcher.clone();
         tokio::spawn(async move {
             let mut last = fingerprint(&control.rules_files());
-            while let Some(paths) = rx.recv().await {
-                let relevant = |paths: &[PathBuf], watched: &[PathBuf]| {
-                    let files = control.rules_files();
-                    paths.iter().any(|p| {
-                        files.iter().any(|f| f == p)
-                            || (is_nginx
-                                && p.parent().is_some_and(|d| {
-                                    d != main_dir && watched.iter().any(|w| w == d)
-                                }))
-                            || p.file_name() == main.file_name()
-                    })
-                };
-                let mut hit = relevant(&paths, &watched);
+            while rx.recv().await.is_some() {
                 // Let a burst of writes settle before reading the files.
-                while let Ok(Some(more)) =
+                while let Ok(Some(())) =
                     tokio::time::timeout(Duration::from_millis(50), rx.recv()).await
                 {
-                    hit |= relevant(&more, &watched);
                 }
-                if !hit {
-                    continue;
-                }
-                // an include may now name other files: compare them all
-                let before = control.rules_files();
-                let now = fingerprint(&before);
+                let now = fingerprint(&control.rules_files());
                 if now == last && !is_nginx {
                     continue;
                 }
-                let result = control.reload_rules_if_changed(&mut last, now);
-                if result.is_err() {
+                if control.reload_rules_if_changed(&mut last, now).is_err() {
                     debug!("rules reload rejected");
                 }
                 let files = control.rules_files();
                 watch_dirs(&handle_for_dirs, &main_dir, &files, &mut watched);
+                let dirs = files
+                    .iter()
+                    .filter_map(|f| f.parent().map(PathBuf::from))
+                    .filter(|d| *d != main_dir)
+                    .collect();
+                if let Ok(mut i) = interest.lock() {
+                    *i = (files, dirs);
+                }
             }
         });
         Some(watcher)

@@ -279,6 +279,13 @@ pub fn parse_str(src: &str, file: &Path, first_line: usize) -> Result<Vec<Direct
 
 /// Reads `main` and every file it includes.
 pub fn parse_file(main: &Path) -> Result<NginxConfig, ConfigError> {
+    parse_file_tracking(main).0
+}
+
+/// As [`parse_file`], also returning every file read, also on error (the
+/// file with the error included), so that a watcher can follow a broken
+/// include.
+pub fn parse_file_tracking(main: &Path) -> (Result<NginxConfig, ConfigError>, Vec<PathBuf>) {
     let prefix = main
         .parent()
         .map(Path::to_path_buf)
@@ -289,12 +296,25 @@ pub fn parse_file(main: &Path) -> Result<NginxConfig, ConfigError> {
         allow_include: true,
         depth: 0,
     };
-    let directives = read_file(main, &mut ctx, None)?;
-    Ok(NginxConfig {
-        main: main.to_path_buf(),
-        directives,
-        files: ctx.files,
-    })
+    match read_file(main, &mut ctx, None) {
+        Ok(directives) => {
+            let files = ctx.files.clone();
+            (
+                Ok(NginxConfig {
+                    main: main.to_path_buf(),
+                    directives,
+                    files: ctx.files,
+                }),
+                files,
+            )
+        }
+        Err(e) => {
+            if ctx.files.is_empty() {
+                ctx.files.push(main.to_path_buf());
+            }
+            (Err(e), ctx.files)
+        }
+    }
 }
 
 struct IncludeCtx {

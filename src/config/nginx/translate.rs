@@ -408,7 +408,8 @@ pub fn load(
     main: &Path,
     mapping: &BTreeMap<String, String>,
 ) -> Result<(RuleSet, Translation), LoadError> {
-    let cfg = super::parse::parse_file(main).map_err(|e| (vec![e], vec![main.to_path_buf()]))?;
+    let (cfg, files) = super::parse::parse_file_tracking(main);
+    let cfg = cfg.map_err(|e| (vec![e], files))?;
     let files = cfg.files.clone();
     let tr = translate(&cfg, mapping).map_err(|e| (e, files.clone()))?;
     match RuleSet::compile(&tr.toml, main) {

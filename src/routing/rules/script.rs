@@ -464,18 +464,23 @@ impl ScriptCompiler<'_> {
             None
         };
         match args.first_mut() {
+            Some(first) if first == "(" => {
+                args.remove(0);
+            }
             Some(first) if first.starts_with('(') => {
                 first.remove(0);
             }
             _ => return bad(self, "it must be in parentheses"),
         }
         match args.last_mut() {
+            Some(last) if last == ")" => {
+                args.pop();
+            }
             Some(last) if last.ends_with(')') => {
                 last.pop();
             }
             _ => return bad(self, "it must be in parentheses"),
         }
-        args.retain(|a| !a.is_empty());
         match args.as_slice() {
             [v] if v.starts_with('$') => Some(Cond::Var(self.template(d, v, "if")?)),
             [op, _] if matches!(op.as_str(), "-f" | "-d" | "-e" | "-x") => Some(Cond::File(false)),
