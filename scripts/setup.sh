@@ -7,7 +7,7 @@ need=()
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
 for extra in "$@"; do
-  command -v "$extra" >/dev/null 2>&1 || need+=("$extra")
+  command -v "$extra" >/dev/null 2>&1 || [ -x "/usr/sbin/$extra" ] || need+=("$extra")
 done
 
 if ((${#need[@]})); then

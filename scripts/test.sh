@@ -3,7 +3,7 @@
 # end-to-end tests on loopback. Installs what is missing first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/setup.sh
+./scripts/setup.sh nginx   # nginx: the differential conformance tests run it
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 log="$(mktemp)"

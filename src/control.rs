@@ -43,6 +43,9 @@ pub struct Control {
     rules: ArcSwap<RuleSet>,
     /// The errors of the last rejected rules reload, until a good one.
     rules_errors: StdMutex<Vec<ConfigError>>,
+    /// Every file the rules were read from (an nginx configuration and its
+    /// includes, or the rules file), as of the last load attempt.
+    rules_files: StdMutex<Vec<PathBuf>>,
     wanted: AtomicU64,
     built: watch::Sender<u64>,
     wake: Notify,
@@ -83,10 +86,8 @@ impl Control {
         })?;
         let registry = Registry::open(&config.store.data_dir)?;
         let lanes = LaneStore::open(&config.store.data_dir, Pools::from_config(&config.lanes))?;
-        let rules = match &config.routes.file {
-            Some(file) => RuleSet::load(file).map_err(StartError::Rules)?,
-            None => RuleSet::empty(),
-        };
+        let (rules, files) =
+            load_rules(&config.routes).map_err(|(errors, _)| StartError::Rules(errors))?;
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::empty(&metrics)));
         let (built, _) = watch::channel(0);
         let consul = match &config.discovery.consul {
@@ -111,6 +112,7 @@ impl Control {
             snapshot,
             rules: ArcSwap::from_pointee(rules),
             rules_errors: StdMutex::new(Vec::new()),
+            rules_files: StdMutex::new(files),
             wanted: AtomicU64::new(1),
             built,
             wake: Notify::new(),
@@ -165,13 +167,15 @@ impl Control {
     async fn build_once(&self) {
         let generation = self.wanted.load(Ordering::SeqCst);
         let started = Instant::now();
-        let discovered = self.catalog().await;
+        let mut discovered = self.catalog().await;
+        let rules = self.rules.load_full();
+        add_static_instances(&mut discovered, &rules);
         let catalog = self.upstream_health.prepare(discovered.clone());
         let lanes = self.lanes.lock().await.list();
         let previous = self.snapshot.load_full();
         let snapshot = Snapshot::build(BuildInput {
             generation,
-            rules: self.rules.load_full(),
+            rules,
             lanes: &lanes,
             catalog: &catalog,
             baseline_versions: &self.config.lanes.baseline_versions,
@@ -459,20 +463,30 @@ impl Control {
         }
     }
 
-    /// Loads the rules file again; on error keeps the last good rules, logs
-    /// every error with file:line and counts it.
+    /// Loads the rules again (the rules file, or the nginx configuration
+    /// and its includes); on error keeps the last good rules, logs every
+    /// error with file:line and counts it.
     pub fn reload_rules(&self) -> Result<(), Vec<ConfigError>> {
-        let Some(file) = &self.config.routes.file else {
+        let routes = &self.config.routes;
+        if routes.file.is_none() && routes.nginx.is_none() {
             return Ok(());
+        }
+        let (result, files) = match load_rules(routes) {
+            Ok((rules, files)) => (Ok(rules), files),
+            Err((errors, files)) => (Err(errors), files),
         };
-        match RuleSet::load(file) {
+        if let Ok(mut f) = self.rules_files.lock() {
+            *f = files;
+        }
+        let source = routes.nginx.as_ref().or(routes.file.as_ref());
+        match result {
             Ok(rules) => {
                 self.rules.store(Arc::new(rules));
                 if let Ok(mut errs) = self.rules_errors.lock() {
                     errs.clear();
                 }
                 self.metrics.rules_reloads.inc();
-                info!(file = %file.display(), "route rules reloaded");
+                info!(file = %source.map(|p| p.display().to_string()).unwrap_or_default(), "route rules reloaded");
                 self.changed();
                 Ok(())
             }
@@ -489,58 +503,216 @@ impl Control {
         }
     }
 
-    /// Watches the rules file and reloads it when its content changes.
-    pub fn watch_rules(self: &Arc<Self>) -> Option<notify::RecommendedWatcher> {
-        use notify::Watcher;
-        let file = self.config.routes.file.clone()?;
-        if !self.config.routes.watch {
+    /// The files the rules come from, as of the last load.
+    pub fn rules_files(&self) -> Vec<PathBuf> {
+        self.rules_files
+            .lock()
+            .map(|f| f.clone())
+            .unwrap_or_default()
+    }
+
+    /// Watches every file the rules come from (for an nginx configuration:
+    /// the main file and every included file, and the directories includes
+    /// read from) and reloads when the content of one changes.
+    pub fn watch_rules(self: &Arc<Self>) -> Option<Arc<StdMutex<notify::RecommendedWatcher>>> {
+        let routes = &self.config.routes;
+        let main = routes.nginx.clone().or_else(|| routes.file.clone())?;
+        if !routes.watch {
             return None;
         }
-        let dir = file
+        let is_nginx = routes.nginx.is_some();
+        let main_dir = main
             .parent()
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("."));
+        // what the callback lets through: the rules files, and for nginx any
+        // file in a directory includes read from (a glob may match new ones)
+        let interest: Arc<StdMutex<(Vec<PathBuf>, Vec<PathBuf>)>> =
+            Arc::new(StdMutex::new((Vec::new(), Vec::new())));
+        let set_interest = |files: Vec<PathBuf>| {
+            let dirs = files
+                .iter()
+                .filter_map(|f| f.parent().map(PathBuf::from))
+                .filter(|d| *d != main_dir)
+                .collect();
+            if let Ok(mut i) = interest.lock() {
+                *i = (files, dirs);
+            }
+        };
+        set_interest(self.rules_files());
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-        let name = file.file_name().map(|n| n.to_os_string());
-        let mut watcher =
-            match notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-                if let Ok(ev) = ev {
-                    if ev.paths.iter().any(|p| p.file_name() == name.as_deref()) {
-                        let _ = tx.send(()); // the receiver only ends at shutdown
-                    }
-                }
-            }) {
-                Ok(w) => w,
-                Err(e) => {
-                    warn!(error = %e, "cannot watch the rules file; edits need a restart");
-                    return None;
-                }
-            };
-        if let Err(e) = watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
-            warn!(dir = %dir.display(), error = %e, "cannot watch the rules directory");
+        let filter = interest.clone();
+        let main_name = main.file_name().map(|n| n.to_os_string());
+        let watcher = match notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+            let Ok(ev) = ev else { return };
+            let Ok(i) = filter.lock() else { return };
+            let hit = ev.paths.iter().any(|p| {
+                i.0.iter().any(|f| f == p)
+                    || p.file_name() == main_name.as_deref()
+                    || (is_nginx && p.parent().is_some_and(|d| i.1.iter().any(|x| x == d)))
+            });
+            if hit {
+                let _ = tx.send(()); // the receiver only ends at shutdown
+            }
+        }) {
+            Ok(w) => Arc::new(StdMutex::new(w)),
+            Err(e) => {
+                warn!(error = %e, "cannot watch the rules files; edits need a restart");
+                return None;
+            }
+        };
+        let mut watched: Vec<PathBuf> = Vec::new();
+        watch_dirs(&watcher, &main_dir, &self.rules_files(), &mut watched);
+        if watched.is_empty() {
             return None;
         }
         let control = self.clone();
+        let handle_for_dirs = watcher.clone();
         tokio::spawn(async move {
-            let mut last = std::fs::read(&file).ok();
+            let mut last = fingerprint(&control.rules_files());
             while rx.recv().await.is_some() {
-                // Let a burst of writes settle before reading the file.
+                // Let a burst of writes settle before reading the files.
                 while let Ok(Some(())) =
                     tokio::time::timeout(Duration::from_millis(50), rx.recv()).await
                 {
                 }
-                let now = std::fs::read(&file).ok();
-                if now.is_none() || now == last {
+                let now = fingerprint(&control.rules_files());
+                if now == last && !is_nginx {
                     continue;
                 }
-                last = now;
-                if control.reload_rules().is_err() {
+                if control.reload_rules_if_changed(&mut last, now).is_err() {
                     debug!("rules reload rejected");
+                }
+                let files = control.rules_files();
+                watch_dirs(&handle_for_dirs, &main_dir, &files, &mut watched);
+                let dirs = files
+                    .iter()
+                    .filter_map(|f| f.parent().map(PathBuf::from))
+                    .filter(|d| *d != main_dir)
+                    .collect();
+                if let Ok(mut i) = interest.lock() {
+                    *i = (files, dirs);
                 }
             }
         });
         Some(watcher)
     }
+
+    /// Reloads when the rules files differ from `last` (their content as of
+    /// the last load); a new include set is compared after loading.
+    fn reload_rules_if_changed(
+        &self,
+        last: &mut Vec<(PathBuf, Option<Vec<u8>>)>,
+        now: Vec<(PathBuf, Option<Vec<u8>>)>,
+    ) -> Result<(), Vec<ConfigError>> {
+        if now == *last && self.config.routes.nginx.is_some() {
+            // the known files are unchanged, but a glob may match a new one
+            let Ok(cfg) = crate::config::nginx::parse::parse_file(
+                self.config
+                    .routes
+                    .nginx
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new("")),
+            ) else {
+                return Ok(());
+            };
+            if fingerprint(&cfg.files) == *last {
+                return Ok(());
+            }
+        }
+        let r = self.reload_rules();
+        *last = fingerprint(&self.rules_files());
+        r
+    }
+}
+
+/// Watches the directory of every file (and the main file's) not yet
+/// watched.
+fn watch_dirs(
+    watcher: &StdMutex<notify::RecommendedWatcher>,
+    main_dir: &std::path::Path,
+    files: &[PathBuf],
+    watched: &mut Vec<PathBuf>,
+) {
+    use notify::Watcher;
+    let mut dirs = vec![main_dir.to_path_buf()];
+    for f in files {
+        if let Some(d) = f.parent() {
+            dirs.push(d.to_path_buf());
+        }
+    }
+    for d in dirs {
+        if watched.contains(&d) {
+            continue;
+        }
+        let ok = watcher
+            .lock()
+            .map(|mut w| w.watch(&d, notify::RecursiveMode::NonRecursive));
+        match ok {
+            Ok(Ok(())) => watched.push(d),
+            Ok(Err(e)) => warn!(dir = %d.display(), error = %e, "cannot watch a rules directory"),
+            Err(_) => warn!("rules watcher is poisoned"),
+        }
+    }
+}
+
+/// Why rules did not load, and the files read until then.
+pub type RulesLoadError = (Vec<ConfigError>, Vec<PathBuf>);
+
+/// Loads the route rules `routes` names, and the files they were read from
+/// (also on error, so that a watcher can follow a broken include).
+pub fn load_rules(
+    routes: &crate::config::RoutesConfig,
+) -> Result<(RuleSet, Vec<PathBuf>), RulesLoadError> {
+    if let Some(main) = &routes.nginx {
+        return crate::config::nginx::translate::load(main, &routes.nginx_upstreams)
+            .map(|(rules, tr)| (rules, tr.files));
+    }
+    match &routes.file {
+        Some(file) => RuleSet::load(file)
+            .map(|r| (r, vec![file.clone()]))
+            .map_err(|e| (e, vec![file.clone()])),
+        None => Ok((RuleSet::empty(), Vec::new())),
+    }
+}
+
+/// Each file with its content (`None`: unreadable).
+fn fingerprint(files: &[PathBuf]) -> Vec<(PathBuf, Option<Vec<u8>>)> {
+    files
+        .iter()
+        .map(|f| (f.clone(), std::fs::read(f).ok()))
+        .collect()
+}
+
+/// Adds the instances the rules fix (`[static_services]`, an nginx
+/// upstream's own servers) to the catalog, as unlabelled (baseline)
+/// instances; registered instances with the same id win.
+fn add_static_instances(catalog: &mut crate::discovery::Catalog, rules: &RuleSet) {
+    let statics = rules.static_instances();
+    if statics.is_empty() {
+        return;
+    }
+    for s in statics {
+        let id = format!("static:{}:{}:{}", s.service, s.host, s.port);
+        if catalog.get(&id).is_some() {
+            continue;
+        }
+        catalog.instances.push(Arc::new(crate::discovery::Instance {
+            id,
+            service: s.service.to_string(),
+            address: s.host.clone(),
+            port: s.port,
+            version: None,
+            lane: None,
+            tags: Vec::new(),
+            meta: Default::default(),
+            weight_passing: 1,
+            weight_warning: 1,
+            health: Health::Passing,
+            checks: Vec::new(),
+        }));
+    }
+    catalog.instances.sort_by(|a, b| a.id.cmp(&b.id));
 }
 
 pub fn unix_now() -> u64 {

@@ -52,6 +52,21 @@ enum Command {
         /// Check only this route rules file instead of a whole configuration.
         #[arg(long, conflicts_with = "config")]
         routes: Option<PathBuf>,
+        /// Check an nginx configuration: list every directive with file:line
+        /// as translated, ignored (irrelevant to routing) or not supported.
+        /// Upstream mappings come from --config when given.
+        #[arg(long, conflicts_with = "routes")]
+        nginx: Option<PathBuf>,
+    },
+    /// Translate an nginx configuration into route rules (routes.toml) on
+    /// standard output; the report goes to standard error.
+    ImportNginx {
+        /// The nginx configuration (includes are followed).
+        nginx: PathBuf,
+        /// A laneway configuration whose [routes.nginx_upstreams] maps
+        /// upstream names to services.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
     },
     /// Create, list, show, extend and delete lanes through a running
     /// laneway's admin API.
@@ -72,7 +87,17 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Check { config, routes } => check(config, routes),
+        Command::Check {
+            config,
+            routes,
+            nginx: Some(nginx),
+        } => {
+            let explicit =
+                routes.is_none() && config != std::path::Path::new("config/laneway.toml");
+            nginx_command(&nginx, explicit.then_some(config), false)
+        }
+        Command::Check { config, routes, .. } => check(config, routes),
+        Command::ImportNginx { nginx, config } => nginx_command(&nginx, config, true),
         Command::Explain(args) => match laneway::cli::explain::run(args) {
             Ok(out) => {
                 print!("{out}");
@@ -93,6 +118,82 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+/// `check --nginx` (report on stdout) and `import-nginx` (rules on stdout,
+/// report on stderr). Errors carry the nginx file:line.
+fn nginx_command(nginx: &std::path::Path, config: Option<PathBuf>, import: bool) -> ExitCode {
+    let mapping = match config {
+        Some(c) => match Config::load(&c) {
+            Ok(cfg) => cfg.routes.nginx_upstreams,
+            Err(e) => {
+                for e in e.0 {
+                    eprintln!("error: {e}");
+                }
+                return ExitCode::FAILURE;
+            }
+        },
+        None => Default::default(),
+    };
+    let cfg = match laneway::config::nginx::parse::parse_file(nginx) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let tr = match laneway::config::nginx::translate::translate(&cfg, &mapping) {
+        Ok(t) => t,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
+            eprintln!("{} error(s)", errors.len());
+            return ExitCode::FAILURE;
+        }
+    };
+    let report: Vec<String> = tr.report.iter().map(|r| r.to_string()).collect();
+    let compiled = laneway::config::nginx::translate::load(nginx, &mapping);
+    if import {
+        for r in &report {
+            eprintln!("{r}");
+        }
+        if let Err((errors, _)) = &compiled {
+            for e in errors {
+                eprintln!("error: {e}");
+            }
+            eprintln!("{} error(s)", errors.len());
+            return ExitCode::FAILURE;
+        }
+        print!("{}", tr.toml);
+        return ExitCode::SUCCESS;
+    }
+    for r in &report {
+        println!("{r}");
+    }
+    let count = |o| tr.report.iter().filter(|r| r.outcome == o).count();
+    use laneway::config::nginx::translate::Outcome;
+    match compiled {
+        Ok((rules, _)) => {
+            println!(
+                "{}: ok ({} files, {} translated, {} ignored, {} not supported; {} services referenced)",
+                nginx.display(),
+                tr.files.len(),
+                count(Outcome::Translated),
+                count(Outcome::Ignored),
+                count(Outcome::Unsupported),
+                rules.services().len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err((errors, _)) => {
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
+            eprintln!("{} error(s)", errors.len());
+            ExitCode::FAILURE
+        }
     }
 }
 

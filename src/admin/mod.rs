@@ -168,6 +168,8 @@ async fn rules(State(c): State<Arc<Control>>) -> Json<serde_json::Value> {
     let errors = c.rules_errors();
     Json(json!({
         "file": c.config.routes.file.as_ref().map(|f| f.display().to_string()),
+        "nginx": c.config.routes.nginx.as_ref().map(|f| f.display().to_string()),
+        "files": c.rules_files().iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
         "status": if errors.is_empty() { "ok" } else { "rejected: serving the last good rules" },
         "errors": errors.iter().map(|e| json!({
             "file": e.file.display().to_string(), "line": e.line, "column": e.column, "message": e.message,

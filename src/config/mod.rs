@@ -4,6 +4,7 @@
 
 pub mod discovery;
 pub mod error;
+pub mod nginx;
 pub mod routes;
 pub mod services;
 
@@ -123,6 +124,10 @@ pub struct RoutesConfig {
     pub file: Option<PathBuf>,
     /// Watch the rules file and hot-swap it when it changes.
     pub watch: bool,
+    /// An nginx configuration to follow instead of a rules file.
+    pub nginx: Option<PathBuf>,
+    /// `[routes.nginx_upstreams]`: nginx upstream name → laneway service.
+    pub nginx_upstreams: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone)]
@@ -220,8 +225,11 @@ struct RawStore {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawRoutes {
-    file: Option<String>,
+    file: Option<Spanned<String>>,
     watch: Option<bool>,
+    nginx: Option<Spanned<String>>,
+    #[serde(default)]
+    nginx_upstreams: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -446,9 +454,17 @@ impl Config {
         let store = StoreConfig {
             data_dir: base.join(raw.store.data_dir.as_deref().unwrap_or("data")),
         };
+        if let (Some(_), Some(n)) = (&raw.routes.file, &raw.routes.nginx) {
+            v.err(
+                n.span().start,
+                "[routes] file and nginx are alternatives: keep one",
+            );
+        }
         let routes = RoutesConfig {
-            file: raw.routes.file.map(|f| base.join(f)),
+            file: raw.routes.file.map(|f| base.join(f.into_inner())),
             watch: raw.routes.watch.unwrap_or(true),
+            nginx: raw.routes.nginx.map(|f| base.join(f.into_inner())),
+            nginx_upstreams: raw.routes.nginx_upstreams,
         };
         let log = LogConfig {
             level: raw.log.level.unwrap_or_else(|| "info".to_string()),

@@ -31,6 +31,36 @@ use toml::Spanned;
 pub struct RoutesFile {
     #[serde(default)]
     pub server: Vec<Spanned<ServerDef>>,
+    /// nginx `map` blocks: variables computed from other variables.
+    #[serde(default)]
+    pub map: Vec<Spanned<MapDef>>,
+    /// nginx upstream names (as `proxy_pass` names them) → laneway service.
+    #[serde(default)]
+    pub upstreams: Option<OrderedTable>,
+    /// Services with fixed instances (`"host:port"`), served to every lane
+    /// as baseline instances: an nginx upstream's own `server` lines.
+    #[serde(default)]
+    pub static_services: Option<Spanned<toml::Table>>,
+}
+
+/// One `[[map]]`: nginx `map $source $variable { … }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MapDef {
+    /// The value looked up, a template such as `"$host"`.
+    pub source: Spanned<String>,
+    /// The variable defined, e.g. `"$backend"`.
+    pub variable: Spanned<String>,
+    /// The value when no key matches (default `""`).
+    #[serde(default)]
+    pub default: Option<Spanned<String>>,
+    /// Keys may be host wildcards (`*.example.com`, `www.example.*`).
+    #[serde(default)]
+    pub hostnames: bool,
+    /// `[key, value]` pairs: exact keys (case-insensitive), `~regex` and
+    /// `~*regex` (tried in order after the exact keys); values are templates.
+    #[serde(default)]
+    pub entries: Vec<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// One `[[server]]` block.
@@ -47,6 +77,10 @@ pub struct ServerDef {
     pub default: Option<Spanned<bool>>,
     #[serde(default)]
     pub location: Vec<Spanned<LocationDef>>,
+    /// nginx rewrite-module directives run before a location is chosen
+    /// (`rewrite`, `set`, `if`, `return`, `break`), one or more per item.
+    #[serde(default)]
+    pub script: Option<Vec<Spanned<String>>>,
 }
 
 /// One `[[server.location]]` block. Exactly one of `service`, `return` and
@@ -79,6 +113,22 @@ pub struct LocationDef {
     /// Resends of an idempotent request whose upstream closed or reset
     /// before answering (default `[proxy] read_retries`).
     pub retries: Option<Spanned<i64>>,
+    /// nginx `proxy_pass` URL (`http://upstream[/uri]`, variables allowed),
+    /// with nginx's URI semantics; the upstream names a service through
+    /// `[upstreams]`.
+    pub proxy_pass: Option<Spanned<String>>,
+    /// nginx rewrite-module directives run after this location is chosen
+    /// (`rewrite … last|break|redirect|permanent`, `set`, `if`, `return`,
+    /// `break`), in order.
+    pub script: Option<Vec<Spanned<String>>>,
+    /// nginx `try_files`: laneway serves no files, so the last item decides
+    /// (`@named` location, a URI, or `=code`).
+    pub try_files: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Reachable only through an internal redirect (nginx `internal`).
+    pub internal: Option<bool>,
+    /// Nested locations.
+    #[serde(default)]
+    pub location: Vec<Spanned<LocationDef>>,
 }
 
 /// `return = { status = 200, body = "home", headers = { … } }`.

@@ -396,6 +396,34 @@ level = "info,pingora=warn"
         lw
     }
 
+    /// Starts laneway in `tmp` (which holds whatever the rules need) with
+    /// `routes` as the body of its `[routes]` section.
+    pub fn start_with_routes_section(tmp: tempfile::TempDir, routes: &str) -> Laneway {
+        let dir = tmp.path().to_path_buf();
+        let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let config = dir.join("laneway.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[proxy]\nlisten = [\"{proxy}\"]\nthreads = 2\nconnect_timeout = \"1s\"\n\
+                 [admin]\nlisten = \"{admin}\"\n[store]\ndata_dir = \"data\"\n\
+                 [log]\nlevel = \"info,pingora=warn\"\n[routes]\n{routes}\n"
+            ),
+        )
+        .unwrap();
+        let mut lw = Laneway {
+            dir,
+            config,
+            proxy,
+            admin,
+            child: None,
+            _tmp: Some(tmp),
+        };
+        lw.spawn();
+        lw
+    }
+
     fn spawn(&mut self) {
         let log = std::fs::File::create(self.dir.join("laneway.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_laneway"))

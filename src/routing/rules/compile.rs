@@ -20,8 +20,9 @@ use crate::config::routes::{LocationDef, OrderedTable, RoutesFile, ServerDef};
 use super::host::{parse_name, HostTableBuilder, NameKind};
 use super::location::{parse_match, LocationKind, LocationTableBuilder};
 use super::pattern::{build_set, set_pattern, Rx, SET_THRESHOLD};
+use super::script::{self as sc, Engine, Level, ScriptCompiler};
 use super::template::{RewriteTarget, Scope, Template, TemplateError};
-use super::{Action, Location, Rewrite, RuleSet, Server};
+use super::{Action, LocExt, Location, Rewrite, RuleSet, Server, StaticInstance, TryLast};
 
 pub(super) fn compile(source: &str, file: &Path) -> Result<RuleSet, Vec<ConfigError>> {
     let parsed =
@@ -35,6 +36,15 @@ pub(super) fn compile(source: &str, file: &Path) -> Result<RuleSet, Vec<ConfigEr
         services: Vec::new(),
         service_ids: HashMap::new(),
         regexes: HashMap::new(),
+        slots: None,
+        upstreams: HashMap::new(),
+        host_rx_slots: Vec::new(),
+    };
+    let mut parsed = parsed;
+    let engine_parts = if uses_engine(&parsed) {
+        Some(c.engine_prelude(&mut parsed))
+    } else {
+        None
     };
     let mut pre = precompile(&parsed);
     c.regexes = std::mem::take(&mut pre.regexes);
@@ -67,13 +77,50 @@ pub(super) fn compile(source: &str, file: &Path) -> Result<RuleSet, Vec<ConfigEr
     let default = default
         .map(|(si, _)| si)
         .or(if servers.is_empty() { None } else { Some(0) });
+    let (engine, static_instances) = match engine_parts {
+        Some((maps, slot_map, statics)) => (
+            Some(Box::new(Engine {
+                slots: c.slots.clone().unwrap_or_default(),
+                slot_map,
+                maps,
+                upstreams: std::mem::take(&mut c.upstreams),
+                host_rx_slots: std::mem::take(&mut c.host_rx_slots).into_boxed_slice(),
+            })),
+            statics,
+        ),
+        None => (None, Vec::new()),
+    };
     Ok(RuleSet {
         file: c.file_arc,
         servers: servers.into_boxed_slice(),
         hosts: hosts.build_with(default, pre.host_set),
         services: c.services.into_boxed_slice(),
+        engine,
+        static_instances: static_instances.into_boxed_slice(),
     })
 }
+
+/// True when the rules use nginx features that need the rewrite engine.
+fn uses_engine(f: &RoutesFile) -> bool {
+    fn loc(l: &LocationDef) -> bool {
+        l.proxy_pass.is_some()
+            || l.script.is_some()
+            || l.try_files.is_some()
+            || l.internal.is_some()
+            || !l.location.is_empty()
+            || l.pattern.get_ref().trim_start().starts_with('@')
+    }
+    !f.map.is_empty()
+        || f.upstreams.is_some()
+        || f.static_services.is_some()
+        || f.server.iter().any(|s| {
+            let s = s.get_ref();
+            s.script.is_some() || s.location.iter().any(|l| loc(l.get_ref()))
+        })
+}
+
+/// Compiled maps, slot → map, and the static instances.
+type EngineParts = (Box<[sc::Map]>, Box<[Option<usize>]>, Vec<StaticInstance>);
 
 /// Built-in variable names a named capture may not take.
 const BUILTINS: &[&str] = &[
@@ -99,6 +146,12 @@ struct Compiler<'a> {
     service_ids: HashMap<String, Arc<str>>,
     /// Every regex compiled so far, by (caseless, pattern).
     regexes: HashMap<(bool, String), Rx>,
+    /// The rewrite engine's variables, when the rules use it.
+    slots: Option<Arc<[Box<str>]>>,
+    /// `[upstreams]`: lowercased upstream name → service.
+    upstreams: HashMap<Box<str>, Arc<str>>,
+    /// Group → slot pairs of the server-name regexes, in host-table order.
+    host_rx_slots: Vec<Box<[(usize, usize)]>>,
 }
 
 /// What a location's templates can see, from the server's regex names.
@@ -108,6 +161,272 @@ struct ServerScope {
 }
 
 impl Compiler<'_> {
+    /// Sets up the rewrite engine: the variable slots (every `set` and
+    /// `map` variable and named capture), `[upstreams]`, the static
+    /// services and the maps.
+    fn engine_prelude(&mut self, parsed: &mut RoutesFile) -> EngineParts {
+        let mut names: Vec<String> = Vec::new();
+        for m in &parsed.map {
+            let m = m.get_ref();
+            names.push(
+                m.variable
+                    .get_ref()
+                    .trim_start_matches('$')
+                    .to_ascii_lowercase(),
+            );
+            for e in &m.entries {
+                if let Some(k) = e.get_ref().first() {
+                    if let Some(re) = k.get_ref().strip_prefix('~') {
+                        names.extend(sc::group_names(re.trim_start_matches('*')));
+                    }
+                }
+            }
+        }
+        fn loc_names(l: &LocationDef, names: &mut Vec<String>) {
+            if let Ok((kind, p)) = parse_match(l.pattern.get_ref()) {
+                if kind.is_regex() {
+                    names.extend(sc::group_names(p));
+                }
+            }
+            for item in l.script.iter().flatten() {
+                sc::script_names(item.get_ref(), names);
+            }
+            for c in &l.location {
+                loc_names(c.get_ref(), names);
+            }
+        }
+        for srv in &parsed.server {
+            let srv = srv.get_ref();
+            for n in &srv.names {
+                if let Some(re) = n.get_ref().strip_prefix('~') {
+                    names.extend(sc::group_names(re));
+                }
+            }
+            for item in srv.script.iter().flatten() {
+                sc::script_names(item.get_ref(), &mut names);
+            }
+            for l in &srv.location {
+                loc_names(l.get_ref(), &mut names);
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        names.retain(|n| !n.is_empty() && seen.insert(n.clone()));
+        for m in &parsed.map {
+            let v = m.get_ref().variable.get_ref();
+            let name = v.trim_start_matches('$').to_ascii_lowercase();
+            if !v.starts_with('$') || name.is_empty() {
+                self.err(
+                    m.get_ref().variable.span(),
+                    format!("map variable {v:?} must be written \"$name\""),
+                );
+            } else if BUILTINS.contains(&name.as_str())
+                || ["http_", "cookie_", "arg_"]
+                    .iter()
+                    .any(|p| name.starts_with(p))
+            {
+                self.err(
+                    m.get_ref().variable.span(),
+                    format!("map variable {v:?} would hide a built-in variable; rename it"),
+                );
+            }
+        }
+        let slots: Arc<[Box<str>]> = names.iter().map(|n| Box::from(n.as_str())).collect();
+        self.slots = Some(slots.clone());
+
+        // upstreams and static services
+        let mut statics = Vec::new();
+        if let Some(t) = parsed.static_services.take() {
+            let span = t.span();
+            for (svc, v) in t.into_inner() {
+                let Some(list) = v.as_array() else {
+                    self.err(
+                        span.clone(),
+                        format!("static_services.{svc}: expected a list of \"host:port\""),
+                    );
+                    continue;
+                };
+                let Some(Action::Proxy { service }) =
+                    self.service(&Spanned::new(span.clone(), svc.clone()))
+                else {
+                    continue;
+                };
+                for item in list {
+                    let parsed_addr = item.as_str().and_then(|a| {
+                        let (h, p) = a.rsplit_once(':')?;
+                        Some((
+                            h.trim_matches(['[', ']']).to_string(),
+                            p.parse::<u16>().ok()?,
+                        ))
+                    });
+                    match parsed_addr {
+                        Some((host, port)) if !host.is_empty() && port > 0 => {
+                            statics.push(StaticInstance {
+                                service: service.clone(),
+                                host,
+                                port,
+                            })
+                        }
+                        _ => self.err(
+                            span.clone(),
+                            format!("static_services.{svc}: {item} is not \"host:port\""),
+                        ),
+                    }
+                }
+                self.upstreams
+                    .entry(svc.to_ascii_lowercase().into_boxed_str())
+                    .or_insert(service);
+            }
+        }
+        if let Some(t) = parsed.upstreams.take() {
+            for (k, v) in t.0 {
+                if let Some(Action::Proxy { service }) = self.service(&v) {
+                    self.upstreams
+                        .insert(k.get_ref().to_ascii_lowercase().into_boxed_str(), service);
+                }
+            }
+        }
+
+        // maps
+        let scope = Scope {
+            names: Vec::new(),
+            max_group: 9,
+            what: "the last matching regex",
+            slots: Some(slots.clone()),
+        };
+        let mut maps = Vec::new();
+        let mut slot_map: Vec<Option<usize>> = vec![None; slots.len()];
+        for m in std::mem::take(&mut parsed.map) {
+            let span = m.span();
+            let m = m.into_inner();
+            let name = m
+                .variable
+                .get_ref()
+                .trim_start_matches('$')
+                .to_ascii_lowercase();
+            let Some(slot) = slots.iter().position(|s| **s == *name) else {
+                continue;
+            };
+            if slot_map[slot].is_some() {
+                self.err(
+                    m.variable.span(),
+                    format!("variable {:?} is defined by two maps", m.variable.get_ref()),
+                );
+                continue;
+            }
+            let source = self.template(&m.source, "map source", &scope);
+            let mut values = Vec::new();
+            let mut keys = Vec::new();
+            for e in &m.entries {
+                let [k, v] = e.get_ref().as_slice() else {
+                    self.err(e.span(), "a map entry is [key, value]");
+                    continue;
+                };
+                if let Some(t) = self.template(v, "map value", &scope) {
+                    keys.push((k.get_ref().clone(), values.len()));
+                    values.push(t);
+                }
+            }
+            let default = match &m.default {
+                Some(d) => self.template(d, "map default", &scope).map(|t| {
+                    values.push(t);
+                    values.len() - 1
+                }),
+                None => None,
+            };
+            let built = match sc::build_map_keys(&keys, m.hostnames, &slots) {
+                Ok(b) => b,
+                Err((i, msg)) => {
+                    let at = m.entries.get(i).map_or(span.clone(), |e| e.span());
+                    self.err(at, msg);
+                    continue;
+                }
+            };
+            let Some(source) = source else { continue };
+            let (exact, wild, regexes, regex_values) = built;
+            slot_map[slot] = Some(maps.len());
+            maps.push(sc::Map {
+                source,
+                slot,
+                hostnames: m.hostnames,
+                exact,
+                wild,
+                regexes,
+                regex_values,
+                values: values.into_boxed_slice(),
+                default,
+            });
+        }
+        self.check_map_cycles(&maps, &slot_map);
+        (
+            maps.into_boxed_slice(),
+            slot_map.into_boxed_slice(),
+            statics,
+        )
+    }
+
+    /// A map whose source reads (through other maps) its own variable would
+    /// recurse forever; nginx reports such cycles too.
+    fn check_map_cycles(&mut self, maps: &[sc::Map], slot_map: &[Option<usize>]) {
+        let deps: Vec<Vec<usize>> = maps
+            .iter()
+            .map(|m| {
+                m.source
+                    .slots()
+                    .filter_map(|s| slot_map.get(s).copied().flatten())
+                    .collect()
+            })
+            .collect();
+        for start in 0..maps.len() {
+            let mut stack = deps[start].clone();
+            let mut seen = vec![false; maps.len()];
+            while let Some(n) = stack.pop() {
+                if n == start {
+                    let name = self
+                        .slots
+                        .as_ref()
+                        .map_or("?".into(), |s| s[maps[start].slot].to_string());
+                    self.errors.push(ConfigError::new(
+                        self.file,
+                        0,
+                        0,
+                        format!("map ${name} reads itself through its source: a cycle"),
+                    ));
+                    break;
+                }
+                if !std::mem::replace(&mut seen[n], true) {
+                    stack.extend(deps[n].iter().copied());
+                }
+            }
+        }
+    }
+
+    /// Runs `f` with a script compiler over this compiler's slots, upstreams
+    /// and error list.
+    fn with_script<T>(&mut self, f: impl FnOnce(&mut ScriptCompiler<'_>) -> T) -> T {
+        let ups = &self.upstreams;
+        let lookup = |h: &str| ups.get(h.to_ascii_lowercase().as_str()).cloned();
+        let mut s = ScriptCompiler {
+            slots: self.slots.clone().unwrap_or_default(),
+            errors: &mut self.errors,
+            upstream: &lookup,
+        };
+        f(&mut s)
+    }
+
+    /// Script items with their file and line.
+    fn script_items(&self, items: &[Spanned<String>]) -> Vec<(String, std::path::PathBuf, usize)> {
+        items
+            .iter()
+            .map(|i| {
+                (
+                    i.get_ref().clone(),
+                    self.file.to_path_buf(),
+                    self.line(i.span().start),
+                )
+            })
+            .collect()
+    }
+
     fn err(&mut self, span: Range<usize>, message: impl Into<String>) {
         self.errors.push(ConfigError::at_offset(
             self.file,
@@ -148,6 +467,9 @@ impl Compiler<'_> {
                         Some(rx) => {
                             scope.names.extend(rx.names().map(Box::from));
                             scope.max_group = scope.max_group.max(rx.groups);
+                            if let Some(slots) = &self.slots {
+                                self.host_rx_slots.push(sc::slot_groups(&rx, slots));
+                            }
                             hosts.add_regex(rx, si);
                         }
                         None => continue,
@@ -169,22 +491,147 @@ impl Compiler<'_> {
             }
         }
 
+        let mut locations: Vec<Location> = Vec::with_capacity(def.location.len());
+        let mut named: HashMap<String, usize> = HashMap::new();
+        let mut pending: Vec<(usize, String, usize)> = Vec::new();
+        let table = self.location_level(
+            def.location,
+            &scope,
+            &mut locations,
+            &mut named,
+            &mut pending,
+            location_set,
+            None,
+        );
+        for (li, name, tline) in pending {
+            match named.get(&name) {
+                Some(&n) => {
+                    if let Some(e) = locations[li].nginx.as_mut() {
+                        e.try_files = Some(TryLast::Named(n));
+                    }
+                }
+                None => self.errors.push(ConfigError::new(
+                    self.file,
+                    tline,
+                    0,
+                    format!(
+                        "try_files names the location {name:?}, which this server does not have"
+                    ),
+                )),
+            }
+        }
+        let script = match &def.script {
+            Some(items) => {
+                let items = self.script_items(items);
+                self.with_script(|s| s.script(&items, Level::Server))
+            }
+            None => Vec::new(),
+        };
+        let context = Box::new(self.placeholder_location(line));
+        Server {
+            file: self.file_arc.clone(),
+            line,
+            names: def.names.into_iter().map(Spanned::into_inner).collect(),
+            default: def.default.is_some_and(|d| d.into_inner()),
+            locations,
+            table,
+            fallback_host: fallback_host.unwrap_or_default().into_boxed_str(),
+            script: script.into_boxed_slice(),
+            context,
+        }
+    }
+
+    /// Stands for a server in decisions taken before a location is chosen.
+    fn placeholder_location(&self, line: usize) -> Location {
+        Location {
+            file: self.file_arc.clone(),
+            line,
+            pattern: "(server)".to_string(),
+            kind: LocationKind::Prefix,
+            path: String::new(),
+            action: Action::Engine,
+            rewrite: None,
+            set_headers: Vec::new(),
+            remove_headers: Vec::new(),
+            add_response_headers: Vec::new(),
+            connect_timeout: None,
+            read_timeout: None,
+            write_timeout: None,
+            retries: None,
+            uses_captures: false,
+            nginx: None,
+        }
+    }
+
+    /// Compiles one level of locations (a server's, or a location's nested
+    /// ones) into `locations`, and returns the level's lookup table.
+    #[allow(clippy::too_many_arguments)]
+    fn location_level(
+        &mut self,
+        defs: Vec<Spanned<LocationDef>>,
+        scope: &ServerScope,
+        locations: &mut Vec<Location>,
+        named: &mut HashMap<String, usize>,
+        pending: &mut Vec<(usize, String, usize)>,
+        location_set: Option<RegexSet>,
+        parent: Option<(LocationKind, String, usize)>,
+    ) -> super::location::LocationTable {
         let mut table = LocationTableBuilder::default();
         let mut regex_seen: HashMap<(bool, String), usize> = HashMap::new();
-        let mut locations: Vec<Location> = Vec::with_capacity(def.location.len());
-        for def in def.location {
+        for def in defs {
             let loc_line = self.line(def.span().start);
-            let Some((loc, span, rx)) = self.location(loc_line, def.into_inner(), &scope) else {
+            let mut def = def.into_inner();
+            let children = std::mem::take(&mut def.location);
+            let try_named = def.try_files.as_ref().and_then(|t| {
+                let last = t.get_ref().last()?;
+                let name = last.get_ref().strip_prefix('@')?;
+                Some((format!("@{name}"), self.line(last.span().start)))
+            });
+            let is_named =
+                self.slots.is_some() && def.pattern.get_ref().trim_start().starts_with('@');
+            if let (Some((pk, ppath, pline)), false) = (&parent, is_named) {
+                if *pk == LocationKind::Exact {
+                    self.errors.push(ConfigError::new(
+                        self.file,
+                        loc_line,
+                        0,
+                        format!(
+                            "location inside the exact location at line {pline}: nginx allows none"
+                        ),
+                    ));
+                    continue;
+                }
+                if let Ok((k, p)) = parse_match(def.pattern.get_ref()) {
+                    if !k.is_regex() && !pk.is_regex() && !p.starts_with(ppath.as_str()) {
+                        self.errors.push(ConfigError::new(
+                            self.file,
+                            loc_line,
+                            0,
+                            format!("location {p:?} is outside the location {ppath:?} (line {pline}) it is nested in"),
+                        ));
+                        continue;
+                    }
+                }
+            }
+            let Some((loc, span, rx)) = self.location(loc_line, def, scope) else {
                 continue;
             };
             let li = locations.len();
+            if is_named {
+                if named.insert(loc.path.clone(), li).is_some() {
+                    self.err(span, format!("duplicate named location {:?}", loc.path));
+                }
+                locations.push(loc);
+                continue;
+            }
             let dup = if loc.kind.is_regex() {
                 regex_seen.insert(
                     (loc.kind == LocationKind::RegexCaseless, loc.path.clone()),
                     li,
                 )
             } else {
-                let proxies = matches!(loc.action, Action::Proxy { .. });
+                let proxies = matches!(loc.action, Action::Proxy { .. })
+                    || loc.nginx.as_ref().is_some_and(|e| e.proxy.is_some());
                 table.add_static(loc.kind, &loc.path, li, proxies).err()
             };
             if let Some(other) = dup {
@@ -206,17 +653,27 @@ impl Compiler<'_> {
             if let Some(rx) = rx {
                 table.add_regex(rx, li);
             }
+            let (kind, path) = (loc.kind, loc.path.clone());
             locations.push(loc);
+            if let Some((name, tline)) = try_named {
+                pending.push((li, name, tline));
+            }
+            if !children.is_empty() {
+                let t = self.location_level(
+                    children,
+                    scope,
+                    locations,
+                    named,
+                    pending,
+                    None,
+                    Some((kind, path, loc_line)),
+                );
+                if let Some(e) = locations[li].nginx.as_mut() {
+                    e.children = Some(t);
+                }
+            }
         }
-        Server {
-            file: self.file_arc.clone(),
-            line,
-            names: def.names.into_iter().map(Spanned::into_inner).collect(),
-            default: def.default.is_some_and(|d| d.into_inner()),
-            locations,
-            table: table.build_with(location_set),
-            fallback_host: fallback_host.unwrap_or_default().into_boxed_str(),
-        }
+        table.build_with(location_set)
     }
 
     /// Compiles a regex and checks its group names; `None` after an error.
@@ -277,11 +734,17 @@ impl Compiler<'_> {
         let errors_before = self.errors.len();
         let pattern_span = def.pattern.span();
         let pattern = def.pattern.get_ref().clone();
-        let (kind, path) = match parse_match(&pattern) {
-            Ok((k, p)) => (k, p.to_string()),
-            Err(m) => {
-                self.err(pattern_span.clone(), m);
-                (LocationKind::Prefix, String::new())
+        let engine = self.slots.is_some();
+        let is_named = engine && pattern.trim_start().starts_with('@');
+        let (kind, path) = if is_named {
+            (LocationKind::Prefix, pattern.trim().to_string())
+        } else {
+            match parse_match(&pattern) {
+                Ok((k, p)) => (k, p.to_string()),
+                Err(m) => {
+                    self.err(pattern_span.clone(), m);
+                    (LocationKind::Prefix, String::new())
+                }
             }
         };
         let loc_rx = if kind.is_regex() {
@@ -291,9 +754,36 @@ impl Compiler<'_> {
             None
         };
         self.check_one_action(&def, &pattern, &pattern_span);
-        if def.service.is_none() {
+        if def.service.is_none() && !engine {
             self.check_proxy_only_keys(&def);
         }
+        let nginx = if engine {
+            if let Some(rw) = &def.rewrite {
+                self.err(
+                    rw.span(),
+                    "with nginx features in use, write rewrite = [re, repl] as script = [\"rewrite re repl break\"]",
+                );
+            }
+            Some(Box::new(self.loc_ext(
+                &def,
+                kind,
+                is_named,
+                loc_rx.as_ref(),
+            )))
+        } else {
+            for (key, span) in [
+                ("proxy_pass", def.proxy_pass.as_ref().map(|s| s.span())),
+                ("try_files", def.try_files.as_ref().map(|s| s.span())),
+            ] {
+                if let Some(span) = span {
+                    self.err(
+                        span,
+                        format!("{key} needs the nginx features (internal error)"),
+                    );
+                }
+            }
+            None
+        };
 
         // The rewrite regex comes first: its groups are in scope for the
         // templates. Named captures of every regex in play are visible;
@@ -311,10 +801,19 @@ impl Compiler<'_> {
             (None, Some(rx)) => (rx.groups, "the location regex"),
             (None, None) => (server.max_group, "the server name regexes"),
         };
-        let scope = Scope {
-            names,
-            max_group,
-            what,
+        let scope = match &self.slots {
+            Some(slots) => Scope {
+                names,
+                max_group: 9,
+                what: "the last matching regex",
+                slots: Some(slots.clone()),
+            },
+            None => Scope {
+                names,
+                max_group,
+                what,
+                slots: None,
+            },
         };
         let rewrite = rewrite_rx.and_then(|(rx, repl)| {
             let target = RewriteTarget::parse(repl.get_ref(), &scope)
@@ -370,6 +869,7 @@ impl Compiler<'_> {
                     body.uses_captures() || headers.iter().any(|(_, t)| t.uses_captures())
                 }
                 Action::Redirect { to, .. } => to.uses_captures(),
+                Action::Engine => false,
             };
         Some((
             Location {
@@ -388,10 +888,83 @@ impl Compiler<'_> {
                 write_timeout,
                 retries,
                 uses_captures,
+                nginx,
             },
             pattern_span,
             loc_rx,
         ))
+    }
+
+    /// The nginx features of one location (engine mode).
+    fn loc_ext(
+        &mut self,
+        def: &LocationDef,
+        kind: LocationKind,
+        is_named: bool,
+        loc_rx: Option<&Rx>,
+    ) -> LocExt {
+        let proxy = def.proxy_pass.as_ref().and_then(|pp| {
+            let d = self.directive("proxy_pass", pp);
+            let no_uri = kind.is_regex() || is_named;
+            self.with_script(|s| s.proxy_pass(&d, no_uri)).map(Arc::new)
+        });
+        let script = match &def.script {
+            Some(items) => {
+                let items = self.script_items(items);
+                self.with_script(|s| s.script(&items, Level::Location))
+            }
+            None => Vec::new(),
+        };
+        let try_files = def.try_files.as_ref().and_then(|t| {
+            let Some(last) = t.get_ref().last() else {
+                self.err(t.span(), "try_files needs at least one item");
+                return None;
+            };
+            let text = last.get_ref();
+            if text.starts_with('@') {
+                None // resolved once the server's named locations are known
+            } else if let Some(code) = text.strip_prefix('=') {
+                match code.parse::<u16>() {
+                    Ok(c) if (100..=999).contains(&c) => Some(TryLast::Code(c)),
+                    _ => {
+                        self.err(
+                            last.span(),
+                            format!("try_files {text:?}: not a status code"),
+                        );
+                        None
+                    }
+                }
+            } else {
+                let d = self.directive("try_files", last);
+                self.with_script(|s| s.template(&d, text, "try_files"))
+                    .map(TryLast::Uri)
+            }
+        });
+        let rx_slots = match (loc_rx, &self.slots) {
+            (Some(rx), Some(slots)) => sc::slot_groups(rx, slots),
+            _ => Box::default(),
+        };
+        LocExt {
+            script: script.into_boxed_slice(),
+            proxy,
+            try_files,
+            internal: def.internal.unwrap_or(false),
+            children: None,
+            rx_slots,
+        }
+    }
+
+    /// A one-argument nginx directive standing for a routes.toml value, so
+    /// that script errors name its line.
+    fn directive(&self, name: &str, v: &Spanned<String>) -> crate::config::nginx::parse::Directive {
+        crate::config::nginx::parse::Directive {
+            name: name.to_string(),
+            args: vec![v.get_ref().clone()],
+            file: self.file_arc.clone(),
+            line: self.line(v.span().start),
+            block: None,
+            notes: Vec::new(),
+        }
     }
 
     /// Exactly one of service, return and redirect.
@@ -400,11 +973,13 @@ impl Compiler<'_> {
             ("service", def.service.as_ref().map(|s| s.span())),
             ("return", def.ret.as_ref().map(|s| s.span())),
             ("redirect", def.redirect.as_ref().map(|s| s.span())),
+            ("proxy_pass", def.proxy_pass.as_ref().map(|s| s.span())),
         ]
         .into_iter()
         .filter_map(|(n, span)| span.map(|s| (n, s)))
         .collect();
         match present.as_slice() {
+            [] if self.slots.is_some() => {}
             [] => self.err(
                 pattern_span.clone(),
                 format!(
@@ -531,7 +1106,11 @@ impl Compiler<'_> {
                 headers,
             });
         }
-        let r = def.redirect.as_ref()?.get_ref();
+        let Some(r) = def.redirect.as_ref() else {
+            // proxy_pass, try_files or the script decide (engine mode)
+            return self.slots.is_some().then_some(Action::Engine);
+        };
+        let r = r.get_ref();
         let status = r.status.as_ref().map_or(302, |s| *s.get_ref());
         if ![301, 302, 303, 307, 308].contains(&status) {
             let span = r.status.as_ref().map_or(r.to.span(), |s| s.span());

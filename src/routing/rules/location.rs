@@ -69,7 +69,8 @@ pub(crate) fn parse_match(text: &str) -> Result<(LocationKind, &str), String> {
         (LocationKind::Exact, r)
     } else if t.starts_with('@') {
         return Err(format!(
-            "named location {t:?} is not supported: a location here must match a path"
+            "named location {t:?} can only be used with the nginx features \
+             (proxy_pass, script, try_files)"
         ));
     } else {
         (LocationKind::Prefix, t)
@@ -115,6 +116,16 @@ pub(crate) enum LocationMatch {
         rx: usize,
     },
     /// 301 to the name of this location (URI + "/").
+    AutoRedirect(usize),
+}
+
+/// What [`LocationTable::find_static`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StaticMatch {
+    None,
+    Exact(usize),
+    /// The longest prefix location, and whether it is `^~`.
+    Prefix(usize, bool),
     AutoRedirect(usize),
 }
 
@@ -277,6 +288,50 @@ impl LocationTable {
             return None;
         }
         s.exact.or(s.prefix)
+    }
+
+    /// The static half of [`find`](Self::find), for nested lookups: exact
+    /// match, auto-redirect, or the longest prefix and whether it is `^~`.
+    pub fn find_static(&self, uri: &[u8]) -> StaticMatch {
+        match self.statics.binary_search_by(|s| (*s.name).cmp(uri)) {
+            Ok(i) => {
+                let s = &self.statics[i];
+                if let Some(l) = s.exact {
+                    return StaticMatch::Exact(l);
+                }
+                if let Some(l) = s.prefix {
+                    return StaticMatch::Prefix(l, s.noregex);
+                }
+                self.longest_before(uri, s.parent)
+            }
+            Err(insert_at) => {
+                if self.any_auto_redirect {
+                    if let Some(l) = self.auto_redirect(uri, insert_at) {
+                        return StaticMatch::AutoRedirect(l);
+                    }
+                }
+                self.longest_before(uri, insert_at.checked_sub(1))
+            }
+        }
+    }
+
+    fn longest_before(&self, uri: &[u8], mut at: Option<usize>) -> StaticMatch {
+        while let Some(i) = at {
+            let s = &self.statics[i];
+            if let Some(l) = s.prefix.filter(|_| uri.starts_with(&s.name)) {
+                return StaticMatch::Prefix(l, s.noregex);
+            }
+            at = s.parent;
+        }
+        StaticMatch::None
+    }
+
+    /// The first regex location (in file order) matching `uri`: its
+    /// location index and its index among the regexes.
+    pub fn find_regex(&self, uri: &[u8]) -> Option<(usize, usize)> {
+        self.regexes
+            .first(uri)
+            .map(|rx| (self.regex_location[rx], rx))
     }
 
     /// The regex of regex location number `rx` (from [`LocationMatch::Regex`]).

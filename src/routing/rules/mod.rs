@@ -23,10 +23,12 @@
 //!   rather than silently empty or ignored.
 
 mod compile;
+mod exec;
 mod explain;
 mod host;
 mod location;
 mod pattern;
+mod script;
 mod template;
 mod uri;
 
@@ -58,6 +60,18 @@ pub struct RuleSet {
     servers: Box<[Server]>,
     hosts: HostTable,
     services: Box<[Arc<str>]>,
+    /// The rewrite engine, when the rules use nginx features.
+    engine: Option<Box<script::Engine>>,
+    /// Instances fixed in the rules (`[static_services]`).
+    static_instances: Box<[StaticInstance]>,
+}
+
+/// One `"host:port"` of `[static_services]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticInstance {
+    pub service: Arc<str>,
+    pub host: String,
+    pub port: u16,
 }
 
 /// One `[[server]]` block.
@@ -75,6 +89,10 @@ pub struct Server {
     table: LocationTable,
     /// `$host` when a request has none (nginx: the first server name).
     fallback_host: Box<str>,
+    /// The server-level rewrite script (nginx features).
+    script: Box<[script::Step]>,
+    /// Stands for the server in decisions made before a location is chosen.
+    context: Box<Location>,
 }
 
 /// One `[[server.location]]` block.
@@ -103,6 +121,28 @@ pub struct Location {
     pub retries: Option<usize>,
     /// Some template reads a regex capture: run regexes for their groups.
     uses_captures: bool,
+    /// nginx features of this location, run by the rewrite engine.
+    nginx: Option<Box<LocExt>>,
+}
+
+/// What a location holds beyond routes.toml's basic keys.
+#[derive(Debug, Default)]
+pub(crate) struct LocExt {
+    script: Box<[script::Step]>,
+    proxy: Option<Arc<script::ProxyPass>>,
+    try_files: Option<TryLast>,
+    internal: bool,
+    children: Option<LocationTable>,
+    /// Group → slot pairs of the location regex.
+    rx_slots: Box<[(usize, usize)]>,
+}
+
+/// The item of `try_files` that decides (laneway serves no files).
+#[derive(Debug)]
+pub(crate) enum TryLast {
+    Named(usize),
+    Uri(Template),
+    Code(u16),
 }
 
 /// What a location does.
@@ -120,15 +160,19 @@ pub enum Action {
         status: u16,
         to: Template,
     },
+    /// Decided by the location's nginx directives (`proxy_pass`,
+    /// `try_files`, its script); 404 when none answers.
+    Engine,
 }
 
 impl Action {
-    /// `"proxy"`, `"return"` or `"redirect"`.
+    /// `"proxy"`, `"return"`, `"redirect"` or `"nginx"`.
     pub fn kind(&self) -> &'static str {
         match self {
             Action::Proxy { .. } => "proxy",
             Action::Return { .. } => "return",
             Action::Redirect { .. } => "redirect",
+            Action::Engine => "nginx",
         }
     }
 }
@@ -199,9 +243,29 @@ pub enum Decision<'r> {
     BadRequest(&'static str),
 }
 
+/// Checks that `text` is a template laneway can render: every variable is
+/// built in, a capture, or one of `extra` (lowercased names without `$`,
+/// such as `set` and `map` variables). The error names the problem.
+pub fn check_template(text: &str, extra: &[String]) -> Result<(), String> {
+    let scope = template::Scope {
+        names: Vec::new(),
+        max_group: 9,
+        what: "a regex",
+        slots: Some(extra.iter().map(|s| Box::from(s.as_str())).collect()),
+    };
+    Template::parse(text, &scope)
+        .map(|_| ())
+        .map_err(|e| e.message)
+}
+
+/// Named groups of a regex pattern, lowercased.
+pub fn regex_group_names(pattern: &str) -> Vec<String> {
+    script::group_names(pattern)
+}
+
 /// Body of the 500 answer when a rewrite leaves an empty path (nginx logs
 /// "the rewritten URI has a zero length" and answers 500).
-const EMPTY_REWRITE: &str = "the rewritten URI has a zero length\n";
+pub(crate) const EMPTY_REWRITE: &str = "the rewritten URI has a zero length\n";
 
 impl RuleSet {
     /// Parses and compiles a routes.toml text. `file` names it in errors.
@@ -230,7 +294,15 @@ impl RuleSet {
             servers: Box::default(),
             hosts: HostTable::default(),
             services: Box::default(),
+            engine: None,
+            static_instances: Box::default(),
         }
+    }
+
+    /// Instances the rules fix themselves (an nginx upstream's `server`
+    /// lines); they serve every lane as baseline instances.
+    pub fn static_instances(&self) -> &[StaticInstance] {
+        &self.static_instances
     }
 
     /// The file the rules came from (empty for [`RuleSet::empty`]).
@@ -252,6 +324,9 @@ impl RuleSet {
     /// normalised copy of the path or host when they need changing and the
     /// capture groups when a template of the chosen location reads them.
     pub fn route<'r>(&'r self, req: &RequestInfo<'_>) -> Decision<'r> {
+        if let Some(engine) = &self.engine {
+            return exec::route(self, engine, req);
+        }
         let target = match uri::parse_target(req.target) {
             Ok(t) => t,
             Err(e) => return Decision::BadRequest(e),
@@ -311,6 +386,7 @@ impl RuleSet {
                 numbered,
                 named: [None, loc_caps.as_ref(), host_caps.as_ref()],
             },
+            ext: None,
         };
 
         match &location.action {
@@ -331,6 +407,7 @@ impl RuleSet {
                 status: *status,
                 to: to.render_header(&ctx),
             },
+            Action::Engine => not_found(&host, &target.uri),
             Action::Proxy { service } => {
                 let mut upstream_target = None;
                 let rewritten;
@@ -383,14 +460,14 @@ impl RuleSet {
     }
 }
 
-fn not_found(host: &str, uri: &[u8]) -> Decision<'static> {
+pub(crate) fn not_found(host: &str, uri: &[u8]) -> Decision<'static> {
     Decision::NotFound {
         host: host.to_string(),
         path: String::from_utf8_lossy(uri).into_owned(),
     }
 }
 
-fn render_headers(
+pub(crate) fn render_headers(
     list: &[(HeaderName, Template)],
     ctx: &Ctx<'_>,
     skip_empty: bool,
@@ -406,7 +483,7 @@ fn render_headers(
 }
 
 /// nginx auto-redirect `Location`: the location name escaped, plus the args.
-fn auto_redirect_target(name: &str, args: &str) -> String {
+pub(crate) fn auto_redirect_target(name: &str, args: &str) -> String {
     let mut out = Vec::with_capacity(name.len() + args.len() + 1);
     uri::escape_into(&mut out, name.as_bytes(), Escape::Uri);
     if !args.is_empty() {
@@ -456,7 +533,7 @@ fn upstream_target_of(path: &[u8], args: &str) -> String {
 /// Args are copied as nginx copies them, except bytes that cannot appear in
 /// a request target at all (controls, space, `#`, non-ASCII from a header
 /// variable): those are `%XX`-escaped so the upstream request stays valid.
-fn escape_unsafe_query(out: &mut Vec<u8>, args: &[u8]) {
+pub(crate) fn escape_unsafe_query(out: &mut Vec<u8>, args: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for &c in args {
         if c <= b' ' || c == b'#' || c >= 0x7f {

@@ -30,11 +30,13 @@ pub(crate) enum Var {
     Arg(Box<str>),
     Capture(usize),
     Named(Box<str>),
+    /// A variable of the rewrite engine: `set`, `map` or a named capture.
+    Slot(usize),
 }
 
 impl Var {
     fn is_capture(&self) -> bool {
-        matches!(self, Var::Capture(_) | Var::Named(_))
+        matches!(self, Var::Capture(_) | Var::Named(_) | Var::Slot(_))
     }
 }
 
@@ -53,6 +55,9 @@ pub(crate) struct Scope {
     pub max_group: usize,
     /// Names the regex that numbered captures come from, for errors.
     pub what: &'static str,
+    /// The rewrite engine's variables (lowercased names; index = slot), when
+    /// the rules use it: `set` and `map` variables and every named capture.
+    pub slots: Option<std::sync::Arc<[Box<str>]>>,
 }
 
 /// A template problem; `offset` is a byte offset into the template text.
@@ -82,6 +87,14 @@ impl Template {
         self.parts
             .iter()
             .any(|p| matches!(p, Part::Var(v) if v.is_capture()))
+    }
+
+    /// The engine slots this template reads.
+    pub(crate) fn slots(&self) -> impl Iterator<Item = usize> + '_ {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Var(Var::Slot(s)) => Some(*s),
+            _ => None,
+        })
     }
 
     /// Parses and checks a template against `scope`.
@@ -306,6 +319,12 @@ fn resolve(name: &str, offset: usize, scope: &Scope) -> Result<Var, TemplateErro
                 Var::Cookie(c.into())
             } else if let Some(a) = lower.strip_prefix("arg_").filter(|a| !a.is_empty()) {
                 Var::Arg(a.into())
+            } else if let Some(i) = scope
+                .slots
+                .as_ref()
+                .and_then(|s| s.iter().position(|n| **n == *lower))
+            {
+                Var::Slot(i)
             } else if scope.names.iter().any(|n| **n == *lower) {
                 Var::Named(lower.into())
             } else {
@@ -341,6 +360,8 @@ pub(crate) struct Ctx<'a> {
     pub lane: &'a str,
     pub headers: &'a HeaderMap,
     pub caps: CaptureState<'a>,
+    /// The rewrite engine's per-request variables, when the rules use it.
+    pub ext: Option<&'a super::exec::Vars<'a>>,
 }
 
 impl Ctx<'_> {
@@ -383,6 +404,13 @@ impl Ctx<'_> {
             Var::Capture(n) => {
                 if let Some(c) = self.caps.numbered {
                     push_capture(out, c.group(*n), escape_captures);
+                } else if let Some(ext) = self.ext {
+                    ext.capture_into(*n, out, escape_captures);
+                }
+            }
+            Var::Slot(i) => {
+                if let Some(ext) = self.ext {
+                    ext.slot_into(*i, self, out, escape_captures);
                 }
             }
             Var::Named(name) => {
@@ -395,7 +423,7 @@ impl Ctx<'_> {
     }
 }
 
-fn push_capture(out: &mut Vec<u8>, v: &[u8], escape: bool) {
+pub(crate) fn push_capture(out: &mut Vec<u8>, v: &[u8], escape: bool) {
     if escape {
         escape_into(out, v, Escape::Args);
     } else {
@@ -446,6 +474,7 @@ mod tests {
             names: names.iter().map(|n| Box::from(*n)).collect(),
             max_group,
             what: "the location regex",
+            slots: None,
         }
     }
 
@@ -459,6 +488,7 @@ mod tests {
             lane: "t-42",
             headers,
             caps,
+            ext: None,
         }
     }
 

@@ -1,0 +1,1011 @@
+//! Translates a parsed nginx configuration into laneway's route rules
+//! (routes.toml text), with a report of what each directive became:
+//! translated, ignored as irrelevant to routing, or not supported. Control
+//! plane only.
+//!
+//! The output is ordinary routes.toml (what `laneway import-nginx` prints),
+//! compiled by [`crate::routing::rules::RuleSet::compile`]; every generated
+//! line remembers the nginx file:line it came from, so compile errors name
+//! the nginx file. Inherited settings (`proxy_set_header`, `add_header`,
+//! `proxy_*_timeout`) are resolved here, as nginx merges them: an array
+//! directive at a level replaces the inherited ones.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::parse::{quote_word, Directive, NginxConfig};
+use crate::config::error::ConfigError;
+use crate::routing::rules::{check_template, regex_group_names, RuleSet};
+
+/// What became of one directive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Translated,
+    /// Irrelevant to routing (logging, buffers, compression, TLS …).
+    Ignored,
+    /// Relevant, but laneway does not do it; the note says what it does.
+    Unsupported,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Translated => "translated",
+            Outcome::Ignored => "ignored",
+            Outcome::Unsupported => "not supported",
+        }
+    }
+}
+
+/// One line of the report.
+#[derive(Debug, Clone)]
+pub struct ReportEntry {
+    pub file: Arc<Path>,
+    pub line: usize,
+    pub directive: String,
+    pub outcome: Outcome,
+    pub note: String,
+}
+
+impl std::fmt::Display for ReportEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}: {}: {}",
+            self.file.display(),
+            self.line,
+            self.outcome.as_str(),
+            self.directive
+        )?;
+        if !self.note.is_empty() {
+            write!(f, " ({})", self.note)?;
+        }
+        Ok(())
+    }
+}
+
+/// The translation of one nginx configuration.
+#[derive(Debug, Clone)]
+pub struct Translation {
+    /// routes.toml text.
+    pub toml: String,
+    /// The nginx file:line of each TOML line (index = line - 1).
+    pub source_map: Vec<(Arc<Path>, usize)>,
+    pub report: Vec<ReportEntry>,
+    /// Every file the configuration was read from.
+    pub files: Vec<PathBuf>,
+}
+
+/// Directives that do not change routing.
+const IGNORED: &[&str] = &[
+    "user",
+    "worker_processes",
+    "worker_connections",
+    "worker_rlimit_nofile",
+    "pid",
+    "error_log",
+    "access_log",
+    "log_format",
+    "events",
+    "daemon",
+    "master_process",
+    "env",
+    "load_module",
+    "pcre_jit",
+    "timer_resolution",
+    "thread_pool",
+    "lock_file",
+    "use",
+    "multi_accept",
+    "accept_mutex",
+    "sendfile",
+    "tcp_nopush",
+    "tcp_nodelay",
+    "keepalive_timeout",
+    "keepalive_requests",
+    "types",
+    "default_type",
+    "types_hash_max_size",
+    "types_hash_bucket_size",
+    "server_tokens",
+    "server_names_hash_bucket_size",
+    "server_names_hash_max_size",
+    "map_hash_bucket_size",
+    "map_hash_max_size",
+    "variables_hash_max_size",
+    "variables_hash_bucket_size",
+    "charset",
+    "source_charset",
+    "gzip",
+    "gzip_types",
+    "gzip_vary",
+    "gzip_proxied",
+    "gzip_comp_level",
+    "gzip_min_length",
+    "gzip_buffers",
+    "gzip_http_version",
+    "gzip_disable",
+    "gzip_static",
+    "client_max_body_size",
+    "client_body_buffer_size",
+    "client_header_buffer_size",
+    "large_client_header_buffers",
+    "client_body_timeout",
+    "client_header_timeout",
+    "send_timeout",
+    "reset_timedout_connection",
+    "proxy_buffering",
+    "proxy_buffer_size",
+    "proxy_buffers",
+    "proxy_busy_buffers_size",
+    "proxy_temp_path",
+    "proxy_max_temp_file_size",
+    "proxy_temp_file_write_size",
+    "proxy_http_version",
+    "proxy_request_buffering",
+    "proxy_cache",
+    "proxy_cache_path",
+    "proxy_cache_valid",
+    "proxy_cache_key",
+    "proxy_cache_bypass",
+    "proxy_no_cache",
+    "proxy_ignore_client_abort",
+    "proxy_next_upstream",
+    "proxy_next_upstream_tries",
+    "proxy_next_upstream_timeout",
+    "proxy_intercept_errors",
+    "root",
+    "alias",
+    "index",
+    "autoindex",
+    "expires",
+    "etag",
+    "if_modified_since",
+    "open_file_cache",
+    "open_file_cache_valid",
+    "open_file_cache_min_uses",
+    "open_file_cache_errors",
+    "ssl_certificate",
+    "ssl_certificate_key",
+    "ssl_protocols",
+    "ssl_ciphers",
+    "ssl_prefer_server_ciphers",
+    "ssl_session_cache",
+    "ssl_session_timeout",
+    "ssl_session_tickets",
+    "ssl_stapling",
+    "ssl_stapling_verify",
+    "ssl_dhparam",
+    "ssl_ecdh_curve",
+    "ssl_trusted_certificate",
+    "http2",
+    "resolver",
+    "resolver_timeout",
+    "log_not_found",
+    "log_subrequest",
+    "rewrite_log",
+    "uninitialized_variable_warn",
+    "underscores_in_headers",
+    "ignore_invalid_headers",
+    "merge_slashes",
+    "msie_padding",
+    "port_in_redirect",
+    "server_name_in_redirect",
+    "absolute_redirect",
+    "aio",
+    "directio",
+    "output_buffers",
+    "postpone_output",
+    "lingering_close",
+    "lingering_time",
+    "lingering_timeout",
+    "chunked_transfer_encoding",
+    "real_ip_header",
+    "set_real_ip_from",
+    "real_ip_recursive",
+    "proxy_ssl_server_name",
+    "proxy_ssl_verify",
+    "proxy_socket_keepalive",
+    "open_log_file_cache",
+    "stub_status",
+    "limit_req_zone",
+    "limit_conn_zone",
+    "client_body_temp_path",
+    "fastcgi_temp_path",
+    "uwsgi_temp_path",
+    "scgi_temp_path",
+    "keepalive",
+    "keepalive_time",
+];
+
+/// Directives that matter but that laneway does not do, and what it does.
+fn unsupported(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "error_page" => "laneway answers with the original status",
+        "proxy_redirect" => "laneway passes the upstream's Location header unchanged",
+        "proxy_hide_header" | "proxy_pass_header" => "laneway passes upstream headers unchanged",
+        "limit_req" | "limit_conn" | "limit_rate" => "laneway does not rate-limit",
+        "allow" | "deny" | "auth_basic" | "auth_basic_user_file" | "auth_request" | "satisfy" => {
+            "laneway does not restrict access"
+        }
+        "limit_except" => "laneway proxies every method",
+        "fastcgi_pass" | "uwsgi_pass" | "scgi_pass" | "grpc_pass" | "memcached_pass" => {
+            "laneway proxies HTTP only; the location answers 404"
+        }
+        "stream" | "mail" => "laneway proxies HTTP only",
+        "sub_filter" | "sub_filter_once" | "sub_filter_types" => "laneway does not rewrite bodies",
+        "ssi" | "mirror" | "echo" | "js_content" | "perl" | "lua" => "not available in laneway",
+        "proxy_set_body"
+        | "proxy_method"
+        | "proxy_pass_request_body"
+        | "proxy_pass_request_headers" => "laneway forwards the request as it came",
+        "proxy_cookie_domain" | "proxy_cookie_path" => "laneway passes cookies unchanged",
+        "return" | "rewrite" | "set" | "if" | "break" => "not allowed here",
+        _ => return None,
+    })
+}
+
+/// Settings inherited down http → server → location.
+#[derive(Debug, Clone, Default)]
+struct Inherit {
+    set_headers: Option<Vec<(String, String, Directive)>>,
+    add_headers: Option<Vec<(String, String, Directive)>>,
+    connect: Option<String>,
+    read: Option<String>,
+    send: Option<String>,
+}
+
+struct Emitter {
+    out: String,
+    map: Vec<(Arc<Path>, usize)>,
+}
+
+impl Emitter {
+    fn line(&mut self, text: &str, d: &Directive) {
+        for l in text.split('\n') {
+            self.out.push_str(l);
+            self.out.push('\n');
+            self.map.push((d.file.clone(), d.line));
+        }
+    }
+}
+
+fn toml_str(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+fn toml_list(items: &[String]) -> String {
+    let parts: Vec<String> = items.iter().map(|s| toml_str(s)).collect();
+    format!("[{}]", parts.join(", "))
+}
+
+/// Serialises a directive back to nginx text on one line.
+fn nginx_text(d: &Directive) -> String {
+    let mut s = d.name.clone();
+    for a in &d.args {
+        s.push(' ');
+        s.push_str(&quote_word(a));
+    }
+    match &d.block {
+        None => s.push(';'),
+        Some(b) => {
+            s.push_str(" {");
+            for c in b {
+                s.push(' ');
+                s.push_str(&nginx_text(c));
+            }
+            s.push_str(" }");
+        }
+    }
+    s
+}
+
+struct Tr<'a> {
+    report: Vec<ReportEntry>,
+    errors: Vec<ConfigError>,
+    /// Upstream name (lowercased) → service; from laneway.toml first.
+    mapping: &'a BTreeMap<String, String>,
+    upstreams: BTreeMap<String, String>,
+    statics: BTreeMap<String, Vec<String>>,
+    upstream_lines: Vec<(String, Directive)>,
+    maps: Vec<Directive>,
+    servers: Vec<(Directive, Inherit)>,
+    /// Variables the rules define: map, set, named captures.
+    known_vars: Vec<String>,
+}
+
+/// Translates a parsed configuration. `mapping` is laneway.toml's
+/// `[routes.nginx_upstreams]` (upstream name → service).
+pub fn translate(
+    cfg: &NginxConfig,
+    mapping: &BTreeMap<String, String>,
+) -> Result<Translation, Vec<ConfigError>> {
+    let mut tr = Tr {
+        report: Vec::new(),
+        errors: Vec::new(),
+        mapping,
+        upstreams: BTreeMap::new(),
+        statics: BTreeMap::new(),
+        upstream_lines: Vec::new(),
+        maps: Vec::new(),
+        servers: Vec::new(),
+        known_vars: Vec::new(),
+    };
+    tr.collect_vars(&cfg.directives);
+    let mut any_http = false;
+    for d in &cfg.directives {
+        if d.name == "http" {
+            any_http = true;
+            tr.done(d, Outcome::Translated, "");
+            let mut inherit = Inherit::default();
+            tr.http(d.block.as_deref().unwrap_or_default(), &mut inherit);
+        } else {
+            tr.other(d, "main");
+        }
+    }
+    if !any_http {
+        tr.errors.push(ConfigError::new(
+            &cfg.main,
+            0,
+            0,
+            "the nginx configuration has no http block: nothing to route",
+        ));
+    }
+    let mut em = Emitter {
+        out: String::new(),
+        map: Vec::new(),
+    };
+    let top = Directive {
+        name: String::new(),
+        args: Vec::new(),
+        file: Arc::from(cfg.main.as_path()),
+        line: 1,
+        block: None,
+        notes: Vec::new(),
+    };
+    em.line(
+        &format!(
+            "# laneway route rules translated from {} (laneway import-nginx)",
+            cfg.main.display()
+        ),
+        &top,
+    );
+    tr.emit_upstreams(&mut em, &top);
+    let maps = std::mem::take(&mut tr.maps);
+    for m in &maps {
+        tr.emit_map(&mut em, m);
+    }
+    let servers = std::mem::take(&mut tr.servers);
+    let mut seen_names: HashMap<String, String> = HashMap::new();
+    let mut default_seen = false;
+    for (s, inherit) in &servers {
+        tr.emit_server(
+            &mut em,
+            s,
+            inherit.clone(),
+            &mut seen_names,
+            &mut default_seen,
+        );
+    }
+    if !tr.errors.is_empty() {
+        return Err(tr.errors);
+    }
+    Ok(Translation {
+        toml: em.out,
+        source_map: em.map,
+        report: tr.report,
+        files: cfg.files.clone(),
+    })
+}
+
+/// Why a configuration did not load, and the files read until then.
+pub type LoadError = (Vec<ConfigError>, Vec<PathBuf>);
+
+/// Parses, translates and compiles an nginx configuration. Compile errors
+/// are reported at the nginx file:line the rule came from.
+pub fn load(
+    main: &Path,
+    mapping: &BTreeMap<String, String>,
+) -> Result<(RuleSet, Translation), LoadError> {
+    let (cfg, files) = super::parse::parse_file_tracking(main);
+    let cfg = cfg.map_err(|e| (vec![e], files))?;
+    let files = cfg.files.clone();
+    let tr = translate(&cfg, mapping).map_err(|e| (e, files.clone()))?;
+    match RuleSet::compile(&tr.toml, main) {
+        Ok(rules) => Ok((rules, tr)),
+        Err(errors) => Err((
+            errors
+                .into_iter()
+                .map(|mut e| {
+                    if let Some((f, l)) = e.line.checked_sub(1).and_then(|i| tr.source_map.get(i)) {
+                        e.file = f.to_path_buf();
+                        e.line = *l;
+                        e.column = 0;
+                    }
+                    e
+                })
+                .collect(),
+            files,
+        )),
+    }
+}
+
+impl Tr<'_> {
+    fn done(&mut self, d: &Directive, outcome: Outcome, note: &str) {
+        self.report.push(ReportEntry {
+            file: d.file.clone(),
+            line: d.line,
+            directive: d.name.clone(),
+            outcome,
+            note: note.to_string(),
+        });
+    }
+
+    fn error(&mut self, d: &Directive, m: impl Into<String>) {
+        self.errors.push(d.error(m));
+    }
+
+    /// Map, set and capture names anywhere in the configuration.
+    fn collect_vars(&mut self, ds: &[Directive]) {
+        for d in ds {
+            match d.name.as_str() {
+                "map" => {
+                    if let Some(v) = d.args.get(1).and_then(|v| v.strip_prefix('$')) {
+                        self.known_vars.push(v.to_ascii_lowercase());
+                    }
+                    for e in d.block.iter().flatten() {
+                        if let Some(re) = e.name.strip_prefix('~') {
+                            self.known_vars
+                                .extend(regex_group_names(re.trim_start_matches('*')));
+                        }
+                    }
+                    continue;
+                }
+                "set" => {
+                    if let Some(v) = d.args.first().and_then(|v| v.strip_prefix('$')) {
+                        self.known_vars.push(v.to_ascii_lowercase());
+                    }
+                }
+                "server_name" | "location" | "rewrite" | "if" => {
+                    for a in &d.args {
+                        self.known_vars.extend(regex_group_names(a));
+                    }
+                }
+                _ => {}
+            }
+            if let Some(b) = &d.block {
+                self.collect_vars(b);
+            }
+        }
+    }
+
+    /// A directive outside what the level translates.
+    fn other(&mut self, d: &Directive, level: &str) {
+        if IGNORED.contains(&d.name.as_str()) || d.name.starts_with("ssl_") {
+            self.done(d, Outcome::Ignored, "");
+        } else if let Some(note) = unsupported(&d.name) {
+            let note = if note == "not allowed here" {
+                format!("not allowed at the {level} level")
+            } else {
+                note.to_string()
+            };
+            self.done(d, Outcome::Unsupported, &note);
+        } else {
+            self.done(d, Outcome::Unsupported, "unknown to laneway; ignored");
+        }
+    }
+
+    /// Settings that every level inherits; true when `d` was one.
+    fn inheritable(&mut self, d: &Directive, inh: &mut Inherit, own: &mut Inherit) -> bool {
+        match d.name.as_str() {
+            "proxy_set_header" | "add_header" => {
+                let (name, value) = match d.args.as_slice() {
+                    [n, v] => (n.clone(), v.clone()),
+                    [n, v, always] if always == "always" => (n.clone(), v.clone()),
+                    _ => {
+                        self.error(d, format!("\"{}\" takes a header name and a value", d.name));
+                        return true;
+                    }
+                };
+                if let Err(why) = check_template(&value, &self.known_vars) {
+                    let note = if d.name == "proxy_set_header" {
+                        format!("{why}; laneway leaves the header as the client sent it and adds X-Forwarded-For/-Proto itself")
+                    } else {
+                        format!("{why}; the header is not added")
+                    };
+                    self.done(d, Outcome::Unsupported, &note);
+                    // the level still replaces what it inherits
+                    let slot = if d.name == "proxy_set_header" {
+                        &mut own.set_headers
+                    } else {
+                        &mut own.add_headers
+                    };
+                    slot.get_or_insert_with(Vec::new);
+                    return true;
+                }
+                let slot = if d.name == "proxy_set_header" {
+                    &mut own.set_headers
+                } else {
+                    &mut own.add_headers
+                };
+                slot.get_or_insert_with(Vec::new)
+                    .push((name, value, d.clone()));
+                self.done(d, Outcome::Translated, "");
+                true
+            }
+            "proxy_connect_timeout" | "proxy_read_timeout" | "proxy_send_timeout" => {
+                let Some(v) = d.args.first() else {
+                    self.error(d, format!("\"{}\" takes a time", d.name));
+                    return true;
+                };
+                let v = if v.bytes().all(|b| b.is_ascii_digit()) {
+                    format!("{v}s")
+                } else {
+                    v.clone()
+                };
+                if humantime::parse_duration(&v).is_err() {
+                    self.error(d, format!("\"{}\": {v:?} is not a time", d.name));
+                    return true;
+                }
+                match d.name.as_str() {
+                    "proxy_connect_timeout" => inh.connect = Some(v),
+                    "proxy_read_timeout" => inh.read = Some(v),
+                    _ => inh.send = Some(v),
+                }
+                self.done(d, Outcome::Translated, "");
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn http(&mut self, ds: &[Directive], inherit: &mut Inherit) {
+        let mut own = Inherit::default();
+        let mut servers = Vec::new();
+        for d in ds {
+            if self.inheritable(d, inherit, &mut own) {
+                continue;
+            }
+            match d.name.as_str() {
+                "server" => servers.push(d.clone()),
+                "upstream" => self.upstream(d),
+                "map" => {
+                    self.maps.push(d.clone());
+                    self.done(d, Outcome::Translated, "");
+                }
+                _ => self.other(d, "http"),
+            }
+        }
+        merge(inherit, own);
+        for s in servers {
+            self.servers.push((s, inherit.clone()));
+        }
+    }
+
+    fn upstream(&mut self, d: &Directive) {
+        let Some(name) = d.args.first() else {
+            self.error(d, "\"upstream\" needs a name");
+            return;
+        };
+        let key = name.to_ascii_lowercase();
+        let note_service = d.all_notes().iter().find_map(|n| {
+            n.split_whitespace()
+                .find_map(|kv| kv.strip_prefix("service=").map(str::to_string))
+        });
+        let mapped = self
+            .mapping
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone());
+        let (service, how) = match (mapped, note_service) {
+            (Some(s), _) => (s, "mapped by [routes.nginx_upstreams]"),
+            (None, Some(s)) => (s, "mapped by its # laneway: comment"),
+            (None, None) => (
+                name.clone(),
+                "static service from its server lines (baseline only)",
+            ),
+        };
+        let is_static = how.starts_with("static");
+        let mut servers = Vec::new();
+        for s in d.block.iter().flatten() {
+            match s.name.as_str() {
+                "server" => {
+                    let Some(addr) = s.args.first() else {
+                        self.error(s, "\"server\" needs an address");
+                        continue;
+                    };
+                    let flags: Vec<&str> = s.args[1..].iter().map(String::as_str).collect();
+                    if flags.iter().any(|f| *f == "down" || *f == "backup") {
+                        self.done(s, Outcome::Unsupported, "down/backup servers are left out");
+                        continue;
+                    }
+                    if addr.starts_with("unix:") {
+                        self.done(s, Outcome::Unsupported, "unix sockets are not supported");
+                        continue;
+                    }
+                    let addr = if addr
+                        .rsplit_once(':')
+                        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+                    {
+                        addr.clone()
+                    } else {
+                        format!("{addr}:80")
+                    };
+                    servers.push(addr);
+                    let note = if is_static {
+                        "a baseline instance of the static service; weights and limits are not used"
+                    } else {
+                        "ignored: the service's instances come from the registry"
+                    };
+                    self.done(s, Outcome::Translated, note);
+                }
+                _ if IGNORED.contains(&s.name.as_str()) => self.done(s, Outcome::Ignored, ""),
+                "least_conn" | "ip_hash" | "hash" | "random" | "zone" => self.done(
+                    s,
+                    Outcome::Unsupported,
+                    "laneway balances with smooth weighted round-robin",
+                ),
+                _ => self.other(s, "upstream"),
+            }
+        }
+        self.done(
+            d,
+            Outcome::Translated,
+            &format!("service {service:?}: {how}"),
+        );
+        if is_static {
+            if servers.is_empty() {
+                self.error(
+                    d,
+                    format!("upstream {name:?} has no usable server and no service mapping"),
+                );
+                return;
+            }
+            self.statics.insert(service.clone(), servers);
+        }
+        self.upstreams.insert(key, service);
+        self.upstream_lines.push((name.clone(), d.clone()));
+    }
+
+    /// A `proxy_pass` host that is no upstream block: an address becomes a
+    /// static service of its own.
+    fn implicit_upstream(&mut self, d: &Directive, url: &str) {
+        if url.contains('$') {
+            return;
+        }
+        let rest = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"))
+            .unwrap_or(url);
+        let host = rest.split(['/', '?']).next().unwrap_or("");
+        let key = host.to_ascii_lowercase();
+        if host.is_empty() || self.upstreams.contains_key(&key) {
+            return;
+        }
+        if let Some((_, svc)) = self
+            .mapping
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(host))
+        {
+            self.upstreams.insert(key, svc.clone());
+            return;
+        }
+        let addr = if host
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
+            host.to_string()
+        } else {
+            format!("{host}:80")
+        };
+        let service: String = host
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        self.statics.insert(service.clone(), vec![addr]);
+        self.upstreams.insert(key, service);
+        self.upstream_lines.push((host.to_string(), d.clone()));
+    }
+
+    fn emit_upstreams(&mut self, em: &mut Emitter, top: &Directive) {
+        if self.upstreams.is_empty() {
+            return;
+        }
+        em.line("", top);
+        em.line("[upstreams]", top);
+        let lines = self.upstream_lines.clone();
+        for (name, d) in &lines {
+            if let Some(svc) = self.upstreams.get(&name.to_ascii_lowercase()) {
+                em.line(
+                    &format!("{} = {}  # {}", toml_str(name), toml_str(svc), d.at()),
+                    d,
+                );
+            }
+        }
+        if !self.statics.is_empty() {
+            em.line("", top);
+            em.line("[static_services]", top);
+            let statics = self.statics.clone();
+            for (svc, addrs) in &statics {
+                let d = lines
+                    .iter()
+                    .find(|(n, _)| self.upstreams.get(&n.to_ascii_lowercase()) == Some(svc))
+                    .map_or(top, |(_, d)| d);
+                em.line(&format!("{} = {}", toml_str(svc), toml_list(addrs)), d);
+            }
+        }
+    }
+
+    fn emit_map(&mut self, em: &mut Emitter, d: &Directive) {
+        let [source, variable] = d.args.as_slice() else {
+            self.error(d, "\"map\" takes a source and a variable");
+            return;
+        };
+        em.line("", d);
+        em.line(&format!("[[map]]  # {}", d.at()), d);
+        em.line(&format!("source = {}", toml_str(source)), d);
+        em.line(&format!("variable = {}", toml_str(variable)), d);
+        let mut entries = Vec::new();
+        for e in d.block.iter().flatten() {
+            match (e.name.as_str(), e.args.as_slice()) {
+                ("hostnames", []) => em.line("hostnames = true", e),
+                ("volatile", []) => self.done(
+                    e,
+                    Outcome::Unsupported,
+                    "laneway evaluates a map once per request",
+                ),
+                ("default", [v]) => em.line(&format!("default = {}", toml_str(v)), e),
+                (k, [v]) => entries.push((k.to_string(), v.clone(), e.clone())),
+                _ => self.error(e, "a map entry is \"key value;\""),
+            }
+        }
+        if !entries.is_empty() {
+            em.line("entries = [", d);
+            for (k, v, e) in &entries {
+                em.line(&format!("  [{}, {}],", toml_str(k), toml_str(v)), e);
+            }
+            em.line("]", d);
+        }
+    }
+
+    fn emit_server(
+        &mut self,
+        em: &mut Emitter,
+        s: &Directive,
+        inherit: Inherit,
+        seen_names: &mut HashMap<String, String>,
+        default_seen: &mut bool,
+    ) {
+        self.done(s, Outcome::Translated, "");
+        let ds = s.block.as_deref().unwrap_or_default();
+        let mut names: Vec<String> = Vec::new();
+        let mut default = false;
+        let mut script: Vec<(String, Directive)> = Vec::new();
+        let mut own = Inherit::default();
+        let mut inh = inherit;
+        let mut locations = Vec::new();
+        for d in ds {
+            if self.inheritable(d, &mut inh, &mut own) {
+                continue;
+            }
+            match d.name.as_str() {
+                "listen" => {
+                    let def = d
+                        .args
+                        .iter()
+                        .any(|a| a == "default_server" || a == "default");
+                    if def && !*default_seen {
+                        default = true;
+                        *default_seen = true;
+                        self.done(d, Outcome::Translated, "default_server: default = true");
+                    } else {
+                        self.done(
+                            d,
+                            Outcome::Translated,
+                            "laneway serves every server on its own listeners; servers are chosen by host only",
+                        );
+                    }
+                }
+                "server_name" => {
+                    for n in &d.args {
+                        let key = n.to_ascii_lowercase();
+                        if let Some(other) = seen_names.get(&key) {
+                            self.done(
+                                d,
+                                Outcome::Ignored,
+                                &format!("conflicting server name {n:?} (first at {other}); nginx ignores it too"),
+                            );
+                            continue;
+                        }
+                        seen_names.insert(key, d.at());
+                        names.push(n.clone());
+                    }
+                    self.done(d, Outcome::Translated, "");
+                }
+                "location" => locations.push(d.clone()),
+                "rewrite" | "set" | "return" | "break" | "if" => {
+                    if let Some(t) = self.script_item(d, false) {
+                        script.push((t, d.clone()));
+                    }
+                }
+                _ => self.other(d, "server"),
+            }
+        }
+        merge(&mut inh, own);
+        em.line("", s);
+        em.line(&format!("[[server]]  # {}", s.at()), s);
+        em.line(&format!("names = {}", toml_list(&names)), s);
+        if default {
+            em.line("default = true", s);
+        }
+        emit_script(em, &script);
+        for l in &locations {
+            self.emit_location(em, l, &inh, "server.location", None);
+        }
+    }
+
+    /// One script item (nginx text) for `d`, after checking an `if` body.
+    fn script_item(&mut self, d: &Directive, in_location: bool) -> Option<String> {
+        if d.name == "if" {
+            let mut body = Vec::new();
+            for b in d.block.iter().flatten() {
+                match b.name.as_str() {
+                    "rewrite" | "set" | "return" | "break" => {
+                        self.done(b, Outcome::Translated, "");
+                        body.push(b.clone());
+                    }
+                    "proxy_pass" if in_location => {
+                        self.implicit_upstream(b, b.args.first().map_or("", String::as_str));
+                        self.done(b, Outcome::Translated, "");
+                        body.push(b.clone());
+                    }
+                    _ => self.done(
+                        b,
+                        Outcome::Unsupported,
+                        "inside \"if\" laneway runs only rewrite, set, return, break and proxy_pass",
+                    ),
+                }
+            }
+            let mut copy = d.clone();
+            copy.block = Some(body);
+            self.done(d, Outcome::Translated, "");
+            return Some(nginx_text(&copy));
+        }
+        self.done(d, Outcome::Translated, "");
+        Some(nginx_text(d))
+    }
+
+    fn emit_location(
+        &mut self,
+        em: &mut Emitter,
+        l: &Directive,
+        parent: &Inherit,
+        path: &str,
+        _parent_kind: Option<&str>,
+    ) {
+        let pattern = match l.args.as_slice() {
+            [p] => p.clone(),
+            [m, p] if ["=", "^~", "~", "~*"].contains(&m.as_str()) => format!("{m} {p}"),
+            _ => {
+                self.error(l, "\"location\" takes an optional modifier and a pattern");
+                return;
+            }
+        };
+        self.done(l, Outcome::Translated, "");
+        let mut inh = parent.clone();
+        let mut own = Inherit::default();
+        let mut script: Vec<(String, Directive)> = Vec::new();
+        let mut proxy_pass: Option<(String, Directive)> = None;
+        let mut try_files: Option<(Vec<String>, Directive)> = None;
+        let mut internal = false;
+        let mut nested = Vec::new();
+        for d in l.block.iter().flatten() {
+            if self.inheritable(d, &mut inh, &mut own) {
+                continue;
+            }
+            match d.name.as_str() {
+                "proxy_pass" => {
+                    let url = d.args.first().cloned().unwrap_or_default();
+                    self.implicit_upstream(d, &url);
+                    self.done(d, Outcome::Translated, "");
+                    proxy_pass = Some((url, d.clone()));
+                }
+                "rewrite" | "set" | "return" | "break" | "if" => {
+                    if let Some(t) = self.script_item(d, true) {
+                        script.push((t, d.clone()));
+                    }
+                }
+                "try_files" => {
+                    self.done(
+                        d,
+                        Outcome::Translated,
+                        "laneway serves no files: the last item decides",
+                    );
+                    try_files = Some((d.args.clone(), d.clone()));
+                }
+                "internal" => {
+                    self.done(d, Outcome::Translated, "");
+                    internal = true;
+                }
+                "location" => nested.push(d.clone()),
+                _ => self.other(d, "location"),
+            }
+        }
+        merge(&mut inh, own);
+        em.line("", l);
+        em.line(&format!("[[{path}]]  # {}", l.at()), l);
+        em.line(&format!("match = {}", toml_str(&pattern)), l);
+        if let Some((url, d)) = &proxy_pass {
+            em.line(&format!("proxy_pass = {}", toml_str(url)), d);
+        }
+        if let Some((items, d)) = &try_files {
+            em.line(&format!("try_files = {}", toml_list(items)), d);
+        }
+        if internal {
+            em.line("internal = true", l);
+        }
+        emit_script(em, &script);
+        for (key, v) in [
+            ("connect_timeout", &inh.connect),
+            ("read_timeout", &inh.read),
+            ("write_timeout", &inh.send),
+        ] {
+            if let Some(v) = v {
+                em.line(&format!("{key} = {}", toml_str(v)), l);
+            }
+        }
+        for (key, list) in [
+            ("set_headers", &inh.set_headers),
+            ("add_response_headers", &inh.add_headers),
+        ] {
+            let Some(list) = list.as_ref().filter(|l| !l.is_empty()) else {
+                continue;
+            };
+            // later ones win, as nginx sends the last value of a header
+            let mut seen = HashSet::new();
+            let mut uniq: Vec<&(String, String, Directive)> = Vec::new();
+            for h in list.iter().rev() {
+                if seen.insert(h.0.to_ascii_lowercase()) {
+                    uniq.push(h);
+                }
+            }
+            uniq.reverse();
+            em.line(&format!("[{path}.{key}]"), l);
+            for (n, v, d) in uniq {
+                em.line(&format!("{} = {}", toml_str(n), toml_str(v)), d);
+            }
+        }
+        let child_path = format!("{path}.location");
+        for n in &nested {
+            self.emit_location(em, n, &inh, &child_path, Some(&pattern));
+        }
+    }
+}
+
+fn emit_script(em: &mut Emitter, script: &[(String, Directive)]) {
+    if script.is_empty() {
+        return;
+    }
+    em.line("script = [", &script[0].1);
+    for (t, d) in script {
+        em.line(&format!("  {},", toml_str(t)), d);
+    }
+    em.line("]", &script[0].1);
+}
+
+/// Applies a level's own settings over what it inherited.
+fn merge(inh: &mut Inherit, own: Inherit) {
+    if own.set_headers.is_some() {
+        inh.set_headers = own.set_headers;
+    }
+    if own.add_headers.is_some() {
+        inh.add_headers = own.add_headers;
+    }
+}
