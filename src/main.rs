@@ -157,7 +157,8 @@ fn run(config_path: PathBuf, upgrade: bool) -> anyhow::Result<()> {
         listen = ?control.config.proxy.listen,
         "laneway starting"
     );
-    let server = laneway::proxy::server::build(&control, upgrade);
+    let server =
+        laneway::proxy::server::build(&control, upgrade).context("cannot start the data plane")?;
     tracing::info!(
         listeners = laneway::proxy::server::listen_addresses(&control.config).len(),
         "data plane listening"

@@ -3,6 +3,7 @@
 //! the request path.
 
 pub mod error;
+pub mod protocols;
 pub mod routes;
 
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use toml::Spanned;
 use crate::allocation::pools::{HostnameTemplate, IpRange, PortPool, VipPool};
 
 pub use error::{ConfigError, ConfigErrors};
+pub use protocols::{ServiceConfig, TlsConfig};
 
 /// The whole configuration, as read from `laneway.toml`, with relative paths
 /// already resolved against the directory of that file.
@@ -29,6 +31,10 @@ pub struct Config {
     pub store: StoreConfig,
     pub routes: RoutesConfig,
     pub log: LogConfig,
+    /// `[tls]`: HTTPS listeners; `None` without the section.
+    pub tls: Option<TlsConfig>,
+    /// `[services.<name>]`: upstream protocol per service (TLS, HTTP/2).
+    pub services: std::collections::BTreeMap<String, ServiceConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -59,6 +65,10 @@ pub struct ProxyConfig {
     /// Listen on every VIP and pool port (needed when `listen` names a
     /// specific address, e.g. a loopback VIP pool).
     pub bind_entries: bool,
+    /// Listeners that speak HTTP/2 with prior knowledge (h2c) as well as HTTP/1.x.
+    pub h2c_listen: Vec<SocketAddr>,
+    /// Largest request body accepted (413 beyond); `None`: no limit.
+    pub max_body_size: Option<u64>,
 }
 
 /// The data plane's HTTP engine.
@@ -98,6 +108,8 @@ pub struct LanesConfig {
     pub auto_lanes: bool,
     /// How long an auto lane outlives its last instance.
     pub auto_lane_grace: Duration,
+    /// The W3C `baggage` member naming the lane.
+    pub baggage_key: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,6 +170,9 @@ struct RawConfig {
     routes: RawRoutes,
     #[serde(default)]
     log: RawLog,
+    tls: Option<Spanned<protocols::RawTls>>,
+    #[serde(default)]
+    services: std::collections::BTreeMap<String, Spanned<protocols::RawService>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -177,6 +192,8 @@ struct RawProxy {
     drain_seconds: Option<u64>,
     grace_seconds: Option<u64>,
     bind_entries: Option<bool>,
+    h2c_listen: Option<Vec<Spanned<String>>>,
+    max_body_size: Option<Spanned<protocols::RawSize>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -199,6 +216,7 @@ struct RawLanes {
     default_ttl: Option<Spanned<String>>,
     auto_lanes: Option<bool>,
     auto_lane_grace: Option<Spanned<String>>,
+    baggage_key: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -319,6 +337,8 @@ impl Config {
             drain: Duration::from_secs(raw.proxy.drain_seconds.unwrap_or(10)),
             grace: Duration::from_secs(raw.proxy.grace_seconds.unwrap_or(30)),
             bind_entries: raw.proxy.bind_entries.unwrap_or(true),
+            h2c_listen: v.h2c_listen(raw.proxy.h2c_listen),
+            max_body_size: v.max_body_size(raw.proxy.max_body_size),
         };
 
         let admin = AdminConfig {
@@ -412,6 +432,7 @@ impl Config {
             auto_lane_grace: v
                 .lanes_duration(raw.lanes.auto_lane_grace, "auto_lane_grace", true)
                 .unwrap_or(Duration::from_secs(600)),
+            baggage_key: v.baggage_key(raw.lanes.baggage_key),
         };
 
         let mode = match raw.discovery.mode {
@@ -467,6 +488,15 @@ impl Config {
             },
             access_log: raw.log.access_log.unwrap_or(true),
         };
+        let taken: Vec<(SocketAddr, &str)> = proxy
+            .listen
+            .iter()
+            .map(|a| (*a, "[proxy] listen"))
+            .chain(proxy.h2c_listen.iter().map(|a| (*a, "[proxy] h2c_listen")))
+            .chain(std::iter::once((admin.listen, "[admin] listen")))
+            .collect();
+        let tls = v.tls(raw.tls, base, &taken);
+        let services = v.services(raw.services, base);
 
         // In file order, whichever key was checked first.
         v.errors.sort_by_key(|e| (e.line, e.column));
@@ -480,6 +510,8 @@ impl Config {
                 store,
                 routes,
                 log,
+                tls,
+                services,
             })
         } else {
             Err(ConfigErrors(v.errors))
