@@ -250,6 +250,13 @@ impl ProxyHttp for Laneway {
         let Some(plan) = ctx.plan.as_mut() else {
             return Ok(());
         };
+        if !req.headers.contains_key(HOST) {
+            // HTTP/2 clients send the authority in the URI, which a rewrite
+            // replaces: keep it as Host (HTTP/2 upstreams take it back).
+            if let Some(authority) = req.uri.authority().map(|a| a.as_str().to_string()) {
+                req.insert_header(HOST, authority)?;
+            }
+        }
         if let Some(target) = plan.upstream_target.take() {
             let uri = target
                 .parse::<http::Uri>()

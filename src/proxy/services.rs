@@ -27,6 +27,9 @@ pub struct UpstreamProto {
     pub verify: bool,
     pub h2: bool,
     pub ca: Option<Arc<CaType>>,
+    /// Keeps pooled upstream connections apart per service: two services
+    /// at one address with different CAs never share a verified connection.
+    pub group: u64,
 }
 
 /// Services with an upstream protocol other than plain HTTP/1.1.
@@ -80,6 +83,12 @@ pub fn compile(
                 verify: cfg.verify,
                 h2: cfg.h2,
                 ca,
+                group: {
+                    use std::hash::{Hash, Hasher};
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    name.hash(&mut h);
+                    h.finish()
+                },
             }),
         );
     }
@@ -100,6 +109,7 @@ impl UpstreamProto {
         peer.options.verify_cert = self.verify;
         peer.options.verify_hostname = self.verify;
         peer.options.ca = self.ca.clone();
+        peer.group_key = self.group;
         peer
     }
 }
