@@ -89,7 +89,11 @@ fn check(config: PathBuf, routes: Option<PathBuf>) -> ExitCode {
         Some(r) => Some(r),
         None => match Config::load(&config) {
             Ok(cfg) => {
-                summary.push(format!("{}: ok", config.display()));
+                let before = errors.len();
+                errors.extend(laneway::proxy::server::check_files(&cfg));
+                if errors.len() == before {
+                    summary.push(format!("{}: ok", config.display()));
+                }
                 cfg.routes.file
             }
             Err(e) => {

@@ -398,6 +398,15 @@ fn a_missing_default_certificate_stops_laneway_with_a_clear_error() {
         err.contains("default_cert \"default\"") && err.contains("default.crt"),
         "{err}"
     );
+    // `laneway check` finds it offline too.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_laneway"))
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("default.crt: no CERTIFICATE block"), "{err}");
 }
 
 // ---------------------------------------------------------------- HTTP/2

@@ -23,10 +23,27 @@ use crate::routing::lanes::LaneSettings;
 /// Why the data plane cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("[tls]: {0}")]
+    #[error(transparent)]
     Tls(#[from] super::tls::TlsError),
     #[error(transparent)]
     Service(#[from] super::services::ServiceError),
+}
+
+/// Loads the files the configuration names for the data plane (the `[tls]`
+/// certificates, `[services]` CA files) as `laneway run` would, for
+/// `laneway check`; every problem as an error naming the file.
+pub fn check_files(cfg: &Config) -> Vec<crate::config::ConfigError> {
+    let mut errors = Vec::new();
+    let mut err = |msg: String| errors.push(crate::config::ConfigError::new(&cfg.path, 0, 0, msg));
+    if let Some(tls) = &cfg.tls {
+        for e in CertStore::check(tls) {
+            err(e.to_string());
+        }
+    }
+    if let Err(e) = super::services::compile(&cfg.services) {
+        err(e.to_string());
+    }
+    errors
 }
 
 /// The data-plane settings derived from the configuration.

@@ -42,9 +42,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Errors loading certificates.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("{path}: {why}")]
+    #[error("[tls] certs: {path}: {why}")]
     Pair { path: PathBuf, why: String },
-    #[error("cannot read the certificate directory {path}: {why}")]
+    #[error("[tls] certs: cannot read the certificate directory {path}: {why}")]
     Dir { path: PathBuf, why: String },
     #[error("[tls] default_cert \"{name}\": no valid pair {dir}/{name}.crt + {name}.key{detail}")]
     NoDefault {
@@ -52,7 +52,7 @@ pub enum TlsError {
         dir: PathBuf,
         detail: String,
     },
-    #[error("TLS configuration: {0}")]
+    #[error("[tls]: {0}")]
     Config(String),
 }
 
@@ -154,6 +154,30 @@ impl CertStore {
         }
         store.swap(pairs);
         Ok(Arc::new(store))
+    }
+
+    /// Every problem with the certificate directory, as `laneway check`
+    /// reports them: bad pairs, and a missing default.
+    pub fn check(cfg: &TlsConfig) -> Vec<TlsError> {
+        let store = CertStore {
+            dir: cfg.certs.clone(),
+            default_name: cfg.default_cert.clone(),
+            certs: ArcSwap::from_pointee(Certs::default()),
+            metrics: Arc::new(Metrics::new()),
+        };
+        match store.load_dir(&BTreeMap::new()) {
+            Err(e) => vec![e],
+            Ok((pairs, mut errors)) => {
+                if !pairs.contains_key(&store.default_name) && errors.is_empty() {
+                    errors.push(TlsError::NoDefault {
+                        name: store.default_name.clone(),
+                        dir: store.dir.clone(),
+                        detail: String::new(),
+                    });
+                }
+                errors
+            }
+        }
     }
 
     /// Reads every pair again. A pair that fails keeps its previous
