@@ -951,26 +951,23 @@ async fn request_bodies_over_max_body_size_get_413() {
     let _ = s.read_to_string(&mut out).await;
     assert!(out.starts_with("HTTP/1.1 413"), "{out}");
     assert!(out.contains("max_body_size (1024 bytes)"), "{out}");
-
-    // A chunked body that grows past the limit while streaming.
-    let mut s = TcpStream::connect(lw.proxy).await.unwrap();
-    s.write_all(
-        b"POST /chunks HTTP/1.1\r\nhost: shop.example.com\r\ntransfer-encoding: chunked\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let chunk = format!("258\r\n{}\r\n", "c".repeat(600));
-    s.write_all(chunk.as_bytes()).await.unwrap();
-    let _ = s.write_all(chunk.as_bytes()).await;
-    let _ = s.write_all(b"0\r\n\r\n").await;
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out).await;
-    assert!(out.starts_with("HTTP/1.1 413"), "{out}");
     assert_eq!(
         up.hits.load(std::sync::atomic::Ordering::SeqCst),
         hits,
-        "no over-limit request was answered by the upstream"
+        "an announced over-limit body never reaches the upstream"
     );
+
+    // A chunked body that grows past the limit while streaming (sent in one
+    // write, so laneway has read all of it when it answers and closes).
+    let chunk = format!("258\r\n{}\r\n", "c".repeat(600));
+    let req = format!(
+        "POST /chunks HTTP/1.1\r\nhost: shop.example.com\r\ntransfer-encoding: chunked\r\n\r\n{chunk}{chunk}0\r\n\r\n"
+    );
+    let mut s = TcpStream::connect(lw.proxy).await.unwrap();
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out).await;
+    assert!(out.starts_with("HTTP/1.1 413"), "{out}");
 
     // HTTP/2: announced, and streamed without a length.
     let io = TcpStream::connect(h2c).await.unwrap();
@@ -983,11 +980,37 @@ async fn request_bodies_over_max_body_size_get_413() {
     )
     .await;
     assert_eq!(status, 413);
+    // Streamed: to an upstream that reads the whole body before it answers
+    // (one that answered early would have its answer forwarded).
+    let reader = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    lw.register(
+        "user-1",
+        "user-api",
+        None,
+        reader.local_addr().unwrap().port(),
+    );
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = reader.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !seen.ends_with(b"\r\n0\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+            });
+        }
+    });
     let io = TcpStream::connect(h2c).await.unwrap();
     let (status, _, body) = h2_request(
         io,
         "POST",
-        "http://shop.example.com/h2-stream",
+        "http://shop.example.com/user/h2-stream",
         &[],
         Some(vec![b'x'; 4096]),
     )
