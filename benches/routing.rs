@@ -71,7 +71,7 @@ fn fixture() -> Fixture {
         settings: LaneSettings {
             header: HeaderName::from_static("x-laneway-lane"),
             cookie: "laneway_lane".into(),
-            baggage_key: Some("laneway-lane".into()),
+            baggage_key: "laneway-lane".into(),
             domain: "lanes.test".into(),
             vip_pool: None,
             port_pool: None,

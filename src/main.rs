@@ -204,7 +204,11 @@ fn check(config: PathBuf, routes: Option<PathBuf>) -> ExitCode {
         Some(r) => Some(r),
         None => match Config::load(&config) {
             Ok(cfg) => {
-                summary.push(format!("{}: ok", config.display()));
+                let before = errors.len();
+                errors.extend(laneway::proxy::server::check_files(&cfg));
+                if errors.len() == before {
+                    summary.push(format!("{}: ok", config.display()));
+                }
                 cfg.routes.file
             }
             Err(e) => {
@@ -273,7 +277,8 @@ fn run(config_path: PathBuf, upgrade: bool) -> anyhow::Result<()> {
         listen = ?control.config.proxy.listen,
         "laneway starting"
     );
-    let server = laneway::proxy::server::build(&control, upgrade);
+    let server =
+        laneway::proxy::server::build(&control, upgrade).context("cannot start the data plane")?;
     tracing::info!(
         listeners = laneway::proxy::server::listen_addresses(&control.config).len(),
         "data plane listening"

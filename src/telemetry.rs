@@ -65,7 +65,7 @@ pub fn class_index(status: u16) -> usize {
 
 /// Why laneway answered a request itself: the `reason` label of
 /// `laneway_local_responses_total`, children resolved at start.
-pub const LOCAL_REASONS: [&str; 9] = [
+pub const LOCAL_REASONS: [&str; 10] = [
     "not_found",
     "return",
     "redirect",
@@ -74,6 +74,7 @@ pub const LOCAL_REASONS: [&str; 9] = [
     "bad_request",
     "upstream_error",
     "free_entry",
+    "body_too_large",
     "other",
 ];
 
@@ -126,6 +127,73 @@ pub struct Metrics {
     /// Seconds since discovery last heard from its source (0 in embedded
     /// mode, where the registry is in-process).
     pub discovery_staleness: Gauge,
+    /// HTTPS listeners and certificates.
+    pub tls: TlsMetrics,
+}
+
+/// What TLS termination counts: handshakes by negotiated protocol, failed
+/// handshakes by reason, certificate (re)loads and their errors.
+pub struct TlsMetrics {
+    pub handshakes: IntCounterVec,
+    pub handshake_errors: IntCounterVec,
+    pub cert_reloads: IntCounter,
+    pub cert_errors: IntCounter,
+    pub certificates: IntGauge,
+    /// `laneway_tls_handshakes_total` children: `h2`, `http/1.1`, `none`.
+    pub by_protocol: [IntCounter; 3],
+    /// `laneway_tls_handshake_errors_total` children, see [`TLS_ERRORS`].
+    pub by_error: [IntCounter; 4],
+}
+
+/// The `reason` label of `laneway_tls_handshake_errors_total`.
+pub const TLS_ERRORS: [&str; 4] = ["timeout", "protocol", "io", "no_certificate"];
+
+impl TlsMetrics {
+    fn new() -> TlsMetrics {
+        let handshakes = IntCounterVec::new(
+            Opts::new(
+                "laneway_tls_handshakes_total",
+                "TLS handshakes completed, by the protocol ALPN chose",
+            ),
+            &["protocol"],
+        )
+        .expect("metric definition");
+        let handshake_errors = IntCounterVec::new(
+            Opts::new(
+                "laneway_tls_handshake_errors_total",
+                "TLS handshakes that failed, by reason",
+            ),
+            &["reason"],
+        )
+        .expect("metric definition");
+        TlsMetrics {
+            by_protocol: ["h2", "http/1.1", "none"].map(|p| handshakes.with_label_values(&[p])),
+            by_error: TLS_ERRORS.map(|r| handshake_errors.with_label_values(&[r])),
+            handshakes,
+            handshake_errors,
+            cert_reloads: IntCounter::new(
+                "laneway_tls_cert_reloads_total",
+                "Certificate directory (re)loads",
+            )
+            .expect("metric definition"),
+            cert_errors: IntCounter::new(
+                "laneway_tls_cert_errors_total",
+                "Certificate pairs that failed to load; the previous certificate of the pair stays in use",
+            )
+            .expect("metric definition"),
+            certificates: IntGauge::new(
+                "laneway_tls_certificates",
+                "Certificate pairs being served",
+            )
+            .expect("metric definition"),
+        }
+    }
+
+    /// The handshake error counter for `reason` (one of [`TLS_ERRORS`]).
+    pub fn error(&self, reason: &str) -> &IntCounter {
+        let i = TLS_ERRORS.iter().position(|r| *r == reason).unwrap_or(1);
+        &self.by_error[i]
+    }
 }
 
 impl Metrics {
@@ -283,6 +351,7 @@ impl Metrics {
                 "Seconds since discovery last heard from its source (0 when embedded)",
             )
             .expect("metric definition"),
+            tls: TlsMetrics::new(),
             registry,
         };
         m.register_all();
@@ -338,6 +407,11 @@ impl Metrics {
             Box::new(self.active_connections.clone()),
             Box::new(self.snapshot_age.clone()),
             Box::new(self.discovery_staleness.clone()),
+            Box::new(self.tls.handshakes.clone()),
+            Box::new(self.tls.handshake_errors.clone()),
+            Box::new(self.tls.cert_reloads.clone()),
+            Box::new(self.tls.cert_errors.clone()),
+            Box::new(self.tls.certificates.clone()),
         ];
         for c in collectors {
             r.register(c).expect("metric names are unique");

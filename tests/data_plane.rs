@@ -87,27 +87,6 @@ fn lane_travels_in_baggage_pingora() {
     baggage_in_and_out("pingora");
 }
 
-#[test]
-fn baggage_can_be_turned_off() {
-    let stable = Upstream::start("stable");
-    let v2 = Upstream::start("v2");
-    let lw = Laneway::start_with_lanes(SIMPLE_ROUTES, "baggage_key = \"\"", "");
-    lw.register("web-1", "web", Some("stable"), stable.port());
-    lw.register("web-2", "web", Some("v2"), v2.port());
-    lw.create_lane(r#"{"name":"t1","services":{"web":"v2"}}"#);
-    let r = lw.get(
-        "shop.example.com",
-        "/",
-        &[("baggage", "laneway-lane=t1,a=b")],
-    );
-    assert_eq!(r.upstream(), "stable");
-    assert_eq!(
-        r.json()["headers"]["baggage"],
-        "laneway-lane=t1,a=b",
-        "passed on untouched"
-    );
-}
-
 /// An upstream that answers an upgrade with 101 and then echoes every
 /// byte, prefixed with its name once.
 fn upgrade_upstream(name: &'static str) -> u16 {

@@ -213,11 +213,7 @@ fn lane_json(
 ) -> Value {
     let detail = match r.source {
         LaneSource::Header => format!("header {}: {}", settings.header, r.lane.name),
-        LaneSource::Baggage => format!(
-            "baggage member {}={}",
-            settings.baggage_key.as_deref().unwrap_or(""),
-            r.lane.name
-        ),
+        LaneSource::Baggage => format!("baggage member {}={}", settings.baggage_key, r.lane.name),
         LaneSource::Cookie => format!(
             "cookie {}={}",
             settings.cookie,

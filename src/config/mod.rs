@@ -5,6 +5,7 @@
 pub mod discovery;
 pub mod error;
 pub mod nginx;
+pub mod protocols;
 pub mod routes;
 pub mod services;
 
@@ -19,6 +20,7 @@ use crate::allocation::pools::{HostnameTemplate, IpRange, PortPool, VipPool};
 
 pub use discovery::{Consistency, ConsulConfig, DiscoveryConfig, DiscoveryMode, StartUnreachable};
 pub use error::{ConfigError, ConfigErrors};
+pub use protocols::{ServiceConfig, TlsConfig};
 pub use services::{ActiveCheck, CheckKind, HealthChecksConfig, PassivePolicy};
 
 /// The whole configuration, as read from `laneway.toml`, with relative paths
@@ -36,6 +38,10 @@ pub struct Config {
     pub log: LogConfig,
     /// `[health_checks]` and the `check`/`passive` tables of `[services.*]`.
     pub health_checks: HealthChecksConfig,
+    /// `[tls]`: HTTPS listeners; `None` without the section.
+    pub tls: Option<TlsConfig>,
+    /// `[services.<name>]`: upstream protocol per service (TLS, HTTP/2).
+    pub services: std::collections::BTreeMap<String, ServiceConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -69,6 +75,10 @@ pub struct ProxyConfig {
     /// Listen on every VIP and pool port (needed when `listen` names a
     /// specific address, e.g. a loopback VIP pool).
     pub bind_entries: bool,
+    /// Listeners that speak HTTP/2 with prior knowledge (h2c) as well as HTTP/1.x.
+    pub h2c_listen: Vec<SocketAddr>,
+    /// Largest request body accepted (413 beyond); `None`: no limit.
+    pub max_body_size: Option<u64>,
 }
 
 /// The data plane's HTTP engine.
@@ -91,9 +101,6 @@ pub struct LanesConfig {
     pub domain: String,
     pub header: http::HeaderName,
     pub cookie: String,
-    /// The W3C `baggage` member naming the lane (`laneway-lane=t-42`);
-    /// `None`: baggage is neither read nor written.
-    pub baggage_key: Option<String>,
     /// Versions that make an instance part of the baseline when the baseline
     /// lane does not pin a version for its service.
     pub baseline_versions: Vec<String>,
@@ -111,6 +118,8 @@ pub struct LanesConfig {
     pub auto_lanes: bool,
     /// How long an auto lane outlives its last instance.
     pub auto_lane_grace: Duration,
+    /// The W3C `baggage` member naming the lane.
+    pub baggage_key: String,
 }
 
 #[derive(Debug, Clone)]
@@ -151,6 +160,67 @@ pub enum LogFormat {
 
 // ---- raw schema, exactly as written in the file ----
 
+/// One `[services.<name>]` table: its upstream protocol keys
+/// ([`protocols`]) and its `check`/`passive` tables ([`services`]), read
+/// together so that an unknown key is still an error with its line.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServiceTable {
+    tls: Option<bool>,
+    sni: Option<Spanned<String>>,
+    ca_file: Option<Spanned<String>>,
+    verify: Option<bool>,
+    h2: Option<bool>,
+    check: Option<Spanned<services::RawCheck>>,
+    passive: Option<services::RawPassive>,
+}
+
+type ServiceTables = std::collections::BTreeMap<String, RawServiceTable>;
+
+/// Splits `[services.*]` into the health and the protocol halves.
+#[allow(clippy::type_complexity)]
+fn split_services(
+    raw: ServiceTables,
+) -> (
+    std::collections::BTreeMap<String, services::RawService>,
+    std::collections::BTreeMap<String, Spanned<protocols::RawService>>,
+) {
+    let mut health = std::collections::BTreeMap::new();
+    let mut protocol = std::collections::BTreeMap::new();
+    for (name, t) in raw {
+        // A table made implicit by `[services.x.check]` has no span of its
+        // own: point errors at the first key that has one.
+        let span = t
+            .sni
+            .as_ref()
+            .map(|s| s.span())
+            .or_else(|| t.ca_file.as_ref().map(|s| s.span()))
+            .or_else(|| t.check.as_ref().map(|s| s.span()))
+            .unwrap_or(0..0);
+        health.insert(
+            name.clone(),
+            services::RawService {
+                check: t.check,
+                passive: t.passive,
+            },
+        );
+        protocol.insert(
+            name,
+            Spanned::new(
+                span,
+                protocols::RawService {
+                    tls: t.tls,
+                    sni: t.sni,
+                    ca_file: t.ca_file,
+                    verify: t.verify,
+                    h2: t.h2,
+                },
+            ),
+        );
+    }
+    (health, protocol)
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -169,8 +239,9 @@ struct RawConfig {
     #[serde(default)]
     log: RawLog,
     health_checks: Option<services::RawHealthChecks>,
+    tls: Option<Spanned<protocols::RawTls>>,
     #[serde(default)]
-    services: std::collections::BTreeMap<String, services::RawService>,
+    services: std::collections::BTreeMap<String, RawServiceTable>,
 }
 
 #[derive(Deserialize, Default)]
@@ -191,6 +262,8 @@ struct RawProxy {
     drain_seconds: Option<u64>,
     grace_seconds: Option<u64>,
     bind_entries: Option<bool>,
+    h2c_listen: Option<Vec<Spanned<String>>>,
+    max_body_size: Option<Spanned<protocols::RawSize>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -205,7 +278,6 @@ struct RawLanes {
     domain: Option<Spanned<String>>,
     header: Option<Spanned<String>>,
     cookie: Option<Spanned<String>>,
-    baggage_key: Option<Spanned<String>>,
     baseline_versions: Option<Vec<String>>,
     vip_pool: Option<Vec<Spanned<String>>>,
     port_pool: Option<Spanned<String>>,
@@ -214,6 +286,7 @@ struct RawLanes {
     default_ttl: Option<Spanned<String>>,
     auto_lanes: Option<bool>,
     auto_lane_grace: Option<Spanned<String>>,
+    baggage_key: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -332,6 +405,8 @@ impl Config {
             drain: Duration::from_secs(raw.proxy.drain_seconds.unwrap_or(10)),
             grace: Duration::from_secs(raw.proxy.grace_seconds.unwrap_or(30)),
             bind_entries: raw.proxy.bind_entries.unwrap_or(true),
+            h2c_listen: v.h2c_listen(raw.proxy.h2c_listen),
+            max_body_size: v.max_body_size(raw.proxy.max_body_size),
         };
 
         let admin = AdminConfig {
@@ -389,27 +464,6 @@ impl Config {
             }
             None => "laneway_lane".to_string(),
         };
-        let baggage_key = match raw.lanes.baggage_key {
-            None => Some("laneway-lane".to_string()),
-            Some(k) if k.get_ref().is_empty() => None,
-            Some(k) => {
-                // A W3C baggage key is an HTTP token.
-                let ok = k
-                    .get_ref()
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-                if !ok {
-                    v.err(
-                        k.span().start,
-                        format!(
-                            "[lanes] baggage_key {:?} is not a valid baggage key (letters, digits and !#$%&'*+-.^_`|~); \"\" turns baggage off",
-                            k.get_ref()
-                        ),
-                    );
-                }
-                Some(k.into_inner())
-            }
-        };
         let vip_pool = raw
             .lanes
             .vip_pool
@@ -432,7 +486,6 @@ impl Config {
             domain,
             header,
             cookie,
-            baggage_key,
             baseline_versions: raw
                 .lanes
                 .baseline_versions
@@ -447,6 +500,7 @@ impl Config {
             auto_lane_grace: v
                 .lanes_duration(raw.lanes.auto_lane_grace, "auto_lane_grace", true)
                 .unwrap_or(Duration::from_secs(600)),
+            baggage_key: v.baggage_key(raw.lanes.baggage_key),
         };
 
         let discovery = v.discovery(raw.discovery, base);
@@ -524,7 +578,17 @@ impl Config {
                 }
             },
         };
-        let health_checks = v.health_checks(raw.health_checks, raw.services);
+        let (health_services, protocol_services) = split_services(raw.services);
+        let health_checks = v.health_checks(raw.health_checks, health_services);
+        let taken: Vec<(SocketAddr, &str)> = proxy
+            .listen
+            .iter()
+            .map(|a| (*a, "[proxy] listen"))
+            .chain(proxy.h2c_listen.iter().map(|a| (*a, "[proxy] h2c_listen")))
+            .chain(std::iter::once((admin.listen, "[admin] listen")))
+            .collect();
+        let tls = v.tls(raw.tls, base, &taken);
+        let services = v.services(protocol_services, base);
 
         // In file order, whichever key was checked first.
         v.errors.sort_by_key(|e| (e.line, e.column));
@@ -539,6 +603,8 @@ impl Config {
                 routes,
                 log,
                 health_checks,
+                tls,
+                services,
             })
         } else {
             Err(ConfigErrors(v.errors))

@@ -150,13 +150,13 @@ impl RawHealthChecks {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawService {
-    check: Option<Spanned<RawCheck>>,
-    passive: Option<RawPassive>,
+    pub(super) check: Option<Spanned<RawCheck>>,
+    pub(super) passive: Option<RawPassive>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct RawCheck {
+pub(super) struct RawCheck {
     http: Option<Spanned<String>>,
     tcp: Option<Spanned<bool>>,
     /// `false` turns a default check off for one service.
@@ -169,7 +169,7 @@ struct RawCheck {
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct RawPassive {
+pub(super) struct RawPassive {
     enabled: Option<bool>,
     consecutive_failures: Option<Spanned<i64>>,
     on_5xx: Option<bool>,

@@ -3,12 +3,21 @@
 //! `ArcSwap::load` of the snapshot:
 //! - [`h1`], laneway's own lean HTTP/1.x proxy loop on pingora-core's server
 //!   (the default: it is what matches nginx's throughput);
-//! - [`pingora_engine`], Pingora's `ProxyHttp` framework.
+//! - [`pingora_engine`], Pingora's `ProxyHttp` framework, which also
+//!   serves HTTP/2 (gRPC included) and requests to services reached with
+//!   TLS or HTTP/2 ([`services`]).
+//!
+//! [`front`] serves the HTTPS ([`tls`]) and h2c listeners and hands each
+//! connection to the engine its protocol needs.
 
+pub mod front;
 pub mod h1;
 pub mod pingora_engine;
 pub mod plan;
 pub mod server;
+pub mod services;
+pub mod stream;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,4 +51,8 @@ pub struct ProxySettings {
     /// The LVS health check path answered on every data listener.
     pub health_path: String,
     pub health: Arc<InstanceHealth>,
+    /// Largest request body accepted (413 beyond); `None`: no limit.
+    pub max_body_size: Option<u64>,
+    /// Services reached with TLS or HTTP/2 (`[services.<name>]`).
+    pub services: Arc<services::Services>,
 }

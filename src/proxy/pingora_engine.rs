@@ -5,6 +5,11 @@
 //! resend of an idempotent request whose upstream closed or reset before
 //! answering (up to the location's `retries`), and every attempt's outcome
 //! recorded on the instance for passive ejection.
+//!
+//! This engine also serves HTTP/2 downstream (TLS with ALPN `h2`, and h2c;
+//! see [`super::front`]), and every request to a service reached with TLS
+//! or HTTP/2 (`[services.<name>]`, [`super::services`]), whichever engine
+//! accepted the connection.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,7 +27,7 @@ use tracing::{debug, info};
 
 use super::plan::{self, LocalResponse, Plan};
 use super::{ProxySettings, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_LANEWAY_VERSION, X_REQUEST_ID};
-use crate::routing::lanes::{self, LaneSource};
+use crate::routing::lanes::LaneSource;
 use crate::routing::snapshot::{LaneView, Snapshot, Target};
 use crate::telemetry::{Metrics, ACCESS_LOG_TARGET};
 
@@ -63,6 +68,10 @@ pub struct Ctx {
     local: Option<&'static str>,
     /// Resends left after the upstream closed or reset before answering.
     read_retries: usize,
+    /// The connection is TLS-terminated: the scheme is `https`.
+    https: bool,
+    /// Request body bytes received so far (against `[proxy] max_body_size`).
+    body_bytes: u64,
 }
 
 impl Ctx {
@@ -101,6 +110,8 @@ impl ProxyHttp for Laneway {
             upstream_addr: None,
             local: None,
             read_retries: 0,
+            https: false,
+            body_bytes: 0,
         }
     }
 
@@ -121,18 +132,36 @@ impl ProxyHttp for Laneway {
             return Ok(true);
         }
         let dst = session.server_addr().and_then(|a| a.as_inet()).copied();
+        ctx.https = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let decided = plan::decide(
             &snap,
             &self.settings,
             host,
             target,
-            "http",
+            if ctx.https { "https" } else { "http" },
             &req.headers,
             dst,
         );
         ctx.lane = Some(decided.lane);
         ctx.lane_source = decided.lane_source;
         ctx.target = decided.target;
+        let announced = req
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if let (Some(max), Some(n), Ok(_)) =
+            (self.settings.max_body_size, announced, &decided.action)
+        {
+            if n > max {
+                ctx.local = Some("body_too_large");
+                self.metrics.local_response("body_too_large").inc();
+                let resp = LocalResponse::text(413, "body_too_large", body_too_large(max));
+                session.set_keepalive(None);
+                send_local(resp, session, ctx, &self.settings).await?;
+                return Ok(true);
+            }
+        }
         match decided.action {
             Ok(plan) => {
                 ctx.read_retries = plan.read_retries;
@@ -148,7 +177,23 @@ impl ProxyHttp for Laneway {
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let (Some(max), Some(b)) = (self.settings.max_body_size, body.as_ref()) {
+            ctx.body_bytes += b.len() as u64;
+            if ctx.body_bytes > max {
+                return Error::e_explain(ErrorType::HTTPStatus(413), "request body too large");
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let plan = ctx
             .plan
             .as_ref()
@@ -166,7 +211,25 @@ impl ProxyHttp for Laneway {
                 )
             })?;
         let upstream = &plan.pool.instances[idx];
-        let mut peer = HttpPeer::new(upstream.addr, false, String::new());
+        let proto = ctx
+            .target
+            .as_ref()
+            .filter(|_| !self.settings.services.is_empty())
+            .and_then(|t| self.settings.services.get(&*t.service));
+        let mut peer = match proto {
+            None => HttpPeer::new(upstream.addr, false, String::new()),
+            Some(proto) => {
+                let req = session.req_header();
+                let host = plan.production_host.as_deref().unwrap_or_else(|| {
+                    req.headers
+                        .get(HOST)
+                        .and_then(|h| h.to_str().ok())
+                        .or_else(|| req.uri.host())
+                        .unwrap_or("")
+                });
+                proto.peer(upstream.addr, host)
+            }
+        };
         peer.options.connection_timeout = Some(plan.connect_timeout);
         peer.options.read_timeout = Some(plan.read_timeout);
         peer.options.write_timeout = Some(plan.write_timeout);
@@ -243,6 +306,13 @@ impl ProxyHttp for Laneway {
         let Some(plan) = ctx.plan.as_mut() else {
             return Ok(());
         };
+        if !req.headers.contains_key(HOST) {
+            // HTTP/2 clients send the authority in the URI, which a rewrite
+            // replaces: keep it as Host (HTTP/2 upstreams take it back).
+            if let Some(authority) = req.uri.authority().map(|a| a.as_str().to_string()) {
+                req.insert_header(HOST, authority)?;
+            }
+        }
         if let Some(target) = plan.upstream_target.take() {
             let uri = target
                 .parse::<http::Uri>()
@@ -270,26 +340,26 @@ impl ProxyHttp for Laneway {
             };
             req.insert_header(X_FORWARDED_FOR.clone(), forwarded)?;
         }
-        req.insert_header(X_FORWARDED_PROTO.clone(), "http")?;
+        req.insert_header(
+            X_FORWARDED_PROTO.clone(),
+            if ctx.https { "https" } else { "http" },
+        )?;
         if req.headers.get(&X_REQUEST_ID).is_none() {
             req.insert_header(X_REQUEST_ID.clone(), plan::new_request_id())?;
         }
         if let Some(lane) = &ctx.lane {
             req.insert_header(self.settings.lanes.header.clone(), &*lane.name)?;
-            if let Some(key) = &self.settings.lanes.baggage_key {
-                // The other members as they came, then the lane's.
-                let mut members: Vec<String> = req
-                    .headers
-                    .get_all("baggage")
+            let baggage = crate::routing::lanes::baggage_with_lane(
+                req.headers
+                    .get_all(&crate::routing::lanes::BAGGAGE)
                     .iter()
-                    .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-                    .map(|m| m.trim_ascii())
-                    .filter(|m| !m.is_empty() && !lanes::is_baggage_member(m, key.as_bytes()))
-                    .map(|m| String::from_utf8_lossy(m).into_owned())
-                    .collect();
-                members.push(format!("{key}={}", lane.name));
-                req.insert_header("baggage", members.join(","))?;
-            }
+                    .map(|v| v.as_bytes()),
+                &self.settings.lanes.baggage_key,
+                &lane.name,
+            );
+            let value = http::HeaderValue::from_bytes(&baggage)
+                .map_err(|e| Error::because(ErrorType::InternalError, "baggage header", e))?;
+            req.insert_header(crate::routing::lanes::BAGGAGE.clone(), value)?;
         }
         Ok(())
     }
@@ -330,6 +400,19 @@ impl ProxyHttp for Laneway {
                 _ => 500,
             },
         };
+        if code == 413 && session.response_written().is_none() {
+            ctx.local = Some("body_too_large");
+            self.metrics.local_response("body_too_large").inc();
+            let max = self.settings.max_body_size.unwrap_or(0);
+            let resp = LocalResponse::text(413, "body_too_large", body_too_large(max));
+            if let Err(err) = send_local(resp, session, ctx, &self.settings).await {
+                debug!(error = %err, "cannot send 413 downstream");
+            }
+            return FailToProxy {
+                error_code: 413,
+                can_reuse_downstream: false,
+            };
+        }
         if code > 0 && session.response_written().is_none() {
             let body = upstream_error_body(
                 ctx.lane_name(),
@@ -392,6 +475,11 @@ pub fn health_response(settings: &ProxySettings) -> LocalResponse {
         Ok(()) => LocalResponse::text(200, "health", "ok\n".to_string()),
         Err(why) => LocalResponse::text(503, "health", format!("{why}\n")),
     }
+}
+
+/// The body of a 413.
+pub fn body_too_large(max: u64) -> String {
+    format!("laneway: request body larger than [proxy] max_body_size ({max} bytes)\n")
 }
 
 /// The body of a 502/504 naming lane, service, version and upstream.

@@ -10,13 +10,41 @@ use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora_core::services::listening::Service;
 
+use super::front::Front;
 use super::h1::H1App;
 use super::pingora_engine::Laneway;
+use super::tls::{CertStore, Terminator};
 use super::ProxySettings;
 use crate::config::Config;
 use crate::config::Engine;
 use crate::control::Control;
 use crate::routing::lanes::LaneSettings;
+
+/// Why the data plane cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Tls(#[from] super::tls::TlsError),
+    #[error(transparent)]
+    Service(#[from] super::services::ServiceError),
+}
+
+/// Loads the files the configuration names for the data plane (the `[tls]`
+/// certificates, `[services]` CA files) as `laneway run` would, for
+/// `laneway check`; every problem as an error naming the file.
+pub fn check_files(cfg: &Config) -> Vec<crate::config::ConfigError> {
+    let mut errors = Vec::new();
+    let mut err = |msg: String| errors.push(crate::config::ConfigError::new(&cfg.path, 0, 0, msg));
+    if let Some(tls) = &cfg.tls {
+        for e in CertStore::check(tls) {
+            err(e.to_string());
+        }
+    }
+    if let Err(e) = super::services::compile(&cfg.services) {
+        err(e.to_string());
+    }
+    errors
+}
 
 /// The data-plane settings derived from the configuration.
 pub fn settings(control: &Control) -> ProxySettings {
@@ -40,6 +68,8 @@ pub fn settings(control: &Control) -> ProxySettings {
         response_headers: cfg.proxy.response_headers,
         client_keepalive: cfg.proxy.client_keepalive,
         upstream_keepalive: (cfg.proxy.upstream_keepalive / cfg.proxy.threads).max(1),
+        max_body_size: cfg.proxy.max_body_size,
+        services: Arc::new(Default::default()),
     }
 }
 
@@ -53,8 +83,24 @@ pub fn settings(control: &Control) -> ProxySettings {
 /// upstream connection pool: the kernel spreads connections over them and a
 /// request never moves between threads (no cross-thread wake-ups, which is
 /// where a multi-threaded work-stealing runtime spent its time).
-pub fn build(control: &Arc<Control>, upgrade: bool) -> Server {
+///
+/// `[tls] listen` and `[proxy] h2c_listen` get a [`Front`] per worker in
+/// the same way. Fails, naming the file, when the default certificate or a
+/// `[services]` CA file cannot be loaded.
+pub fn build(control: &Arc<Control>, upgrade: bool) -> Result<Server, ServerError> {
     let cfg = &control.config;
+    let services = Arc::new(super::services::compile(&cfg.services)?);
+    let terminator = match &cfg.tls {
+        None => None,
+        Some(tls) => {
+            let store = CertStore::open(tls, control.metrics.clone())?;
+            store.watch()?;
+            Some(Arc::new(Terminator::new(
+                store.server_config()?,
+                control.metrics.clone(),
+            )))
+        }
+    };
     let conf = ServerConf {
         threads: 1,
         work_stealing: false,
@@ -85,14 +131,42 @@ pub fn build(control: &Arc<Control>, upgrade: bool) -> Server {
     server.bootstrap();
     for worker in 0..cfg.proxy.threads {
         let name = format!("laneway-{worker}");
-        let (snapshot, settings, metrics) = (
+        let (snapshot, mut settings, metrics) = (
             control.snapshot_handle(),
             settings(control),
             control.metrics.clone(),
         );
+        settings.services = services.clone();
+        // Serves HTTP/2 and requests to TLS/HTTP/2 upstreams for the h1
+        // engine and the fronts.
+        let pingora = Arc::new(pingora_proxy::http_proxy(
+            &server.configuration,
+            Laneway::new(snapshot.clone(), settings.clone(), metrics.clone()),
+        ));
+        let h1 = || {
+            H1App::new(snapshot.clone(), settings.clone(), metrics.clone())
+                .with_handoff(pingora.clone())
+        };
+        let front = |tls: Option<Arc<Terminator>>| Front {
+            h1: Arc::new(h1()),
+            pingora: pingora.clone(),
+            engine: cfg.proxy.engine,
+            tls,
+            idle: cfg.proxy.client_keepalive,
+        };
+        if let (Some(tls), Some(t)) = (&cfg.tls, &terminator) {
+            let mut service = Service::new(format!("laneway-tls-{worker}"), front(Some(t.clone())));
+            listen_on(&mut service, &tls.listen, worker);
+            server.add_service(service);
+        }
+        if !cfg.proxy.h2c_listen.is_empty() {
+            let mut service = Service::new(format!("laneway-h2c-{worker}"), front(None));
+            listen_on(&mut service, &cfg.proxy.h2c_listen, worker);
+            server.add_service(service);
+        }
         match cfg.proxy.engine {
             Engine::H1 => {
-                let mut service = Service::new(name, H1App::new(snapshot, settings, metrics));
+                let mut service = Service::new(name, h1());
                 listen(&mut service, cfg, worker);
                 server.add_service(service);
             }
@@ -108,7 +182,17 @@ pub fn build(control: &Arc<Control>, upgrade: bool) -> Server {
             }
         }
     }
-    server
+    Ok(server)
+}
+
+/// One single-threaded worker service on each of `addrs`.
+fn listen_on<A>(service: &mut Service<A>, addrs: &[SocketAddr], worker: usize) {
+    service.threads = Some(1);
+    for addr in addrs {
+        let mut opts = TcpSocketOptions::default();
+        opts.so_reuseport = Some(true);
+        service.add_tcp_with_settings(&worker_listen_key(addr, worker), opts);
+    }
 }
 
 /// One single-threaded worker service on every listen address.

@@ -1,7 +1,9 @@
 //! Lane resolution on the request path: which lane a request wants, in the
-//! order of DESIGN.md (header, then the W3C `baggage` member, cookie,
-//! hostname, destination port, destination IP, baseline), and the production host recovered from a lane
-//! hostname. Pure lookups on the snapshot; no allocation.
+//! order of DESIGN.md (header, W3C `baggage` member, cookie, hostname,
+//! destination port, destination IP, baseline), and the production host
+//! recovered from a lane hostname. Pure lookups on the snapshot; no
+//! allocation (except [`baggage_with_lane`], which builds the upstream
+//! `baggage` header).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,8 +18,8 @@ use crate::allocation::pools::{Pool as _, PortPool, VipPool};
 pub struct LaneSettings {
     pub header: HeaderName,
     pub cookie: String,
-    /// The `baggage` member naming the lane; `None`: baggage is ignored.
-    pub baggage_key: Option<String>,
+    /// The W3C `baggage` member naming the lane (`laneway-lane`).
+    pub baggage_key: String,
     /// Lowercase lane domain, e.g. `lanes.test`.
     pub domain: String,
     /// The VIP pool, to tell a free VIP from an address outside the pool.
@@ -94,10 +96,8 @@ pub fn resolve<'s, 'r>(
             return pick(lane, LaneSource::Header);
         }
     }
-    if let Some(key) = &settings.baggage_key {
-        if let Some(lane) = baggage_value(headers, key).and_then(|v| snap.lane(&v)) {
-            return pick(lane, LaneSource::Baggage);
-        }
+    if let Some(lane) = baggage_value(headers, &settings.baggage_key).and_then(|v| snap.lane(v)) {
+        return pick(lane, LaneSource::Baggage);
     }
     if let Some(lane) = cookie_value(headers, &settings.cookie).and_then(|v| snap.lane(v)) {
         return pick(lane, LaneSource::Cookie);
@@ -174,34 +174,6 @@ pub fn strip_port(host: &str) -> &str {
     }
 }
 
-/// The value of member `key` in the request's W3C `baggage` headers
-/// (`key=value;property`, comma-separated, value percent-encoded).
-/// Borrowed unless the value had to be decoded.
-pub fn baggage_value<'r>(headers: &'r HeaderMap, key: &str) -> Option<std::borrow::Cow<'r, str>> {
-    headers
-        .get_all("baggage")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .find_map(|member| {
-            let (k, rest) = member.split_once('=')?;
-            if k.trim() != key {
-                return None;
-            }
-            let value = rest.split(';').next()?.trim();
-            percent_encoding::percent_decode_str(value)
-                .decode_utf8()
-                .ok()
-        })
-}
-
-/// Whether `member` (one comma-separated item of a `baggage` value) is
-/// the member `key`.
-pub fn is_baggage_member(member: &[u8], key: &[u8]) -> bool {
-    let k = member.split(|&b| b == b'=').next().unwrap_or(member);
-    k.trim_ascii() == key
-}
-
 /// The value of cookie `name` in the request's `Cookie` headers.
 pub fn cookie_value<'r>(headers: &'r HeaderMap, name: &str) -> Option<&'r str> {
     headers
@@ -213,6 +185,66 @@ pub fn cookie_value<'r>(headers: &'r HeaderMap, name: &str) -> Option<&'r str> {
             let (k, v) = pair.trim().split_once('=')?;
             (k.trim() == name).then(|| v.trim().trim_matches('"'))
         })
+}
+
+/// The value of member `key` in the request's W3C `baggage` headers
+/// (`key1=value1;property, key2=value2`), properties left out.
+pub fn baggage_value<'r>(headers: &'r HeaderMap, key: &str) -> Option<&'r str> {
+    headers
+        .get_all(&BAGGAGE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|member| {
+            let (k, v) = member.split_once('=')?;
+            if k.trim() != key {
+                return None;
+            }
+            let v = v.split(';').next().unwrap_or("").trim();
+            (!v.is_empty()).then_some(v)
+        })
+}
+
+/// The `baggage` header name.
+pub static BAGGAGE: HeaderName = HeaderName::from_static("baggage");
+
+/// The `baggage` value sent upstream: the members of `existing` (every
+/// `baggage` header of the request, in order) except `key`, then
+/// `key=lane`. Other members and their properties are kept as they came.
+pub fn baggage_with_lane<'a>(
+    existing: impl IntoIterator<Item = &'a [u8]>,
+    key: &str,
+    lane: &str,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    write_baggage(&mut out, existing, key, lane);
+    out
+}
+
+/// [`baggage_with_lane`], appended to `out`.
+pub fn write_baggage<'a>(
+    out: &mut Vec<u8>,
+    existing: impl IntoIterator<Item = &'a [u8]>,
+    key: &str,
+    lane: &str,
+) {
+    for value in existing {
+        for member in value.split(|&b| b == b',') {
+            let name = member
+                .split(|&b| b == b'=')
+                .next()
+                .unwrap_or(b"")
+                .trim_ascii();
+            if name.is_empty() || name == key.as_bytes() {
+                continue;
+            }
+            out.extend_from_slice(member.trim_ascii());
+            out.push(b',');
+        }
+    }
+    out.extend_from_slice(key.as_bytes());
+    out.push(b'=');
+    out.extend_from_slice(lane.as_bytes());
 }
 
 #[cfg(test)]
@@ -254,24 +286,11 @@ mod tests {
         LaneSettings {
             header: HeaderName::from_static("x-laneway-lane"),
             cookie: "laneway_lane".into(),
-            baggage_key: Some("laneway-lane".into()),
+            baggage_key: "laneway-lane".into(),
             domain: "lanes.test".into(),
             vip_pool: None,
             port_pool: None,
         }
-    }
-
-    #[test]
-    fn baggage_member_is_found_with_properties_and_encoding() {
-        let h = headers(&[
-            ("baggage", "a=1, laneway-lane = t%2D1 ;p=2"),
-            ("baggage", "laneway-lane=second"),
-        ]);
-        assert_eq!(baggage_value(&h, "laneway-lane").as_deref(), Some("t-1"));
-        assert_eq!(baggage_value(&h, "a").as_deref(), Some("1"));
-        assert_eq!(baggage_value(&h, "laneway"), None);
-        assert!(is_baggage_member(b"laneway-lane=t1;p", b"laneway-lane"));
-        assert!(!is_baggage_member(b"laneway-lanes=t1", b"laneway-lane"));
     }
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
@@ -331,6 +350,47 @@ mod tests {
         let empty = HeaderMap::new();
         let r = resolve(&s, &settings(), &empty, "lanes.test", None);
         assert_eq!(r.source, LaneSource::Default);
+    }
+
+    #[test]
+    fn baggage_comes_after_the_header_and_before_the_cookie() {
+        let m = Metrics::new();
+        let s = snapshot(&m);
+        let st = settings();
+        let h = headers(&[
+            ("baggage", "userId=alice, laneway-lane=t-42;prop=1"),
+            ("cookie", "laneway_lane=t-7"),
+        ]);
+        let r = resolve(&s, &st, &h, "bj.example.com", None);
+        assert_eq!((&*r.lane.name, r.source), ("t-42", LaneSource::Baggage));
+        let h = headers(&[("x-laneway-lane", "t-7"), ("baggage", "laneway-lane=t-42")]);
+        let r = resolve(&s, &st, &h, "bj.example.com", None);
+        assert_eq!((&*r.lane.name, r.source), ("t-7", LaneSource::Header));
+        // An unknown lane in baggage falls through to the cookie.
+        let h = headers(&[
+            ("baggage", "laneway-lane=nope"),
+            ("cookie", "laneway_lane=t-7"),
+        ]);
+        let r = resolve(&s, &st, &h, "bj.example.com", None);
+        assert_eq!((&*r.lane.name, r.source), ("t-7", LaneSource::Cookie));
+    }
+
+    #[test]
+    fn baggage_upstream_keeps_other_members() {
+        let out = baggage_with_lane(
+            [&b"userId=alice, laneway-lane=old;p=1"[..], b"k2=v2;prop"],
+            "laneway-lane",
+            "t-42",
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "userId=alice,k2=v2;prop,laneway-lane=t-42"
+        );
+        let none: [&[u8]; 0] = [];
+        assert_eq!(
+            baggage_with_lane(none, "laneway-lane", "baseline"),
+            b"laneway-lane=baseline"
+        );
     }
 
     #[test]

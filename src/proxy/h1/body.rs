@@ -21,6 +21,26 @@ pub struct ChunkTracker {
     state: State,
     size: u64,
     done: bool,
+    /// Chunk data bytes seen, and the most allowed (`[proxy] max_body_size`).
+    data: u64,
+    limit: Option<u64>,
+}
+
+/// The error [`ChunkTracker::feed`] returns past its limit.
+#[derive(Debug)]
+pub struct TooLarge;
+
+impl std::fmt::Display for TooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("body larger than [proxy] max_body_size")
+    }
+}
+
+impl std::error::Error for TooLarge {}
+
+/// Whether `e` is a chunked body over the size limit.
+pub fn is_too_large(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|i| i.is::<TooLarge>())
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +61,14 @@ enum State {
 }
 
 impl ChunkTracker {
+    /// A tracker that fails once more than `limit` data bytes went by.
+    pub fn with_limit(limit: Option<u64>) -> ChunkTracker {
+        ChunkTracker {
+            limit,
+            ..ChunkTracker::default()
+        }
+    }
+
     /// Consumes bytes of a chunked body; returns how many of them belong to
     /// it (fewer than `buf.len()` only once the body has ended).
     pub fn feed(&mut self, buf: &[u8]) -> io::Result<usize> {
@@ -82,6 +110,10 @@ impl ChunkTracker {
                     let take =
                         (buf.len() - i).min(usize::try_from(self.size).unwrap_or(usize::MAX));
                     self.size -= take as u64;
+                    self.data += take as u64;
+                    if self.limit.is_some_and(|l| self.data > l) {
+                        return Err(io::Error::new(io::ErrorKind::InvalidData, TooLarge));
+                    }
                     i += take;
                     if self.size == 0 {
                         self.state = State::DataCr;
@@ -151,6 +183,14 @@ mod tests {
             assert_eq!(a + b, end, "split at {split}");
             assert!(t.done());
         }
+    }
+
+    #[test]
+    fn counts_data_bytes_against_the_limit() {
+        let body = b"4\r\nwiki\r\n5\r\npedia\r\n0\r\n\r\n";
+        assert!(ChunkTracker::with_limit(Some(9)).feed(body).is_ok());
+        let e = ChunkTracker::with_limit(Some(8)).feed(body).unwrap_err();
+        assert!(is_too_large(&e));
     }
 
     #[test]

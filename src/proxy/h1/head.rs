@@ -16,6 +16,7 @@ impl H1App {
         plan: &Plan,
         lane: &LaneView,
         peer: Option<SocketAddr>,
+        https: bool,
     ) {
         let out = &mut s.out;
         out.clear();
@@ -31,9 +32,9 @@ impl H1App {
             b" HTTP/1.1\r\n"
         });
         let lane_header = &self.settings.lanes.header;
-        let baggage_key = self.settings.lanes.baggage_key.as_deref();
         let mut forwarded_for: Option<&[u8]> = None;
         let mut request_id = false;
+        let mut baggage = false;
         for (name_r, value_r) in &s.fields {
             let name = &head.head[name_r.clone()];
             let value = &head.head[value_r.clone()];
@@ -50,21 +51,8 @@ impl H1App {
             if name.eq_ignore_ascii_case(b"x-request-id") {
                 request_id = true;
             }
-            if let Some(key) = baggage_key.filter(|_| name.eq_ignore_ascii_case(b"baggage")) {
-                // Forward the other members; the lane member is written below.
-                let mut first = true;
-                for member in value.split(|&b| b == b',') {
-                    let member = member.trim_ascii();
-                    if member.is_empty() || lanes::is_baggage_member(member, key.as_bytes()) {
-                        continue;
-                    }
-                    out.extend_from_slice(if first { b"baggage: " } else { b"," });
-                    out.extend_from_slice(member);
-                    first = false;
-                }
-                if !first {
-                    out.extend_from_slice(b"\r\n");
-                }
+            if name.eq_ignore_ascii_case(b"baggage") {
+                baggage = true; // merged with the lane below
                 continue;
             }
             if name.eq_ignore_ascii_case(b"x-forwarded-proto")
@@ -103,18 +91,30 @@ impl H1App {
             }
             None => out.push(b'-'),
         }
-        out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
+        out.extend_from_slice(if https {
+            &b"\r\nx-forwarded-proto: https\r\n"[..]
+        } else {
+            &b"\r\nx-forwarded-proto: http\r\n"[..]
+        });
         if !request_id {
             push_header(out, b"x-request-id", plan::new_request_id().as_bytes());
         }
         push_header(out, lane_header.as_str().as_bytes(), lane.name.as_bytes());
-        if let Some(key) = baggage_key {
-            out.extend_from_slice(b"baggage: ");
-            out.extend_from_slice(key.as_bytes());
-            out.push(b'=');
-            out.extend_from_slice(lane.name.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
+        // The lane also goes in W3C baggage, other members kept.
+        out.extend_from_slice(b"baggage: ");
+        let existing = s
+            .fields
+            .iter()
+            .filter(|_| baggage)
+            .filter(|(n, _)| head.head[n.clone()].eq_ignore_ascii_case(b"baggage"))
+            .map(|(_, v)| &head.head[v.clone()]);
+        crate::routing::lanes::write_baggage(
+            out,
+            existing,
+            &self.settings.lanes.baggage_key,
+            &lane.name,
+        );
+        out.extend_from_slice(b"\r\n");
         if info.upgrade {
             out.extend_from_slice(b"connection: upgrade\r\n");
         } else {

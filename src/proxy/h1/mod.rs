@@ -12,6 +12,13 @@
 //! first body bytes into one write, and keeps idle upstream connections in a
 //! per-worker pool. The routing decision is the same [`plan::decide`] the
 //! Pingora engine uses.
+//!
+//! The engine also serves HTTPS/1.1 (a TLS stream from [`super::front`]:
+//! the scheme is then `https`), tunnels `Upgrade` (WebSocket) after a 101,
+//! and limits request bodies (`[proxy] max_body_size`, 413). A request to a
+//! service reached with TLS or HTTP/2 (`[services.<name>]`) is not proxied
+//! here: the connection, with the bytes read so far to be read again, is
+//! handed to the Pingora engine, whose connectors speak those protocols.
 
 mod body;
 mod head;
@@ -40,9 +47,10 @@ use tracing::{debug, info};
 use self::body::{ChunkTracker, Framing};
 use self::head::*;
 use self::wire::*;
+use super::pingora_engine::body_too_large;
 use super::plan::{self, LocalResponse, Plan};
 use super::ProxySettings;
-use crate::routing::lanes::{self, LaneSource};
+use crate::routing::lanes::LaneSource;
 use crate::routing::snapshot::{LaneView, Snapshot, Target};
 use crate::telemetry::{Metrics, ACCESS_LOG_TARGET};
 
@@ -59,6 +67,8 @@ pub struct H1App {
     snapshot: Arc<ArcSwap<Snapshot>>,
     settings: ProxySettings,
     metrics: Arc<Metrics>,
+    /// Serves connections whose requests go to TLS or HTTP/2 upstreams.
+    handoff: Option<Arc<pingora_proxy::HttpProxy<super::pingora_engine::Laneway>>>,
 }
 
 impl H1App {
@@ -71,7 +81,18 @@ impl H1App {
             snapshot,
             settings,
             metrics,
+            handoff: None,
         }
+    }
+
+    /// The Pingora engine that takes over connections whose requests go to
+    /// services in `[services.<name>]` (TLS or HTTP/2 upstream).
+    pub fn with_handoff(
+        mut self,
+        pingora: Arc<pingora_proxy::HttpProxy<super::pingora_engine::Laneway>>,
+    ) -> H1App {
+        self.handoff = Some(pingora);
+        self
     }
 }
 
@@ -90,11 +111,14 @@ impl ServerApp for H1App {
             .as_ref()
             .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied());
         let _open = ConnGauge::open(&self.metrics.active_connections);
+        let https = stream.get_ssl_digest().is_some();
         let mut conn = Client {
             io: stream,
             buf: BytesMut::with_capacity(READ_CHUNK),
             peer,
             local,
+            https,
+            handoff: None,
         };
         let mut scratch = Scratch::default();
         loop {
@@ -106,6 +130,11 @@ impl ServerApp for H1App {
                     break;
                 }
             }
+        }
+        if let (Some(replay), Some(pingora)) = (conn.handoff.take(), &self.handoff) {
+            let facts = super::stream::Wrapped::new((), &*conn.io);
+            let stream = super::stream::Wrapped::new(conn.io, &facts).with_prefix(replay);
+            super::front::serve_pingora(pingora, Box::new(stream), shutdown).await;
         }
         None
     }
@@ -134,6 +163,11 @@ struct Client {
     peer: Option<SocketAddr>,
     /// The address the client connected to: a VIP or pool port names a lane.
     local: Option<SocketAddr>,
+    /// TLS-terminated: the request's scheme is `https`.
+    https: bool,
+    /// Bytes read and not served (a request head and what followed): the
+    /// connection goes to the Pingora engine, which reads them again.
+    handoff: Option<bytes::Bytes>,
 }
 
 /// Buffers reused across the requests of one connection.
@@ -299,6 +333,13 @@ impl H1App {
             .get(http::header::HOST)
             .and_then(|h| h.to_str().ok())
             .unwrap_or("");
+        if let (Some(max), Framing::Length(n)) = (self.settings.max_body_size, info.framing) {
+            if n > max {
+                self.metrics.local_response("body_too_large").inc();
+                write_simple(c, 413, &body_too_large(max)).await?;
+                return Ok(false);
+            }
+        }
 
         if head.target() == self.settings.health_path {
             let resp = super::pingora_engine::health_response(&self.settings);
@@ -326,10 +367,25 @@ impl H1App {
             &self.settings,
             host,
             head.target(),
-            "http",
+            if c.https { "https" } else { "http" },
             &headers,
             c.local,
         );
+        if let (Some(t), Ok(_), true) = (
+            &decided.target,
+            &decided.action,
+            !self.settings.services.is_empty() && self.handoff.is_some(),
+        ) {
+            if self.settings.services.contains_key(&*t.service) {
+                // TLS or HTTP/2 upstream: the Pingora engine serves this
+                // request and the rest of the connection.
+                let mut replay = BytesMut::from(&head_bytes[..]);
+                replay.extend_from_slice(&c.buf);
+                c.buf.clear();
+                c.handoff = Some(replay.freeze());
+                return Ok(false);
+            }
+        }
         let mut log = Log {
             req: AccessInfo::of(&head, &headers, c.peer),
             tries: 0,
@@ -372,6 +428,16 @@ impl H1App {
                 .await
             {
                 Ok(keep) => keep && info.keep_alive,
+                Err(Failure::Status(413, _)) => {
+                    let max = self.settings.max_body_size.unwrap_or(0);
+                    let resp = LocalResponse::text(413, "body_too_large", body_too_large(max));
+                    log.local = Some(resp.reason);
+                    log.status = 413;
+                    self.metrics.local_response(resp.reason).inc();
+                    info.keep_alive = false;
+                    self.write_local(c, s, &resp, &log, &info).await?;
+                    false
+                }
                 Err(Failure::Status(status, what)) => {
                     log.local = Some("upstream_error");
                     log.status = status;

@@ -32,15 +32,19 @@ impl H1App {
                 .await
                 .map_err(Failure::Abort)?;
         }
-        self.build_upstream_head(s, head, headers, info, plan, &log.lane, c.peer);
+        self.build_upstream_head(s, head, headers, info, plan, &log.lane, c.peer, c.https);
         // Body bytes already received go out with the head in one write.
-        let mut tracker = ChunkTracker::default();
+        let mut tracker = ChunkTracker::with_limit(self.settings.max_body_size);
         let buffered = match info.framing {
             Framing::None | Framing::Close => 0,
             Framing::Length(n) => c.buf.len().min(usize::try_from(n).unwrap_or(usize::MAX)),
-            Framing::Chunked => tracker
-                .feed(&c.buf)
-                .map_err(|_| Failure::Status(400, "malformed chunked request body"))?,
+            Framing::Chunked => tracker.feed(&c.buf).map_err(|e| {
+                if body::is_too_large(&e) {
+                    Failure::Status(413, "request body too large")
+                } else {
+                    Failure::Status(400, "malformed chunked request body")
+                }
+            })?,
         };
         let rest = match info.framing {
             Framing::Length(n) => match n - buffered as u64 {
@@ -189,6 +193,12 @@ impl H1App {
                 .await
                 {
                     debug!(error = %e, "request body transfer failed");
+                    if body::is_too_large(&e) {
+                        return Err(Exchange::Failed(
+                            Failure::Status(413, "request body too large"),
+                            false,
+                        ));
+                    }
                     return Err(Exchange::Failed(
                         Failure::Status(502, "sending the request body failed"),
                         false,
