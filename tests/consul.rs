@@ -340,8 +340,11 @@ fn two_thousand_services_on_a_small_connection_budget() {
     assert_eq!(status(&lw)["discovery"]["instances"], json!(2001));
     assert_eq!(served_by(&lw, None), "stable");
     let peak = double.peak_connections();
-    // 8 fetches + 2 watches + the KV watch + self-registration.
-    assert!(peak <= 13, "peak {peak} connections to Consul");
+    // In flight at most: 8 fetches + 2 watches + the KV watch + the
+    // self-registration. A fetch's connection goes back to the pool only after
+    // the client has processed the response end, so the next fetch in that
+    // slot may open one more: at most one such connection per fetch slot.
+    assert!(peak <= 2 * 8 + 4, "peak {peak} connections to Consul");
     let fetched = double.requests_with_prefix("/v1/health/service/");
     assert!(
         (2001..=2010).contains(&fetched),
