@@ -99,6 +99,8 @@ fn bench_rules(c: &mut Criterion, f: &Fixture) {
             scheme: "http",
             lane: "baseline",
             headers: &headers,
+            port: 0,
+            upstream_statuses: &[],
         };
         (
             host.to_string(),
@@ -169,6 +171,8 @@ fn bench_rules(c: &mut Criterion, f: &Fixture) {
                     scheme: "http",
                     lane: "baseline",
                     headers: &headers,
+                    port: 0,
+                    upstream_statuses: &[],
                 };
                 let d = f.rules.route(&info);
                 black_box(&d);
@@ -267,6 +271,8 @@ fn bench_request_path(c: &mut Criterion, f: &Fixture) {
                 scheme: "http",
                 lane: &r.lane.name,
                 headers,
+                port: 0,
+                upstream_statuses: &[],
             };
             match f.rules.route(&info) {
                 Decision::Proxy { service, .. } => {

@@ -661,18 +661,28 @@ pub type RulesLoadError = (Vec<ConfigError>, Vec<PathBuf>);
 
 /// Loads the route rules `routes` names, and the files they were read from
 /// (also on error, so that a watcher can follow a broken include).
+/// The nginx ports of laneway's listeners are checked against the servers'
+/// (see [`crate::config::RoutesConfig::check_ports`]).
 pub fn load_rules(
     routes: &crate::config::RoutesConfig,
 ) -> Result<(RuleSet, Vec<PathBuf>), RulesLoadError> {
-    if let Some(main) = &routes.nginx {
-        return crate::config::nginx::translate::load(main, &routes.nginx_upstreams)
-            .map(|(rules, tr)| (rules, tr.files));
-    }
-    match &routes.file {
-        Some(file) => RuleSet::load(file)
-            .map(|r| (r, vec![file.clone()]))
-            .map_err(|e| (e, vec![file.clone()])),
-        None => Ok((RuleSet::empty(), Vec::new())),
+    let (rules, files, main) = if let Some(main) = &routes.nginx {
+        let (rules, tr) = crate::config::nginx::translate::load(main, &routes.nginx_upstreams)?;
+        (rules, tr.files, main)
+    } else {
+        match &routes.file {
+            Some(file) => match RuleSet::load(file) {
+                Ok(r) => (r, vec![file.clone()], file),
+                Err(e) => return Err((e, vec![file.clone()])),
+            },
+            None => return Ok((RuleSet::empty(), Vec::new())),
+        }
+    };
+    let errors = routes.check_ports(&rules.ports(), main);
+    if errors.is_empty() {
+        Ok((rules, files))
+    } else {
+        Err((errors, files))
     }
 }
 

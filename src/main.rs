@@ -200,8 +200,15 @@ fn nginx_command(nginx: &std::path::Path, config: Option<PathBuf>, import: bool)
 fn check(config: PathBuf, routes: Option<PathBuf>) -> ExitCode {
     let mut errors = Vec::new();
     let mut summary = Vec::new();
-    let rules_file = match routes {
-        Some(r) => Some(r),
+    match routes {
+        Some(file) => match RuleSet::load(&file) {
+            Ok(rules) => summary.push(format!(
+                "{}: ok ({} services referenced)",
+                file.display(),
+                rules.services().len()
+            )),
+            Err(e) => errors.extend(e),
+        },
         None => match Config::load(&config) {
             Ok(cfg) => {
                 let before = errors.len();
@@ -209,23 +216,24 @@ fn check(config: PathBuf, routes: Option<PathBuf>) -> ExitCode {
                 if errors.len() == before {
                     summary.push(format!("{}: ok", config.display()));
                 }
-                cfg.routes.file
+                // the rules file or nginx configuration, with the nginx
+                // ports of the listeners checked against its servers
+                let source = cfg.routes.nginx.as_ref().or(cfg.routes.file.as_ref());
+                if let Some(source) = source {
+                    match laneway::control::load_rules(&cfg.routes) {
+                        Ok((rules, files)) => summary.push(format!(
+                            "{}: ok ({} files, {} services referenced{})",
+                            source.display(),
+                            files.len(),
+                            rules.services().len(),
+                            ports_summary(&cfg, &rules)
+                        )),
+                        Err((e, _)) => errors.extend(e),
+                    }
+                }
             }
-            Err(e) => {
-                errors.extend(e.0);
-                None
-            }
+            Err(e) => errors.extend(e.0),
         },
-    };
-    if let Some(file) = rules_file {
-        match RuleSet::load(&file) {
-            Ok(rules) => summary.push(format!(
-                "{}: ok ({} services referenced)",
-                file.display(),
-                rules.services().len()
-            )),
-            Err(e) => errors.extend(e),
-        }
     }
     for e in &errors {
         eprintln!("error: {e}");
@@ -239,6 +247,21 @@ fn check(config: PathBuf, routes: Option<PathBuf>) -> ExitCode {
         eprintln!("{} error(s)", errors.len());
         ExitCode::FAILURE
     }
+}
+
+/// `; servers chosen by port: 127.0.0.1:8080 → 80, …` when the rules'
+/// servers listen on two or more ports.
+fn ports_summary(cfg: &Config, rules: &RuleSet) -> String {
+    if rules.ports().len() < 2 {
+        return String::new();
+    }
+    let each: Vec<String> = cfg
+        .routes
+        .listeners
+        .iter()
+        .map(|l| format!("{} → {}", l.addr, l.port))
+        .collect();
+    format!("; servers chosen by port: {}", each.join(", "))
 }
 
 fn run(config_path: PathBuf, upgrade: bool) -> anyhow::Result<()> {

@@ -4,7 +4,10 @@
 //! adds the reasons: which server block and location matched and by which
 //! precedence rule (with file:line), how the lane was resolved, the version
 //! chosen and the fallback chain walked, the rewritten upstream URI, and the
-//! instances that would be tried, with their health. Control plane.
+//! instances that would be tried, with their health; and the laneway
+//! listener the request is taken to arrive on (`listener=ADDR`, else the
+//! address in the URL, else the first `[proxy] listen`) with the nginx port
+//! it stands for, which chooses among the servers. Control plane.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -35,11 +38,13 @@ pub async fn explain(
     };
     let mut url = None;
     let mut lane = None;
+    let mut listener: Option<String> = None;
     let mut extra: Vec<(HeaderName, HeaderValue)> = Vec::new();
     for (k, v) in params {
         match k.as_str() {
             "url" if url.is_none() => url = Some(v),
             "lane" if lane.is_none() => lane = Some(v),
+            "listener" if listener.is_none() => listener = Some(v),
             "header" => {
                 let (name, value) = v
                     .split_once(':')
@@ -50,10 +55,10 @@ pub async fn explain(
                     .map_err(|_| reject(format!("header value {:?} is invalid", value.trim())))?;
                 extra.push((name, value));
             }
-            "url" | "lane" => return Err(reject(format!("{k} given twice"))),
+            "url" | "lane" | "listener" => return Err(reject(format!("{k} given twice"))),
             other => {
                 return Err(reject(format!(
-                    "unknown parameter {other:?}; expected url, lane, header"
+                    "unknown parameter {other:?}; expected url, lane, header, listener"
                 )))
             }
         }
@@ -118,10 +123,33 @@ pub async fn explain(
             .map(|p| SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), p)),
     };
 
+    let listener = match &listener {
+        Some(l) => Some(
+            l.parse::<SocketAddr>()
+                .map_err(|_| reject(format!("listener {l:?} is not an IP:port address")))?,
+        ),
+        None => None,
+    };
+    let (arrived, nginx_port, port_source) =
+        arrival(&c, &settings, listener, dst).map_err(reject)?;
+
     let resolved = lanes::resolve(&snap, &settings.lanes, &headers, &host, dst);
     let lane_json = lane_json(&resolved, &settings.lanes, &headers, &host, dst);
     let rules_host = resolved.host.to_string();
-    let decided = plan::decide(&snap, &settings, &host, &target, &scheme, &headers, dst);
+    let decided = plan::decide(
+        &snap,
+        &settings,
+        &plan::Incoming {
+            host: &host,
+            target: &target,
+            scheme: &scheme,
+            headers: &headers,
+            dst,
+            port: nginx_port,
+            upstream_statuses: &[],
+        },
+    );
+    let by_port = snap.rules.selects_by_port(nginx_port);
     let mut out = json!({
         "request": {
             "url": url,
@@ -129,6 +157,12 @@ pub async fn explain(
             "target": target,
             "headers": headers.iter().map(|(k, v)| json!([k.as_str(), v.to_str().unwrap_or("")])).collect::<Vec<_>>(),
             "destination": dst.map(|d| d.to_string()),
+        },
+        "listener": {
+            "address": arrived.to_string(),
+            "nginx_port": nginx_port,
+            "source": port_source,
+            "selects_servers": by_port,
         },
         "lane": lane_json,
     });
@@ -142,7 +176,7 @@ pub async fn explain(
     }
 
     // Server and location, with the precedence rule behind each.
-    let matched = snap.rules.explain_match(&rules_host, &target);
+    let matched = snap.rules.explain_match(&rules_host, &target, nginx_port);
     out["rules_host"] = json!(matched.host);
     out["path"] = json!(matched.path);
     out["server"] = match &matched.server {
@@ -152,6 +186,8 @@ pub async fn explain(
             "names": s.names,
             "matched_by": by.as_str(),
             "name": name,
+            "port": by_port.then_some(nginx_port),
+            "ports": s.ports,
         }),
         None => Value::Null,
     };
@@ -173,6 +209,8 @@ pub async fn explain(
         scheme: &scheme,
         lane: &decided.lane.name,
         headers: &headers,
+        port: nginx_port,
+        upstream_statuses: &[],
     });
     if let Decision::Proxy { service, .. } = &decision {
         out["service"] = json!(service.to_string());
@@ -186,6 +224,9 @@ pub async fn explain(
     out["outcome"] = match &decided.action {
         Ok(p) => json!({
             "action": "proxy",
+            "status": p.status,
+            "intercept_errors": p.intercept.map(|c| c.iter().collect::<Vec<_>>()),
+            "as_get": p.as_get,
             "upstream_uri": p.upstream_target.clone().unwrap_or_else(|| target.clone()),
             "host_header": p.production_host.clone().unwrap_or_else(|| host.clone()),
             "set_headers": p.set_headers.iter().map(|(k, v)| json!([k.as_str(), v])).collect::<Vec<_>>(),
@@ -202,6 +243,63 @@ pub async fn explain(
         }),
     };
     Ok(Json(out))
+}
+
+/// The listener the request is taken to arrive on, its nginx port and why:
+/// `listener` when given (one of laneway's), else the URL's address when
+/// it is one, else the first `[proxy] listen`.
+fn arrival(
+    c: &Control,
+    settings: &crate::proxy::ProxySettings,
+    listener: Option<SocketAddr>,
+    dst: Option<SocketAddr>,
+) -> Result<(SocketAddr, u16, String), String> {
+    let routes = &c.config.routes;
+    let own = |addr: SocketAddr| {
+        routes.listeners.iter().find(|l| l.addr == addr).map(|l| {
+            let why = match l.line {
+                Some(line) => format!("[routes.nginx_listen] (laneway.toml line {line})"),
+                None => format!("default for {} (443 for [tls] listen, else 80)", l.kind),
+            };
+            (l.addr, l.port, why)
+        })
+    };
+    let entry = |addr: SocketAddr| match settings.listen_ports.port_of(Some(addr)) {
+        0 => None,
+        p => Some((addr, p, "the listener this entry is bound for".to_string())),
+    };
+    if let Some(l) = listener {
+        return own(l).or_else(|| entry(l)).ok_or_else(|| {
+            let known: Vec<String> = routes
+                .listeners
+                .iter()
+                .map(|l| l.addr.to_string())
+                .collect();
+            format!(
+                "listener {l} is not one of laneway's listeners ({})",
+                known.join(", ")
+            )
+        });
+    }
+    if let Some(d) = dst {
+        let found = if d.ip().is_unspecified() {
+            routes
+                .listeners
+                .iter()
+                .find(|l| l.addr.port() == d.port())
+                .and_then(|l| own(l.addr))
+        } else {
+            own(d).or_else(|| entry(d))
+        };
+        if let Some(f) = found {
+            return Ok(f);
+        }
+    }
+    routes
+        .listeners
+        .first()
+        .and_then(|l| own(l.addr))
+        .ok_or_else(|| "laneway has no listener".to_string())
 }
 
 fn lane_json(

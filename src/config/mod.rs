@@ -137,6 +137,86 @@ pub struct RoutesConfig {
     pub nginx: Option<PathBuf>,
     /// `[routes.nginx_upstreams]`: nginx upstream name → laneway service.
     pub nginx_upstreams: std::collections::BTreeMap<String, String>,
+    /// laneway's own listeners (`[proxy] listen`, `[proxy] h2c_listen`,
+    /// `[tls] listen`) and the nginx port each stands for: from
+    /// `[routes.nginx_listen]`, else 443 for a TLS listener and 80 for the
+    /// others. Servers are chosen among those of that port.
+    pub listeners: Vec<Listener>,
+    /// The laneway.toml these settings came from (errors name it).
+    pub config_file: PathBuf,
+}
+
+/// One laneway listener and the nginx port it stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    pub addr: SocketAddr,
+    /// `"[proxy] listen"`, `"[proxy] h2c_listen"` or `"[tls] listen"`.
+    pub kind: &'static str,
+    pub port: u16,
+    /// The line of its `[routes.nginx_listen]` entry; `None`: the default.
+    pub line: Option<usize>,
+}
+
+impl RoutesConfig {
+    /// The nginx port of listener `addr`, when `addr` is one.
+    pub fn port_of(&self, addr: SocketAddr) -> Option<u16> {
+        self.listeners
+            .iter()
+            .find(|l| l.addr == addr)
+            .map(|l| l.port)
+    }
+
+    /// Checks the listeners against the ports the rules' servers listen
+    /// on: a `[routes.nginx_listen]` port no server listens on is an error,
+    /// and so is a listener whose default port has no server when the
+    /// servers listen on two or more ports (requests would be matched
+    /// against every server, which nginx never does).
+    pub fn check_ports(&self, rules_ports: &[u16], rules_file: &Path) -> Vec<ConfigError> {
+        if rules_ports.is_empty() {
+            return Vec::new(); // the servers name no port: they listen on every one
+        }
+        let list = rules_ports
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut out = Vec::new();
+        for l in &self.listeners {
+            if rules_ports.contains(&l.port) {
+                continue;
+            }
+            match l.line {
+                Some(line) => out.push(ConfigError::new(
+                    &self.config_file,
+                    line,
+                    0,
+                    format!(
+                        "[routes.nginx_listen] \"{}\" = {}: no server of {} listens on port {} (they listen on {list})",
+                        l.addr,
+                        l.port,
+                        rules_file.display(),
+                        l.port
+                    ),
+                )),
+                None if rules_ports.len() > 1 => out.push(ConfigError::new(
+                    &self.config_file,
+                    0,
+                    0,
+                    format!(
+                        "{} {} stands for nginx port {} by default, where no server of {} listens (they listen on {list}): map it in [routes.nginx_listen], e.g. \"{}\" = {}",
+                        l.kind,
+                        l.addr,
+                        l.port,
+                        rules_file.display(),
+                        l.addr,
+                        rules_ports[0]
+                    ),
+                )),
+                None => {}
+            }
+        }
+        out
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -303,6 +383,8 @@ struct RawRoutes {
     nginx: Option<Spanned<String>>,
     #[serde(default)]
     nginx_upstreams: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    nginx_listen: std::collections::BTreeMap<Spanned<String>, Spanned<i64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -514,12 +596,15 @@ impl Config {
                 "[routes] file and nginx are alternatives: keep one",
             );
         }
-        let routes = RoutesConfig {
+        let mut routes = RoutesConfig {
             file: raw.routes.file.map(|f| base.join(f.into_inner())),
             watch: raw.routes.watch.unwrap_or(true),
             nginx: raw.routes.nginx.map(|f| base.join(f.into_inner())),
             nginx_upstreams: raw.routes.nginx_upstreams,
+            listeners: Vec::new(),
+            config_file: path.to_path_buf(),
         };
+        let nginx_listen = raw.routes.nginx_listen;
         let log = LogConfig {
             level: raw.log.level.unwrap_or_else(|| "info".to_string()),
             format: match raw.log.format {
@@ -589,6 +674,7 @@ impl Config {
             .collect();
         let tls = v.tls(raw.tls, base, &taken);
         let services = v.services(protocol_services, base);
+        routes.listeners = v.listeners(nginx_listen, &proxy, tls.as_ref());
 
         // In file order, whichever key was checked first.
         v.errors.sort_by_key(|e| (e.line, e.column));
@@ -626,6 +712,88 @@ impl Validator<'_> {
             ConfigError::at_offset(self.path, self.source, offset, message)
         };
         self.errors.push(e);
+    }
+
+    /// laneway's listeners and their nginx ports, from `[routes.nginx_listen]`
+    /// (every key must be one of the listeners) and the defaults.
+    fn listeners(
+        &mut self,
+        table: std::collections::BTreeMap<Spanned<String>, Spanned<i64>>,
+        proxy: &ProxyConfig,
+        tls: Option<&TlsConfig>,
+    ) -> Vec<Listener> {
+        let mut out: Vec<Listener> = Vec::new();
+        let own = proxy
+            .listen
+            .iter()
+            .map(|a| (*a, "[proxy] listen", 80))
+            .chain(
+                proxy
+                    .h2c_listen
+                    .iter()
+                    .map(|a| (*a, "[proxy] h2c_listen", 80)),
+            )
+            .chain(
+                tls.iter()
+                    .flat_map(|t| t.listen.iter().map(|a| (*a, "[tls] listen", 443))),
+            );
+        for (addr, kind, port) in own {
+            if !out.iter().any(|l| l.addr == addr) {
+                out.push(Listener {
+                    addr,
+                    kind,
+                    port,
+                    line: None,
+                });
+            }
+        }
+        let mut entries: Vec<_> = table.into_iter().collect();
+        entries.sort_by_key(|(k, _)| k.span().start);
+        for (key, value) in entries {
+            let Ok(addr) = key.get_ref().parse::<SocketAddr>() else {
+                self.err(
+                    key.span().start,
+                    format!(
+                        "[routes.nginx_listen] {:?} is not an IP:port address; keys are laneway listen addresses, e.g. \"127.0.0.1:8080\" = 80",
+                        key.get_ref()
+                    ),
+                );
+                continue;
+            };
+            let port = match u16::try_from(*value.get_ref()) {
+                Ok(p) if p > 0 => p,
+                _ => {
+                    self.err(
+                        value.span().start,
+                        format!(
+                            "[routes.nginx_listen] {:?} = {}: not an nginx port (1–65535)",
+                            key.get_ref(),
+                            value.get_ref()
+                        ),
+                    );
+                    continue;
+                }
+            };
+            let line = error::line_col(self.source, key.span().start).0;
+            match out.iter_mut().find(|l| l.addr == addr) {
+                Some(l) => {
+                    l.port = port;
+                    l.line = Some(line);
+                }
+                None => {
+                    let known: Vec<String> = out.iter().map(|l| l.addr.to_string()).collect();
+                    self.err(
+                        key.span().start,
+                        format!(
+                            "[routes.nginx_listen] {:?}: laneway does not listen there (its listeners: {})",
+                            key.get_ref(),
+                            known.join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+        out
     }
 
     fn socket_addr(&mut self, a: &Spanned<String>, what: &str) -> Option<SocketAddr> {

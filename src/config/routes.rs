@@ -72,15 +72,44 @@ pub struct ServerDef {
     /// or regex (`~^(?<city>[a-z]+)\.example\.com$`).
     #[serde(default)]
     pub names: Vec<Spanned<String>>,
-    /// Marks the server that answers hosts no other server names.
+    /// Marks the server that answers hosts no other server names:
+    /// `true` on every port it listens on, or a list of those ports (nginx
+    /// `listen … default_server`).
     #[serde(default)]
-    pub default: Option<Spanned<bool>>,
+    pub default: Option<Spanned<DefaultDef>>,
+    /// nginx ports this server listens on (`listen`); absent: every port.
+    /// A request is matched against the servers of the port its laneway
+    /// listener stands for (`[routes.nginx_listen]`).
+    #[serde(default)]
+    pub ports: Option<Spanned<Vec<Spanned<i64>>>>,
+    /// The ports of `ports` that nginx serves with TLS (`listen … ssl`).
+    #[serde(default)]
+    pub ssl_ports: Option<Spanned<Vec<Spanned<i64>>>>,
     #[serde(default)]
     pub location: Vec<Spanned<LocationDef>>,
     /// nginx rewrite-module directives run before a location is chosen
     /// (`rewrite`, `set`, `if`, `return`, `break`), one or more per item.
     #[serde(default)]
     pub script: Option<Vec<Spanned<String>>>,
+    /// nginx `error_page` arguments, one directive per item
+    /// (`"404 = @fallback"`, `"500 502 /50x.html"`); locations inherit them.
+    #[serde(default)]
+    pub error_page: Option<Vec<Spanned<String>>>,
+    /// nginx `proxy_intercept_errors`: upstream statuses listed in
+    /// `error_page` go to the error page (inherited by locations).
+    #[serde(default)]
+    pub proxy_intercept_errors: Option<bool>,
+    /// nginx `recursive_error_pages` (inherited by locations).
+    #[serde(default)]
+    pub recursive_error_pages: Option<bool>,
+}
+
+/// `default = true` or `default = [443]`.
+#[derive(Debug, Deserialize, Clone, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum DefaultDef {
+    Flag(bool),
+    Ports(Vec<i64>),
 }
 
 /// One `[[server.location]]` block. Exactly one of `service`, `return` and
@@ -126,6 +155,13 @@ pub struct LocationDef {
     pub try_files: Option<Spanned<Vec<Spanned<String>>>>,
     /// Reachable only through an internal redirect (nginx `internal`).
     pub internal: Option<bool>,
+    /// nginx `error_page` arguments, one directive per item; replaces what
+    /// the enclosing location or server defines.
+    pub error_page: Option<Vec<Spanned<String>>>,
+    /// nginx `proxy_intercept_errors` (default: the enclosing level's).
+    pub proxy_intercept_errors: Option<bool>,
+    /// nginx `recursive_error_pages` (default: the enclosing level's).
+    pub recursive_error_pages: Option<bool>,
     /// Nested locations.
     #[serde(default)]
     pub location: Vec<Spanned<LocationDef>>,

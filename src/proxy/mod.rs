@@ -14,6 +14,7 @@ pub mod front;
 pub mod h1;
 pub mod pingora_engine;
 pub mod plan;
+pub mod ports;
 pub mod server;
 pub mod services;
 pub mod stream;
@@ -55,4 +56,6 @@ pub struct ProxySettings {
     pub max_body_size: Option<u64>,
     /// Services reached with TLS or HTTP/2 (`[services.<name>]`).
     pub services: Arc<services::Services>,
+    /// The nginx port of each listener (`[routes.nginx_listen]`).
+    pub listen_ports: Arc<ports::ListenPorts>,
 }

@@ -6,6 +6,14 @@
 //! answering (up to the location's `retries`), and every attempt's outcome
 //! recorded on the instance for passive ejection.
 //!
+//! `proxy_intercept_errors`: when the plan hands an upstream status back to
+//! the rules, `upstream_response_filter` (which runs before anything is
+//! written downstream) decides the request again with that status; a new
+//! plan is proxied through Pingora's retry loop (the request body comes
+//! from its retry buffer), a local answer is sent by `fail_to_proxy`. A
+//! body too large for the retry buffer cannot be sent twice, so such a
+//! response is passed on as it is.
+//!
 //! This engine also serves HTTP/2 downstream (TLS with ALPN `h2`, and h2c;
 //! see [`super::front`]), and every request to a service reached with TLS
 //! or HTTP/2 (`[services.<name>]`, [`super::services`]), whichever engine
@@ -52,9 +60,24 @@ impl Laneway {
     }
 }
 
+/// The error that ends an upstream exchange whose status goes back to the
+/// rules (`proxy_intercept_errors`).
+const INTERCEPTED: ErrorType = ErrorType::Custom("upstream status handed back to the rules");
+
 /// Per-request state.
 pub struct Ctx {
     started: Instant,
+    /// The snapshot the request was decided on (decided again on it after
+    /// an intercepted upstream status).
+    snap: Option<Arc<Snapshot>>,
+    /// The nginx port of the listener.
+    port: u16,
+    /// Upstream statuses handed back to the rules so far.
+    statuses: Vec<u16>,
+    /// The local answer the rules gave after an intercepted status.
+    after_intercept: Option<LocalResponse>,
+    /// The status the last upstream answered (passive health counts it).
+    upstream_status: u16,
     lane: Option<Arc<LaneView>>,
     lane_source: LaneSource,
     target: Option<Arc<Target>>,
@@ -100,6 +123,11 @@ impl ProxyHttp for Laneway {
     fn new_ctx(&self) -> Ctx {
         Ctx {
             started: Instant::now(),
+            snap: None,
+            port: 0,
+            statuses: Vec::new(),
+            after_intercept: None,
+            upstream_status: 0,
             lane: None,
             lane_source: LaneSource::Default,
             target: None,
@@ -133,15 +161,21 @@ impl ProxyHttp for Laneway {
         }
         let dst = session.server_addr().and_then(|a| a.as_inet()).copied();
         ctx.https = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        ctx.port = self.settings.listen_ports.port_of(dst);
         let decided = plan::decide(
             &snap,
             &self.settings,
-            host,
-            target,
-            if ctx.https { "https" } else { "http" },
-            &req.headers,
-            dst,
+            &plan::Incoming {
+                host,
+                target,
+                scheme: if ctx.https { "https" } else { "http" },
+                headers: &req.headers,
+                dst,
+                port: ctx.port,
+                upstream_statuses: &[],
+            },
         );
+        ctx.snap = Some(snap.clone());
         ctx.lane = Some(decided.lane);
         ctx.lane_source = decided.lane_source;
         ctx.target = decided.target;
@@ -273,6 +307,10 @@ impl ProxyHttp for Laneway {
         ctx: &mut Ctx,
         client_reused: bool,
     ) -> Box<Error> {
+        if e.etype() == &INTERCEPTED {
+            // decided again: retried when the rules gave a new plan
+            return e;
+        }
         let mut e = e.more_context(format!("Peer: {peer}"));
         let closed_early = matches!(
             e.etype(),
@@ -313,11 +351,16 @@ impl ProxyHttp for Laneway {
                 req.insert_header(HOST, authority)?;
             }
         }
-        if let Some(target) = plan.upstream_target.take() {
+        // (not taken from the plan: a resend runs this filter again)
+        if let Some(target) = &plan.upstream_target {
             let uri = target
                 .parse::<http::Uri>()
                 .map_err(|e| Error::because(ErrorType::InternalError, "rewritten URI", e))?;
             req.set_uri(uri);
+        }
+        if plan.as_get && req.method != http::Method::HEAD {
+            // an error page redirected the request: nginx sends it as GET
+            req.set_method(http::Method::GET);
         }
         if let Some(host) = &plan.production_host {
             req.insert_header(HOST, host.as_str())?;
@@ -325,11 +368,11 @@ impl ProxyHttp for Laneway {
         for name in &plan.remove_headers {
             req.remove_header(name);
         }
-        for (name, value) in plan.set_headers.drain(..) {
+        for (name, value) in &plan.set_headers {
             if value.is_empty() {
-                req.remove_header(&name);
+                req.remove_header(name);
             } else {
-                req.insert_header(name, value)?;
+                req.insert_header(name.clone(), value.as_str())?;
             }
         }
         if let Some(client) = session.client_addr().and_then(|a| a.as_inet()) {
@@ -364,12 +407,92 @@ impl ProxyHttp for Laneway {
         Ok(())
     }
 
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let status = upstream_response.status.as_u16();
+        ctx.upstream_status = status;
+        let intercepts = ctx.plan.as_ref().is_some_and(|p| p.intercepts(status));
+        if !intercepts || session.as_ref().retry_buffer_truncated() {
+            return Ok(());
+        }
+        // the dropped answer counts for its instance and pool
+        if let Some(state) = ctx.last_state() {
+            state.record_status(status);
+        }
+        if let (Some(plan), Some(up)) = (&ctx.plan, ctx.upstream_started) {
+            plan.pool.metrics().requests.inc(status);
+            plan.pool
+                .metrics()
+                .duration
+                .observe(up.elapsed().as_secs_f64());
+        }
+        debug!(
+            status,
+            lane = ctx.lane_name(),
+            "upstream status handed back to the rules"
+        );
+        let Some(snap) = ctx.snap.clone() else {
+            return Ok(());
+        };
+        ctx.statuses.push(status);
+        let req = session.req_header();
+        let host = req
+            .headers
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri.authority().map(|a| a.as_str()))
+            .unwrap_or("");
+        let target = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let dst = session.server_addr().and_then(|a| a.as_inet()).copied();
+        let decided = plan::decide(
+            &snap,
+            &self.settings,
+            &plan::Incoming {
+                host,
+                target,
+                scheme: if ctx.https { "https" } else { "http" },
+                headers: &req.headers,
+                dst,
+                port: ctx.port,
+                upstream_statuses: &ctx.statuses,
+            },
+        );
+        ctx.target = decided.target;
+        ctx.tries = 0;
+        ctx.upstream_started = None;
+        ctx.upstream_addr = None;
+        let mut e = Error::explain(INTERCEPTED, format!("upstream answered {status}"));
+        match decided.action {
+            Ok(plan) => {
+                ctx.read_retries = plan.read_retries;
+                ctx.plan = Some(plan);
+                e.set_retry(true);
+            }
+            Err(resp) => {
+                ctx.plan = None;
+                ctx.after_intercept = Some(resp);
+                e.set_retry(false);
+            }
+        }
+        Err(e)
+    }
+
     async fn response_filter(
         &self,
         _session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if let Some(code) = ctx.plan.as_ref().and_then(|p| p.status) {
+            // an error page's status replaces the upstream's
+            if code != resp.status.as_u16() && resp.status.as_u16() != 101 {
+                resp.set_status(code)?;
+            }
+        }
         if self.settings.response_headers {
             if let Some(lane) = &ctx.lane {
                 resp.insert_header(self.settings.lanes.header.clone(), &*lane.name)?;
@@ -386,7 +509,34 @@ impl ProxyHttp for Laneway {
         Ok(())
     }
 
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, e: &Error) -> bool {
+        e.etype() == &INTERCEPTED
+    }
+
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        _ctx: &Ctx,
+        e: &Error,
+        _context: pingora_proxy::ProxyWarnLogContext,
+    ) -> bool {
+        e.etype() == &INTERCEPTED
+    }
+
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        if let Some(resp) = ctx.after_intercept.take() {
+            // the rules answered the intercepted status themselves
+            ctx.local = Some(resp.reason);
+            self.metrics.local_response(resp.reason).inc();
+            let status = resp.status;
+            if let Err(err) = send_local(resp, session, ctx, &self.settings).await {
+                debug!(error = %err, "cannot send the error page downstream");
+            }
+            return FailToProxy {
+                error_code: status,
+                can_reuse_downstream: session.is_body_done(),
+            };
+        }
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
             ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
@@ -440,7 +590,11 @@ impl ProxyHttp for Laneway {
         }
         if status != 0 && ctx.upstream_started.is_some() && ctx.local.is_none() {
             if let Some(state) = ctx.last_state() {
-                state.record_status(status);
+                state.record_status(if ctx.upstream_status != 0 {
+                    ctx.upstream_status
+                } else {
+                    status
+                });
             }
         }
         if let (Some(plan), Some(up)) = (&ctx.plan, ctx.upstream_started) {

@@ -11,7 +11,7 @@ use http::HeaderMap;
 
 use super::ProxySettings;
 use crate::routing::lanes::{self, LaneSource};
-use crate::routing::rules::{Decision, RequestInfo};
+use crate::routing::rules::{Decision, ErrorCodes, RequestInfo};
 use crate::routing::snapshot::{LaneView, Pool, Snapshot, Target};
 
 /// A request that goes upstream.
@@ -29,6 +29,41 @@ pub struct Plan {
     /// Times an idempotent request may be sent again after the upstream
     /// closed or reset before answering.
     pub read_retries: usize,
+    /// Answer with this status whatever the upstream's (an `error_page`
+    /// without `=` is in force).
+    pub status: Option<u16>,
+    /// Upstream statuses that go back to the rules (`proxy_intercept_errors`):
+    /// the response is dropped and the request decided again with
+    /// [`Incoming::upstream_statuses`] + the status.
+    pub intercept: Option<ErrorCodes>,
+    /// Send the request as GET (unless HEAD): an `error_page` redirected it.
+    pub as_get: bool,
+}
+
+impl Plan {
+    /// The upstream's `status` goes back to the rules.
+    #[inline]
+    pub fn intercepts(&self, status: u16) -> bool {
+        self.intercept.is_some_and(|c| c.contains(status))
+    }
+}
+
+/// What [`decide`] needs to know about a request.
+#[derive(Clone, Copy)]
+pub struct Incoming<'a> {
+    /// The Host header or authority.
+    pub host: &'a str,
+    /// The raw request target (`/path?query`).
+    pub target: &'a str,
+    pub scheme: &'a str,
+    pub headers: &'a HeaderMap,
+    /// The address the client connected to (a VIP or pool port names a lane).
+    pub dst: Option<std::net::SocketAddr>,
+    /// The nginx port of the listener ([`super::ports::ListenPorts`]).
+    pub port: u16,
+    /// The statuses the upstream answered earlier plans of this request
+    /// with, each handed back by [`Plan::intercepts`]; empty at first.
+    pub upstream_statuses: &'a [u16],
 }
 
 /// A response produced by laneway rather than an upstream.
@@ -59,17 +94,17 @@ pub struct Decided {
     pub action: Result<Plan, LocalResponse>,
 }
 
-/// Resolves lane, rule and target for a request. `target` is the raw
-/// request target (`/path?query`), `host` the Host header or authority.
-pub fn decide(
-    snap: &Snapshot,
-    settings: &ProxySettings,
-    host: &str,
-    request_target: &str,
-    scheme: &str,
-    headers: &HeaderMap,
-    dst: Option<std::net::SocketAddr>,
-) -> Decided {
+/// Resolves lane, rule and target for a request.
+pub fn decide(snap: &Snapshot, settings: &ProxySettings, req: &Incoming<'_>) -> Decided {
+    let Incoming {
+        host,
+        target: request_target,
+        scheme,
+        headers,
+        dst,
+        port,
+        upstream_statuses,
+    } = *req;
     let resolved = lanes::resolve(snap, &settings.lanes, headers, host, dst);
     if let Some(entry) = resolved.free_entry {
         return Decided {
@@ -93,6 +128,8 @@ pub fn decide(
         scheme,
         lane: &lane.name,
         headers,
+        port,
+        upstream_statuses,
     };
     let mut target = None;
     let action = match snap.rules.route(&info) {
@@ -102,6 +139,9 @@ pub fn decide(
             upstream_target,
             set_headers,
             add_response_headers,
+            status,
+            intercept,
+            as_get,
             ..
         } => match snap.target(&lane, service) {
             None => Err(LocalResponse::text(
@@ -128,6 +168,9 @@ pub fn decide(
                         read_timeout: location.read_timeout.unwrap_or(settings.read_timeout),
                         write_timeout: location.write_timeout.unwrap_or(settings.write_timeout),
                         read_retries: location.retries.unwrap_or(settings.read_retries),
+                        status,
+                        intercept: intercept.copied(),
+                        as_get,
                     }),
                     Err(msg) => Err(LocalResponse::text(
                         503,

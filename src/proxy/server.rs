@@ -70,6 +70,7 @@ pub fn settings(control: &Control) -> ProxySettings {
         upstream_keepalive: (cfg.proxy.upstream_keepalive / cfg.proxy.threads).max(1),
         max_body_size: cfg.proxy.max_body_size,
         services: Arc::new(Default::default()),
+        listen_ports: Arc::new(super::ports::ListenPorts::from_config(cfg)),
     }
 }
 
@@ -209,25 +210,36 @@ fn listen<A>(service: &mut Service<A>, cfg: &Config, worker: usize) {
 /// entries when `[proxy] bind_entries` is on. An unspecified listen address
 /// (`0.0.0.0:80`) already receives every VIP's traffic on its port.
 pub fn listen_addresses(cfg: &Config) -> Vec<SocketAddr> {
-    let mut out: Vec<SocketAddr> = cfg.proxy.listen.clone();
+    let mut out: Vec<SocketAddr> = listen_addresses_with_origin(cfg)
+        .into_iter()
+        .map(|(a, _)| a)
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// [`listen_addresses`], each with the `[proxy] listen` address it comes
+/// from (itself, or the one a lane entry is bound for), in that order.
+pub fn listen_addresses_with_origin(cfg: &Config) -> Vec<(SocketAddr, SocketAddr)> {
+    let mut out: Vec<(SocketAddr, SocketAddr)> =
+        cfg.proxy.listen.iter().map(|l| (*l, *l)).collect();
     if cfg.proxy.bind_entries {
         if let Some(pool) = &cfg.lanes.vip_pool {
             for l in cfg.proxy.listen.iter().filter(|l| !l.ip().is_unspecified()) {
                 out.extend(
                     pool.addresses()
                         .filter(|ip| ip.is_ipv4() == l.is_ipv4())
-                        .map(|ip| SocketAddr::new(ip, l.port())),
+                        .map(|ip| (SocketAddr::new(ip, l.port()), *l)),
                 );
             }
         }
         if let Some(ports) = &cfg.lanes.port_pool {
             for l in &cfg.proxy.listen {
-                out.extend((ports.first..=ports.last).map(|p| SocketAddr::new(l.ip(), p)));
+                out.extend((ports.first..=ports.last).map(|p| (SocketAddr::new(l.ip(), p), *l)));
             }
         }
     }
-    out.sort();
-    out.dedup();
     out
 }
 

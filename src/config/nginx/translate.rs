@@ -8,7 +8,15 @@
 //! line remembers the nginx file:line it came from, so compile errors name
 //! the nginx file. Inherited settings (`proxy_set_header`, `add_header`,
 //! `proxy_*_timeout`) are resolved here, as nginx merges them: an array
-//! directive at a level replaces the inherited ones.
+//! directive at a level replaces the inherited ones. `error_page`,
+//! `proxy_intercept_errors` and `recursive_error_pages` are written where
+//! nginx sets them (http-level ones on each server) and routes.toml
+//! inherits them the same way.
+//!
+//! `listen` becomes the server's `ports` (and `ssl_ports`, and `default`
+//! for `default_server`); servers are then chosen by the nginx port a
+//! laneway listener stands for (`[routes.nginx_listen]`) and by host. A
+//! server without `listen` listens on port 80, as nginx run as root.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -154,7 +162,6 @@ const IGNORED: &[&str] = &[
     "proxy_next_upstream",
     "proxy_next_upstream_tries",
     "proxy_next_upstream_timeout",
-    "proxy_intercept_errors",
     "root",
     "alias",
     "index",
@@ -222,7 +229,6 @@ const IGNORED: &[&str] = &[
 /// Directives that matter but that laneway does not do, and what it does.
 fn unsupported(name: &str) -> Option<&'static str> {
     Some(match name {
-        "error_page" => "laneway answers with the original status",
         "proxy_redirect" => "laneway passes the upstream's Location header unchanged",
         "proxy_hide_header" | "proxy_pass_header" => "laneway passes upstream headers unchanged",
         "limit_req" | "limit_conn" | "limit_rate" => "laneway does not rate-limit",
@@ -254,6 +260,10 @@ struct Inherit {
     connect: Option<String>,
     read: Option<String>,
     send: Option<String>,
+    /// `error_page` arguments (one item per directive).
+    error_pages: Option<Vec<(String, Directive)>>,
+    intercept_errors: Option<(bool, Directive)>,
+    recursive_error_pages: Option<(bool, Directive)>,
 }
 
 struct Emitter {
@@ -377,16 +387,10 @@ pub fn translate(
         tr.emit_map(&mut em, m);
     }
     let servers = std::mem::take(&mut tr.servers);
-    let mut seen_names: HashMap<String, String> = HashMap::new();
-    let mut default_seen = false;
+    let mut seen_names: HashMap<(u16, String), String> = HashMap::new();
+    let mut defaults: HashMap<u16, (Option<String>, String)> = HashMap::new();
     for (s, inherit) in &servers {
-        tr.emit_server(
-            &mut em,
-            s,
-            inherit.clone(),
-            &mut seen_names,
-            &mut default_seen,
-        );
+        tr.emit_server(&mut em, s, inherit.clone(), &mut seen_names, &mut defaults);
     }
     if !tr.errors.is_empty() {
         return Err(tr.errors);
@@ -531,6 +535,39 @@ impl Tr<'_> {
                 };
                 slot.get_or_insert_with(Vec::new)
                     .push((name, value, d.clone()));
+                self.done(d, Outcome::Translated, "");
+                true
+            }
+            "error_page" => {
+                if d.args.len() < 2 {
+                    self.error(
+                        d,
+                        "\"error_page\" takes one or more codes and a target (URI, @name or URL)",
+                    );
+                    return true;
+                }
+                let item: Vec<String> = d.args.iter().map(|a| quote_word(a)).collect();
+                own.error_pages
+                    .get_or_insert_with(Vec::new)
+                    .push((item.join(" "), d.clone()));
+                self.done(d, Outcome::Translated, "");
+                true
+            }
+            "proxy_intercept_errors" | "recursive_error_pages" => {
+                let on = match d.args.as_slice() {
+                    [v] if v == "on" => true,
+                    [v] if v == "off" => false,
+                    _ => {
+                        self.error(d, format!("\"{}\" takes on or off", d.name));
+                        return true;
+                    }
+                };
+                let slot = if d.name == "proxy_intercept_errors" {
+                    &mut own.intercept_errors
+                } else {
+                    &mut own.recursive_error_pages
+                };
+                *slot = Some((on, d.clone()));
                 self.done(d, Outcome::Translated, "");
                 true
             }
@@ -780,13 +817,13 @@ impl Tr<'_> {
         em: &mut Emitter,
         s: &Directive,
         inherit: Inherit,
-        seen_names: &mut HashMap<String, String>,
-        default_seen: &mut bool,
+        seen_names: &mut HashMap<(u16, String), String>,
+        defaults: &mut HashMap<u16, (Option<String>, String)>,
     ) {
         self.done(s, Outcome::Translated, "");
         let ds = s.block.as_deref().unwrap_or_default();
+        let listens = self.listens(ds, defaults);
         let mut names: Vec<String> = Vec::new();
-        let mut default = false;
         let mut script: Vec<(String, Directive)> = Vec::new();
         let mut own = Inherit::default();
         let mut inh = inherit;
@@ -796,35 +833,36 @@ impl Tr<'_> {
                 continue;
             }
             match d.name.as_str() {
-                "listen" => {
-                    let def = d
-                        .args
-                        .iter()
-                        .any(|a| a == "default_server" || a == "default");
-                    if def && !*default_seen {
-                        default = true;
-                        *default_seen = true;
-                        self.done(d, Outcome::Translated, "default_server: default = true");
-                    } else {
-                        self.done(
-                            d,
-                            Outcome::Translated,
-                            "laneway serves every server on its own listeners; servers are chosen by host only",
-                        );
-                    }
-                }
+                "listen" => {} // read above
                 "server_name" => {
                     for n in &d.args {
                         let key = n.to_ascii_lowercase();
-                        if let Some(other) = seen_names.get(&key) {
-                            self.done(
-                                d,
-                                Outcome::Ignored,
-                                &format!("conflicting server name {n:?} (first at {other}); nginx ignores it too"),
-                            );
+                        let taken: Vec<(u16, String)> = listens
+                            .ports
+                            .iter()
+                            .filter_map(|p| {
+                                seen_names.get(&(*p, key.clone())).map(|o| (*p, o.clone()))
+                            })
+                            .collect();
+                        if let Some((port, other)) = taken.first() {
+                            if taken.len() == listens.ports.len() {
+                                self.done(
+                                    d,
+                                    Outcome::Ignored,
+                                    &format!("conflicting server name {n:?} on port {port} (first at {other}); nginx ignores it too"),
+                                );
+                            } else {
+                                self.done(
+                                    d,
+                                    Outcome::Unsupported,
+                                    &format!("conflicting server name {n:?} on port {port} (first at {other}): laneway keeps one name list per server, so the name is left out on this server's other ports too"),
+                                );
+                            }
                             continue;
                         }
-                        seen_names.insert(key, d.at());
+                        for p in &listens.ports {
+                            seen_names.insert((*p, key.clone()), d.at());
+                        }
                         names.push(n.clone());
                     }
                     self.done(d, Outcome::Translated, "");
@@ -842,13 +880,104 @@ impl Tr<'_> {
         em.line("", s);
         em.line(&format!("[[server]]  # {}", s.at()), s);
         em.line(&format!("names = {}", toml_list(&names)), s);
-        if default {
-            em.line("default = true", s);
+        let ports: Vec<String> = listens.ports.iter().map(u16::to_string).collect();
+        em.line(&format!("ports = [{}]", ports.join(", ")), s);
+        if !listens.ssl.is_empty() {
+            let ssl: Vec<String> = listens.ssl.iter().map(u16::to_string).collect();
+            em.line(&format!("ssl_ports = [{}]", ssl.join(", ")), s);
+        }
+        if !listens.default.is_empty() {
+            if listens.default == listens.ports {
+                em.line("default = true", s);
+            } else {
+                let d: Vec<String> = listens.default.iter().map(u16::to_string).collect();
+                em.line(&format!("default = [{}]", d.join(", ")), s);
+            }
         }
         emit_script(em, &script);
+        // the server's own settings, or its http level's
+        emit_error_pages(em, &inh);
         for l in &locations {
             self.emit_location(em, l, &inh, "server.location", None);
         }
+    }
+
+    /// Reads a server's `listen` directives (port 80 without any) and
+    /// reports each. `defaults`: the default server of each port so far.
+    fn listens(
+        &mut self,
+        ds: &[Directive],
+        defaults: &mut HashMap<u16, (Option<String>, String)>,
+    ) -> Listens {
+        let mut out = Listens::default();
+        let mut any = false;
+        for d in ds.iter().filter(|d| d.name == "listen") {
+            any = true;
+            let Some(arg) = d.args.first() else {
+                self.error(d, "\"listen\" needs an address or a port");
+                continue;
+            };
+            if arg.starts_with("unix:") {
+                self.done(d, Outcome::Unsupported, "unix sockets are not supported");
+                continue;
+            }
+            let (addr, port) = match listen_port(arg) {
+                Ok(v) => v,
+                Err(m) => {
+                    self.error(d, m);
+                    continue;
+                }
+            };
+            let flags = &d.args[1..];
+            let ssl = flags.iter().any(|f| f == "ssl");
+            let default = flags
+                .iter()
+                .any(|f| f == "default_server" || f == "default");
+            let mut notes = vec![format!("port {port}")];
+            let mut outcome = Outcome::Translated;
+            out.ports.push(port);
+            if ssl {
+                out.ssl.push(port);
+                notes.push("ssl: laneway's [tls] listeners terminate TLS".to_string());
+            }
+            if let Some(a) = addr.as_deref().filter(|a| !matches!(*a, "0.0.0.0" | "::")) {
+                notes.push(format!(
+                    "the address {a} is not compared: laneway chooses servers by port"
+                ));
+            }
+            if default {
+                match defaults.get(&port) {
+                    None => {
+                        defaults.insert(port, (addr.clone(), d.at()));
+                        out.default.push(port);
+                        notes.push(format!("default_server of port {port}"));
+                    }
+                    Some((first_addr, at)) if *first_addr == addr => {
+                        self.error(
+                            d,
+                            format!("a duplicate default server for {arg} (the first at {at})"),
+                        );
+                        continue;
+                    }
+                    Some((_, at)) => {
+                        outcome = Outcome::Unsupported;
+                        notes.push(format!(
+                            "default_server left out: port {port} already has the default server at {at} (laneway chooses servers by port, not address)"
+                        ));
+                    }
+                }
+            }
+            self.done(d, outcome, &notes.join("; "));
+        }
+        if !any {
+            // nginx run as root listens on port 80
+            out.ports.push(80);
+        }
+        for list in [&mut out.ports, &mut out.ssl, &mut out.default] {
+            list.sort_unstable();
+            list.dedup();
+        }
+        out
     }
 
     /// One script item (nginx text) for `d`, after checking an `if` body.
@@ -938,6 +1067,12 @@ impl Tr<'_> {
                 _ => self.other(d, "location"),
             }
         }
+        let own_errors = Inherit {
+            error_pages: own.error_pages.clone(),
+            intercept_errors: own.intercept_errors.clone(),
+            recursive_error_pages: own.recursive_error_pages.clone(),
+            ..Inherit::default()
+        };
         merge(&mut inh, own);
         em.line("", l);
         em.line(&format!("[[{path}]]  # {}", l.at()), l);
@@ -961,6 +1096,8 @@ impl Tr<'_> {
                 em.line(&format!("{key} = {}", toml_str(v)), l);
             }
         }
+        // routes.toml inherits them from the enclosing level as nginx does
+        emit_error_pages(em, &own_errors);
         for (key, list) in [
             ("set_headers", &inh.set_headers),
             ("add_response_headers", &inh.add_headers),
@@ -1008,4 +1145,74 @@ fn merge(inh: &mut Inherit, own: Inherit) {
     if own.add_headers.is_some() {
         inh.add_headers = own.add_headers;
     }
+    if own.error_pages.is_some() {
+        inh.error_pages = own.error_pages;
+    }
+    if own.intercept_errors.is_some() {
+        inh.intercept_errors = own.intercept_errors;
+    }
+    if own.recursive_error_pages.is_some() {
+        inh.recursive_error_pages = own.recursive_error_pages;
+    }
+}
+
+/// Writes the `error_page` settings of a level: `what` holds the ones to
+/// write (a location's own; a server's own or its http level's).
+fn emit_error_pages(em: &mut Emitter, what: &Inherit) {
+    if let Some(items) = &what.error_pages {
+        match items.first() {
+            None => {}
+            Some((_, d)) => {
+                em.line("error_page = [", d);
+                for (t, d) in items {
+                    em.line(&format!("  {},", toml_str(t)), d);
+                }
+                em.line("]", d);
+            }
+        }
+    }
+    if let Some((on, d)) = &what.intercept_errors {
+        em.line(&format!("proxy_intercept_errors = {on}"), d);
+    }
+    if let Some((on, d)) = &what.recursive_error_pages {
+        em.line(&format!("recursive_error_pages = {on}"), d);
+    }
+}
+
+/// One `listen`: the port and the address (`None`: every address),
+/// nginx's spellings: `8080`, `127.0.0.1:8080`, `*:8080`, `[::1]:8080`,
+/// `127.0.0.1` (port 80).
+fn listen_port(arg: &str) -> Result<(Option<String>, u16), String> {
+    let bad = || format!("invalid port in {arg:?} of the \"listen\" directive");
+    let port = |p: &str| match p.parse::<u16>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(bad()),
+    };
+    if let Some(rest) = arg.strip_prefix('[') {
+        let (ip, after) = rest.split_once(']').ok_or_else(bad)?;
+        return match after.strip_prefix(':') {
+            Some(p) => Ok((Some(ip.to_string()), port(p)?)),
+            None if after.is_empty() => Ok((Some(ip.to_string()), 80)),
+            None => Err(bad()),
+        };
+    }
+    if arg.bytes().all(|b| b.is_ascii_digit()) {
+        return Ok((None, port(arg)?));
+    }
+    match arg.rsplit_once(':') {
+        Some((host, p)) => {
+            let addr = (host != "*").then(|| host.to_string());
+            Ok((addr, port(p)?))
+        }
+        None => Ok((Some(arg.to_string()), 80)),
+    }
+}
+
+/// What a server's `listen` directives say.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Listens {
+    ports: Vec<u16>,
+    ssl: Vec<u16>,
+    /// Ports it is the `default_server` of.
+    default: Vec<u16>,
 }

@@ -20,7 +20,12 @@ impl H1App {
     ) {
         let out = &mut s.out;
         out.clear();
-        out.extend_from_slice(head.method());
+        if plan.as_get && !info.is_head {
+            // an error page redirected the request: nginx sends it as GET
+            out.extend_from_slice(b"GET");
+        } else {
+            out.extend_from_slice(head.method());
+        }
         out.push(b' ');
         match &plan.upstream_target {
             Some(t) => out.extend_from_slice(t.as_bytes()),

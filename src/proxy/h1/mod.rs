@@ -117,6 +117,7 @@ impl ServerApp for H1App {
             buf: BytesMut::with_capacity(READ_CHUNK),
             peer,
             local,
+            port: self.settings.listen_ports.port_of(local),
             https,
             handoff: None,
         };
@@ -163,6 +164,8 @@ struct Client {
     peer: Option<SocketAddr>,
     /// The address the client connected to: a VIP or pool port names a lane.
     local: Option<SocketAddr>,
+    /// The nginx port of the listener (`[routes.nginx_listen]`).
+    port: u16,
     /// TLS-terminated: the request's scheme is `https`.
     https: bool,
     /// Bytes read and not served (a request head and what followed): the
@@ -209,6 +212,10 @@ struct ReqInfo {
 enum Failure {
     /// Nothing sent to the client yet: answer with this status.
     Status(u16, &'static str),
+    /// The upstream answered a status the plan hands back to the rules
+    /// (`proxy_intercept_errors`); nothing was sent to the client and the
+    /// request body, if any, is kept for sending again.
+    Intercepted(u16),
     /// The client connection is unusable.
     Abort(io::Error),
 }
@@ -353,6 +360,7 @@ impl H1App {
                 upstream: None,
                 upstream_started: None,
                 status: resp.status,
+                upstream_status: 0,
                 local: Some("health"),
             };
             if info.framing != Framing::None {
@@ -362,15 +370,16 @@ impl H1App {
             return Ok(info.keep_alive);
         }
         let snap = self.snapshot.load_full();
-        let decided = plan::decide(
-            &snap,
-            &self.settings,
+        let incoming = plan::Incoming {
             host,
-            head.target(),
-            if c.https { "https" } else { "http" },
-            &headers,
-            c.local,
-        );
+            target: head.target(),
+            scheme: if c.https { "https" } else { "http" },
+            headers: &headers,
+            dst: c.local,
+            port: c.port,
+            upstream_statuses: &[],
+        };
+        let decided = plan::decide(&snap, &self.settings, &incoming);
         if let (Some(t), Ok(_), true) = (
             &decided.target,
             &decided.action,
@@ -396,68 +405,101 @@ impl H1App {
             upstream: None,
             upstream_started: None,
             status: 0,
+            upstream_status: 0,
             local: None,
         };
-        let keep = match decided.action {
-            Err(resp) => {
-                log.local = Some(resp.reason);
-                self.metrics.local_response(resp.reason).inc();
-                if info.expect_continue && info.framing != Framing::None {
-                    // Nothing will read the body: don't invite it.
-                    info.keep_alive = false;
-                } else if info.framing != Framing::None {
-                    let mut tracker = ChunkTracker::default();
-                    let mut sink = tokio::io::sink();
-                    transfer(
-                        &mut c.io,
-                        &mut c.buf,
-                        info.framing,
-                        &mut tracker,
-                        &mut sink,
-                        self.settings.read_timeout,
-                        &[],
-                    )
-                    .await?;
-                }
-                log.status = resp.status;
-                self.write_local(c, s, &resp, &log, &info).await?;
-                info.keep_alive
-            }
-            Ok(plan) => match self
-                .proxy(c, s, &head, &headers, &info, &plan, &mut log)
-                .await
-            {
-                Ok(keep) => keep && info.keep_alive,
-                Err(Failure::Status(413, _)) => {
-                    let max = self.settings.max_body_size.unwrap_or(0);
-                    let resp = LocalResponse::text(413, "body_too_large", body_too_large(max));
+        // statuses handed back to the rules, and the request body kept to
+        // send again (only when the plan may hand a status back)
+        let mut statuses: Vec<u16> = Vec::new();
+        let mut replay: Option<bytes::Bytes> = None;
+        let mut action = decided.action;
+        let keep = loop {
+            break match action {
+                Err(resp) => {
                     log.local = Some(resp.reason);
-                    log.status = 413;
                     self.metrics.local_response(resp.reason).inc();
-                    info.keep_alive = false;
+                    if replay.is_some() {
+                        // an error page after the body went upstream whole
+                    } else if info.expect_continue && info.framing != Framing::None {
+                        // Nothing will read the body: don't invite it.
+                        info.keep_alive = false;
+                    } else if info.framing != Framing::None {
+                        let mut tracker = ChunkTracker::default();
+                        let mut sink = tokio::io::sink();
+                        transfer(
+                            &mut c.io,
+                            &mut c.buf,
+                            info.framing,
+                            &mut tracker,
+                            &mut sink,
+                            self.settings.read_timeout,
+                            &[],
+                        )
+                        .await?;
+                    }
+                    log.status = resp.status;
                     self.write_local(c, s, &resp, &log, &info).await?;
-                    false
+                    info.keep_alive
                 }
-                Err(Failure::Status(status, what)) => {
-                    log.local = Some("upstream_error");
-                    log.status = status;
-                    self.metrics.local_response("upstream_error").inc();
-                    let body = super::pingora_engine::upstream_error_body(
-                        &log.lane.name,
-                        log.target.as_deref(),
-                        log.upstream,
-                        what,
-                    );
-                    let resp = LocalResponse::text(status, "upstream_error", body);
-                    self.write_local(c, s, &resp, &log, &info).await?;
-                    // The request body may be half read: start afresh.
-                    false
-                }
-                Err(Failure::Abort(e)) => {
-                    self.finish(&log);
-                    return Err(e);
-                }
-            },
+                Ok(plan) => match self
+                    .proxy(c, s, &head, &headers, &info, &plan, &mut log, &mut replay)
+                    .await
+                {
+                    Ok(keep) => keep && info.keep_alive,
+                    Err(Failure::Intercepted(status)) => {
+                        // the dropped answer still counts for its pool
+                        if let (Some(t), Some(up)) = (&log.target, log.upstream_started) {
+                            if let Ok(pool) = &t.pool {
+                                pool.metrics().requests.inc(status);
+                                pool.metrics().duration.observe(up.elapsed().as_secs_f64());
+                            }
+                        }
+                        statuses.push(status);
+                        let again = plan::decide(
+                            &snap,
+                            &self.settings,
+                            &plan::Incoming {
+                                upstream_statuses: &statuses,
+                                ..incoming
+                            },
+                        );
+                        log.target = again.target;
+                        log.upstream = None;
+                        log.upstream_started = None;
+                        action = again.action;
+                        continue;
+                    }
+                    Err(Failure::Status(413, _)) => {
+                        let max = self.settings.max_body_size.unwrap_or(0);
+                        let resp = LocalResponse::text(413, "body_too_large", body_too_large(max));
+                        log.local = Some(resp.reason);
+                        log.status = 413;
+                        self.metrics.local_response(resp.reason).inc();
+                        info.keep_alive = false;
+                        self.write_local(c, s, &resp, &log, &info).await?;
+                        false
+                    }
+                    Err(Failure::Status(status, what)) => {
+                        log.local = Some("upstream_error");
+                        log.status = status;
+                        self.metrics.local_response("upstream_error").inc();
+                        let body = super::pingora_engine::upstream_error_body(
+                            &log.lane.name,
+                            log.target.as_deref(),
+                            log.upstream,
+                            what,
+                        );
+                        let resp = LocalResponse::text(status, "upstream_error", body);
+                        self.write_local(c, s, &resp, &log, &info).await?;
+                        // The request body may be half read: start afresh.
+                        false
+                    }
+                    Err(Failure::Abort(e)) => {
+                        self.finish(&log);
+                        return Err(e);
+                    }
+                },
+            };
         };
         self.finish(&log);
         Ok(keep)
@@ -507,7 +549,10 @@ struct Log {
     target: Option<Arc<Target>>,
     upstream: Option<SocketAddr>,
     upstream_started: Option<Instant>,
+    /// The status sent to the client.
     status: u16,
+    /// The status the upstream answered (passive health counts it).
+    upstream_status: u16,
     local: Option<&'static str>,
 }
 

@@ -9,6 +9,13 @@
 //! again, on another instance when there is one, up to the location's
 //! `retries` (`[proxy] read_retries`). Anything else answers 502.
 //! Every attempt's outcome is recorded on the instance for passive ejection.
+//!
+//! `proxy_intercept_errors`: when the plan hands an upstream status back to
+//! the rules, the response is dropped before anything reaches the client
+//! and [`Failure::Intercepted`] tells the caller to decide again. That
+//! needs the request body whole: it is kept (only for such plans) when it
+//! arrived with the head; a body still streaming when the upstream answers
+//! cannot be sent twice, so such a response is passed on as it is.
 
 use super::*;
 
@@ -25,8 +32,10 @@ impl H1App {
         info: &ReqInfo,
         plan: &Plan,
         log: &mut Log,
+        replay: &mut Option<bytes::Bytes>,
     ) -> Result<bool, Failure> {
-        if info.expect_continue && info.framing != Framing::None {
+        let again = replay.is_some();
+        if info.expect_continue && info.framing != Framing::None && !again {
             // As nginx does: answer 100 Continue here, never forward Expect.
             write_flush(&mut c.io, b"HTTP/1.1 100 Continue\r\n\r\n")
                 .await
@@ -35,28 +44,39 @@ impl H1App {
         self.build_upstream_head(s, head, headers, info, plan, &log.lane, c.peer, c.https);
         // Body bytes already received go out with the head in one write.
         let mut tracker = ChunkTracker::with_limit(self.settings.max_body_size);
-        let buffered = match info.framing {
-            Framing::None | Framing::Close => 0,
-            Framing::Length(n) => c.buf.len().min(usize::try_from(n).unwrap_or(usize::MAX)),
-            Framing::Chunked => tracker.feed(&c.buf).map_err(|e| {
-                if body::is_too_large(&e) {
-                    Failure::Status(413, "request body too large")
-                } else {
-                    Failure::Status(400, "malformed chunked request body")
-                }
-            })?,
+        let rest = if let Some(body) = replay.as_ref() {
+            // sent again after an intercepted answer: the body kept then
+            s.out.extend_from_slice(body);
+            Framing::None
+        } else {
+            let buffered = match info.framing {
+                Framing::None | Framing::Close => 0,
+                Framing::Length(n) => c.buf.len().min(usize::try_from(n).unwrap_or(usize::MAX)),
+                Framing::Chunked => tracker.feed(&c.buf).map_err(|e| {
+                    if body::is_too_large(&e) {
+                        Failure::Status(413, "request body too large")
+                    } else {
+                        Failure::Status(400, "malformed chunked request body")
+                    }
+                })?,
+            };
+            let rest = match info.framing {
+                Framing::Length(n) => match n - buffered as u64 {
+                    0 => Framing::None,
+                    left => Framing::Length(left),
+                },
+                Framing::Chunked if !tracker.done() => Framing::Chunked,
+                _ => Framing::None,
+            };
+            if plan.intercept.is_some() && rest == Framing::None && !info.upgrade {
+                *replay = Some(bytes::Bytes::copy_from_slice(&c.buf[..buffered]));
+            }
+            s.out.extend_from_slice(&c.buf[..buffered]);
+            c.buf.advance(buffered);
+            rest
         };
-        let rest = match info.framing {
-            Framing::Length(n) => match n - buffered as u64 {
-                0 => Framing::None,
-                left => Framing::Length(left),
-            },
-            Framing::Chunked if !tracker.done() => Framing::Chunked,
-            _ => Framing::None,
-        };
-        s.out.extend_from_slice(&c.buf[..buffered]);
-        c.buf.advance(buffered);
         let replayable = rest == Framing::None;
+        let can_intercept = replay.is_some();
 
         let pool = &plan.pool;
         let mut tried = [usize::MAX; 8];
@@ -129,11 +149,11 @@ impl H1App {
         };
         let addr = pool.instances[idx].addr;
         let result = self
-            .respond(c, s, up, addr, head_len, info, plan, log)
+            .respond(c, s, up, addr, head_len, info, plan, log, can_intercept)
             .await;
         let state = &pool.instances[idx].state;
-        if log.status != 0 {
-            state.record_status(log.status);
+        if log.upstream_status != 0 {
+            state.record_status(log.upstream_status);
         } else if matches!(result, Err(Failure::Status(..))) {
             state.record_failure();
         }
@@ -250,6 +270,7 @@ impl H1App {
         info: &ReqInfo,
         plan: &Plan,
         log: &mut Log,
+        can_intercept: bool,
     ) -> Result<bool, Failure> {
         loop {
             let mut headers_arr = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -276,6 +297,12 @@ impl H1App {
                 continue;
             }
             log.status = status;
+            log.upstream_status = status;
+            if can_intercept && plan.intercepts(status) {
+                // dropped unread: the connection is not reused
+                debug!(upstream = %addr, status, "upstream status handed back to the rules");
+                return Err(Failure::Intercepted(status));
+            }
             let mut chunked = false;
             let mut length = None;
             let mut up_keep = minor >= 1;
@@ -321,10 +348,19 @@ impl H1App {
             // The client's head: status line and headers as received, minus
             // hop-by-hop ones, plus laneway's.
             s.out.clear();
-            s.out.extend_from_slice(b"HTTP/1.1 ");
-            s.out
-                .extend_from_slice(&s.up_buf[9..head_line_end(&s.up_buf[..head_len])]);
-            s.out.extend_from_slice(b"\r\n");
+            match plan.status {
+                // an error page's status replaces the upstream's
+                Some(code) if code != status && !upgrade => {
+                    status_line(&mut s.out, code);
+                    log.status = code;
+                }
+                _ => {
+                    s.out.extend_from_slice(b"HTTP/1.1 ");
+                    s.out
+                        .extend_from_slice(&s.up_buf[9..head_line_end(&s.up_buf[..head_len])]);
+                    s.out.extend_from_slice(b"\r\n");
+                }
+            }
             for h in resp.headers.iter() {
                 let n = h.name.as_bytes();
                 if is_hop_by_hop(n) && !(upgrade && n.eq_ignore_ascii_case(b"upgrade")) {

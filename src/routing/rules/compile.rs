@@ -15,14 +15,18 @@ use regex::bytes::RegexSet;
 use toml::Spanned;
 
 use crate::config::error::ConfigError;
-use crate::config::routes::{LocationDef, OrderedTable, RoutesFile, ServerDef};
+use crate::config::routes::{DefaultDef, LocationDef, OrderedTable, RoutesFile, ServerDef};
 
-use super::host::{parse_name, HostTableBuilder, NameKind};
+use super::errpage::{self, ErrorPage, ErrorPages};
+use super::host::{parse_name, HostTable, HostTableBuilder, NameKind};
 use super::location::{parse_match, LocationKind, LocationTableBuilder};
 use super::pattern::{build_set, set_pattern, Rx, SET_THRESHOLD};
 use super::script::{self as sc, Engine, Level, ScriptCompiler};
 use super::template::{RewriteTarget, Scope, Template, TemplateError};
-use super::{Action, LocExt, Location, Rewrite, RuleSet, Server, StaticInstance, TryLast};
+use super::{
+    Action, DefaultOn, LocExt, Location, PortHosts, Rewrite, RuleSet, Server, StaticInstance,
+    TryLast,
+};
 
 pub(super) fn compile(source: &str, file: &Path) -> Result<RuleSet, Vec<ConfigError>> {
     let parsed =
@@ -39,6 +43,8 @@ pub(super) fn compile(source: &str, file: &Path) -> Result<RuleSet, Vec<ConfigEr
         slots: None,
         upstreams: HashMap::new(),
         host_rx_slots: Vec::new(),
+        host_regexes: 0,
+        named_targets: Vec::new(),
     };
     let mut parsed = parsed;
     let engine_parts = if uses_engine(&parsed) {
@@ -48,35 +54,26 @@ pub(super) fn compile(source: &str, file: &Path) -> Result<RuleSet, Vec<ConfigEr
     };
     let mut pre = precompile(&parsed);
     c.regexes = std::mem::take(&mut pre.regexes);
-    let mut hosts = HostTableBuilder::default();
-    let mut default: Option<(usize, usize)> = None;
     let mut server_lines = Vec::with_capacity(parsed.server.len());
     let mut servers = Vec::with_capacity(parsed.server.len());
+    let mut names = Vec::with_capacity(parsed.server.len());
+    let mut default_spans = Vec::with_capacity(parsed.server.len());
     for (si, def) in parsed.server.into_iter().enumerate() {
         let line = c.line(def.span().start);
         server_lines.push(line);
-        if let Some(d) = def.get_ref().default.as_ref().filter(|d| *d.get_ref()) {
-            match default {
-                Some((_, first)) => c.err(
-                    d.span(),
-                    format!(
-                        "two default servers: this one and the server at line {first}; keep one"
-                    ),
-                ),
-                None => default = Some((si, line)),
-            }
-        }
+        default_spans.push(def.get_ref().default.as_ref().map(|d| d.span()));
         let set = pre.location_sets.remove(&si);
-        servers.push(c.server(si, line, def.into_inner(), &mut hosts, &server_lines, set));
+        let (server, server_names) = c.server(line, def.into_inner(), set);
+        servers.push(server);
+        names.push(server_names);
     }
+    let (hosts, ports) =
+        c.host_tables(&servers, names, &server_lines, &default_spans, pre.host_set);
     if !c.errors.is_empty() {
         // file order, for `laneway check`
         c.errors.sort_by_key(|e| (e.line, e.column));
         return Err(c.errors);
     }
-    let default = default
-        .map(|(si, _)| si)
-        .or(if servers.is_empty() { None } else { Some(0) });
     let (engine, static_instances) = match engine_parts {
         Some((maps, slot_map, statics)) => (
             Some(Box::new(Engine {
@@ -93,7 +90,8 @@ pub(super) fn compile(source: &str, file: &Path) -> Result<RuleSet, Vec<ConfigEr
     Ok(RuleSet {
         file: c.file_arc,
         servers: servers.into_boxed_slice(),
-        hosts: hosts.build_with(default, pre.host_set),
+        hosts,
+        ports: ports.into_boxed_slice(),
         services: c.services.into_boxed_slice(),
         engine,
         static_instances: static_instances.into_boxed_slice(),
@@ -108,6 +106,9 @@ fn uses_engine(f: &RoutesFile) -> bool {
             || l.try_files.is_some()
             || l.internal.is_some()
             || !l.location.is_empty()
+            || l.error_page.is_some()
+            || l.proxy_intercept_errors.is_some()
+            || l.recursive_error_pages.is_some()
             || l.pattern.get_ref().trim_start().starts_with('@')
     }
     !f.map.is_empty()
@@ -115,7 +116,11 @@ fn uses_engine(f: &RoutesFile) -> bool {
         || f.static_services.is_some()
         || f.server.iter().any(|s| {
             let s = s.get_ref();
-            s.script.is_some() || s.location.iter().any(|l| loc(l.get_ref()))
+            s.script.is_some()
+                || s.error_page.is_some()
+                || s.proxy_intercept_errors.is_some()
+                || s.recursive_error_pages.is_some()
+                || s.location.iter().any(|l| loc(l.get_ref()))
         })
 }
 
@@ -152,6 +157,27 @@ struct Compiler<'a> {
     upstreams: HashMap<Box<str>, Arc<str>>,
     /// Group → slot pairs of the server-name regexes, in host-table order.
     host_rx_slots: Vec<Box<[(usize, usize)]>>,
+    /// Server-name regexes compiled so far (their index in the
+    /// every-server host table).
+    host_regexes: usize,
+    /// `error_page @name` targets of the server being compiled, with the
+    /// line naming each.
+    named_targets: Vec<(Box<str>, usize)>,
+}
+
+/// One `names` entry of a server, for the host tables.
+enum NameEntry {
+    Plain(NameKind, Range<usize>),
+    /// A regex and its index in the every-server table.
+    Regex(Rx, usize),
+}
+
+/// The `error_page` settings in force at one level.
+#[derive(Clone, Default)]
+struct ErrCfg {
+    pages: Option<Arc<ErrorPages>>,
+    intercept: bool,
+    recursive: bool,
 }
 
 /// What a location's templates can see, from the server's regex names.
@@ -443,20 +469,19 @@ impl Compiler<'_> {
         line_at(&self.newlines, offset)
     }
 
+    /// Compiles one server; its names are returned for the host tables.
     fn server(
         &mut self,
-        si: usize,
         line: usize,
         def: ServerDef,
-        hosts: &mut HostTableBuilder,
-        server_lines: &[usize],
         location_set: Option<RegexSet>,
-    ) -> Server {
+    ) -> (Server, Vec<NameEntry>) {
         let mut scope = ServerScope {
             names: Vec::new(),
             max_group: 0,
         };
         let mut fallback_host: Option<String> = None;
+        let mut entries = Vec::with_capacity(def.names.len());
         for name in &def.names {
             match parse_name(name.get_ref()) {
                 Err(m) => self.err(name.span(), m),
@@ -470,7 +495,8 @@ impl Compiler<'_> {
                             if let Some(slots) = &self.slots {
                                 self.host_rx_slots.push(sc::slot_groups(&rx, slots));
                             }
-                            hosts.add_regex(rx, si);
+                            entries.push(NameEntry::Regex(rx, self.host_regexes));
+                            self.host_regexes += 1;
                         }
                         None => continue,
                     }
@@ -479,18 +505,17 @@ impl Compiler<'_> {
                     if let NameKind::Exact(e) = &kind {
                         fallback_host.get_or_insert_with(|| e.clone());
                     }
-                    if let Err((other, msg)) = hosts.add(&kind, si) {
-                        let holder = if other == si {
-                            "this server already has it".to_string()
-                        } else {
-                            format!("the server at line {} already has it", server_lines[other])
-                        };
-                        self.err(name.span(), format!("{msg}: {holder}"));
-                    }
+                    entries.push(NameEntry::Plain(kind, name.span()));
                 }
             }
         }
+        let (ports, ssl_ports, default) = self.server_ports(&def);
 
+        let errs = ErrCfg {
+            pages: def.error_page.as_ref().map(|items| self.error_pages(items)),
+            intercept: def.proxy_intercept_errors.unwrap_or(false),
+            recursive: def.recursive_error_pages.unwrap_or(false),
+        };
         let mut locations: Vec<Location> = Vec::with_capacity(def.location.len());
         let mut named: HashMap<String, usize> = HashMap::new();
         let mut pending: Vec<(usize, String, usize)> = Vec::new();
@@ -502,6 +527,7 @@ impl Compiler<'_> {
             &mut pending,
             location_set,
             None,
+            &errs,
         );
         for (li, name, tline) in pending {
             match named.get(&name) {
@@ -520,6 +546,18 @@ impl Compiler<'_> {
                 )),
             }
         }
+        for (name, tline) in std::mem::take(&mut self.named_targets) {
+            if !named.contains_key(&*name) {
+                self.errors.push(ConfigError::new(
+                    self.file,
+                    tline,
+                    0,
+                    format!(
+                        "error_page names the location {name:?}, which this server does not have"
+                    ),
+                ));
+            }
+        }
         let script = match &def.script {
             Some(items) => {
                 let items = self.script_items(items);
@@ -527,18 +565,309 @@ impl Compiler<'_> {
             }
             None => Vec::new(),
         };
-        let context = Box::new(self.placeholder_location(line));
-        Server {
+        let mut context = Box::new(self.placeholder_location(line));
+        if self.slots.is_some() {
+            context.nginx = Some(Box::new(LocExt {
+                errors: errs.pages.clone(),
+                intercept: errs.intercept,
+                recursive: errs.recursive,
+                ..LocExt::default()
+            }));
+        }
+        let mut named: Vec<(Box<str>, usize)> = named
+            .into_iter()
+            .map(|(n, i)| (n.into_boxed_str(), i))
+            .collect();
+        named.sort_unstable();
+        let server = Server {
             file: self.file_arc.clone(),
             line,
             names: def.names.into_iter().map(Spanned::into_inner).collect(),
-            default: def.default.is_some_and(|d| d.into_inner()),
+            default,
+            ports,
+            ssl_ports,
             locations,
             table,
             fallback_host: fallback_host.unwrap_or_default().into_boxed_str(),
             script: script.into_boxed_slice(),
             context,
+            named: named.into_boxed_slice(),
+        };
+        (server, entries)
+    }
+
+    /// A server's `ports`, `ssl_ports` and `default`, checked.
+    fn server_ports(&mut self, def: &ServerDef) -> (Box<[u16]>, Box<[u16]>, DefaultOn) {
+        let mut list = |v: &Option<Spanned<Vec<Spanned<i64>>>>, key: &str| -> Vec<u16> {
+            let mut out = Vec::new();
+            for p in v.iter().flat_map(|l| l.get_ref().iter()) {
+                match u16::try_from(*p.get_ref()) {
+                    Ok(n) if n > 0 => out.push(n),
+                    _ => self.err(
+                        p.span(),
+                        format!("{key}: {} is not a port (1–65535)", p.get_ref()),
+                    ),
+                }
+            }
+            out.sort_unstable();
+            out.dedup();
+            out
+        };
+        let ports = list(&def.ports, "ports");
+        let ssl = list(&def.ssl_ports, "ssl_ports");
+        if let Some(sp) = &def.ssl_ports {
+            if def.ports.is_none() {
+                self.err(
+                    sp.span(),
+                    "ssl_ports names some of the server's ports: set ports too",
+                );
+            } else if let Some(p) = ssl.iter().find(|p| !ports.contains(p)) {
+                self.err(
+                    sp.span(),
+                    format!("ssl_ports: {p} is not one of the server's ports"),
+                );
+            }
         }
+        let default = match def.default.as_ref().map(|d| (d.get_ref(), d.span())) {
+            None | Some((DefaultDef::Flag(false), _)) => DefaultOn::No,
+            Some((DefaultDef::Flag(true), _)) => DefaultOn::All,
+            Some((DefaultDef::Ports(list), span)) => {
+                let mut out = Vec::new();
+                for p in list {
+                    match u16::try_from(*p) {
+                        Ok(n) if n > 0 && (ports.is_empty() || ports.contains(&n)) => out.push(n),
+                        Ok(n) if n > 0 => self.err(
+                            span.clone(),
+                            format!("default: port {n} is not one of the server's ports"),
+                        ),
+                        _ => self.err(
+                            span.clone(),
+                            format!("default: {p} is not a port (1–65535)"),
+                        ),
+                    }
+                }
+                out.sort_unstable();
+                out.dedup();
+                if out.is_empty() {
+                    DefaultOn::No
+                } else {
+                    DefaultOn::Ports(out.into_boxed_slice())
+                }
+            }
+        };
+        (ports.into_boxed_slice(), ssl.into_boxed_slice(), default)
+    }
+
+    /// The host tables: every server's, and one per port when the servers
+    /// name two or more ports. A name two servers share is an error when
+    /// they share a port (with at most one port: always, as before ports).
+    fn host_tables(
+        &mut self,
+        servers: &[Server],
+        names: Vec<Vec<NameEntry>>,
+        server_lines: &[usize],
+        default_spans: &[Option<Range<usize>>],
+        host_set: Option<RegexSet>,
+    ) -> (HostTable, Vec<PortHosts>) {
+        let mut all_ports: Vec<u16> = servers
+            .iter()
+            .flat_map(|s| s.ports.iter().copied())
+            .collect();
+        all_ports.sort_unstable();
+        all_ports.dedup();
+        let by_port = all_ports.len() > 1;
+        let every: Vec<usize> = (0..servers.len()).collect();
+        let mut reported = std::collections::HashSet::new();
+
+        // every server: conflicts are errors unless servers are split by port
+        let mut b = HostTableBuilder::default();
+        self.fill_hosts(
+            &mut b,
+            &every,
+            &names,
+            server_lines,
+            (!by_port).then_some(None),
+            &mut reported,
+        );
+        let default = if by_port {
+            servers.iter().position(|s| s.default.any())
+        } else {
+            self.one_default(servers, &every, default_spans, server_lines, None)
+        };
+        let default = default.or(if servers.is_empty() { None } else { Some(0) });
+        let hosts = b.build_with(default, host_set);
+        if !by_port {
+            return (hosts, Vec::new());
+        }
+        let mut tables = Vec::with_capacity(all_ports.len());
+        for port in all_ports {
+            let on: Vec<usize> = every
+                .iter()
+                .copied()
+                .filter(|&i| servers[i].listens_on(port))
+                .collect();
+            let mut b = HostTableBuilder::default();
+            let rx_global = self.fill_hosts(
+                &mut b,
+                &on,
+                &names,
+                server_lines,
+                Some(Some(port)),
+                &mut reported,
+            );
+            let default = self
+                .one_default(servers, &on, default_spans, server_lines, Some(port))
+                .or(on.first().copied());
+            tables.push(PortHosts {
+                port,
+                hosts: b.build_with(default, None),
+                rx_global: rx_global.into_boxed_slice(),
+            });
+        }
+        (hosts, tables)
+    }
+
+    /// Adds the names of servers `on` (in order) to `b`; returns the
+    /// every-server index of each regex added. `conflicts`: report a name
+    /// two servers share (`Some(port)` names the port), else the first
+    /// server keeps it.
+    fn fill_hosts(
+        &mut self,
+        b: &mut HostTableBuilder,
+        on: &[usize],
+        names: &[Vec<NameEntry>],
+        server_lines: &[usize],
+        conflicts: Option<Option<u16>>,
+        reported: &mut std::collections::HashSet<usize>,
+    ) -> Vec<usize> {
+        let mut rx_global = Vec::new();
+        for &si in on {
+            for entry in &names[si] {
+                match entry {
+                    NameEntry::Regex(rx, global) => {
+                        b.add_regex(rx.clone(), si);
+                        rx_global.push(*global);
+                    }
+                    NameEntry::Plain(kind, span) => {
+                        let Err((other, msg)) = b.add(kind, si) else {
+                            continue;
+                        };
+                        let Some(port) = conflicts else { continue };
+                        if !reported.insert(span.start) {
+                            continue;
+                        }
+                        let holder = if other == si {
+                            "this server already has it".to_string()
+                        } else {
+                            format!("the server at line {} already has it", server_lines[other])
+                        };
+                        let on_port = port.map(|p| format!(" on port {p}")).unwrap_or_default();
+                        self.err(span.clone(), format!("{msg}: {holder}{on_port}"));
+                    }
+                }
+            }
+        }
+        rx_global
+    }
+
+    /// The default server among `on` (of `port`, or of every port), and an
+    /// error for each second one.
+    fn one_default(
+        &mut self,
+        servers: &[Server],
+        on: &[usize],
+        default_spans: &[Option<Range<usize>>],
+        server_lines: &[usize],
+        port: Option<u16>,
+    ) -> Option<usize> {
+        let mut first: Option<usize> = None;
+        for &si in on {
+            let d = &servers[si].default;
+            let is_default = match port {
+                Some(p) => d.covers(p),
+                None => d.any(),
+            };
+            if !is_default {
+                continue;
+            }
+            match first {
+                None => first = Some(si),
+                Some(f) => {
+                    let span = default_spans[si].clone().unwrap_or(0..0);
+                    let what = match port {
+                        Some(p) => format!("two default servers for port {p}"),
+                        None => "two default servers".to_string(),
+                    };
+                    self.err(
+                        span,
+                        format!(
+                            "{what}: this one and the server at line {}; keep one",
+                            server_lines[f]
+                        ),
+                    );
+                }
+            }
+        }
+        first
+    }
+
+    /// Compiles a level's `error_page` items (nginx arguments, one
+    /// directive per item).
+    fn error_pages(&mut self, items: &[Spanned<String>]) -> Arc<ErrorPages> {
+        let mut pages = Vec::new();
+        for item in items {
+            let line = self.line(item.span().start);
+            let text = format!("error_page {};", item.get_ref());
+            let args = match crate::config::nginx::parse::parse_str(&text, self.file, line) {
+                Ok(ds) if ds.len() == 1 && ds[0].block.is_none() => ds[0].args.clone(),
+                Ok(_) => {
+                    self.err(
+                        item.span(),
+                        format!(
+                            "error_page {:?}: one directive's arguments per item",
+                            item.get_ref()
+                        ),
+                    );
+                    continue;
+                }
+                Err(e) => {
+                    self.errors.push(e);
+                    continue;
+                }
+            };
+            let spec = match errpage::parse_args(&args) {
+                Ok(s) => s,
+                Err(m) => {
+                    self.err(item.span(), format!("error_page {:?}: {m}", item.get_ref()));
+                    continue;
+                }
+            };
+            let d = self.directive(
+                "error_page",
+                &Spanned::new(item.span(), spec.target.clone()),
+            );
+            let named: Option<Box<str>> = spec
+                .target
+                .starts_with('@')
+                .then(|| spec.target.as_str().into());
+            if let Some(n) = &named {
+                self.named_targets.push((n.clone(), line));
+            }
+            for (status, overwrite) in spec.codes {
+                let Some(target) =
+                    self.with_script(|s| s.template(&d, &spec.target, "error_page target"))
+                else {
+                    break;
+                };
+                pages.push(ErrorPage {
+                    status,
+                    overwrite,
+                    target,
+                    named: named.clone(),
+                });
+            }
+        }
+        Arc::new(ErrorPages::new(pages))
     }
 
     /// Stands for a server in decisions taken before a location is chosen.
@@ -575,6 +904,7 @@ impl Compiler<'_> {
         pending: &mut Vec<(usize, String, usize)>,
         location_set: Option<RegexSet>,
         parent: Option<(LocationKind, String, usize)>,
+        inherited: &ErrCfg,
     ) -> super::location::LocationTable {
         let mut table = LocationTableBuilder::default();
         let mut regex_seen: HashMap<(bool, String), usize> = HashMap::new();
@@ -613,7 +943,15 @@ impl Compiler<'_> {
                     }
                 }
             }
-            let Some((loc, span, rx)) = self.location(loc_line, def, scope) else {
+            let errs = ErrCfg {
+                pages: match &def.error_page {
+                    Some(items) => Some(self.error_pages(items)),
+                    None => inherited.pages.clone(),
+                },
+                intercept: def.proxy_intercept_errors.unwrap_or(inherited.intercept),
+                recursive: def.recursive_error_pages.unwrap_or(inherited.recursive),
+            };
+            let Some((loc, span, rx)) = self.location(loc_line, def, scope, &errs) else {
                 continue;
             };
             let li = locations.len();
@@ -667,6 +1005,7 @@ impl Compiler<'_> {
                     pending,
                     None,
                     Some((kind, path, loc_line)),
+                    &errs,
                 );
                 if let Some(e) = locations[li].nginx.as_mut() {
                     e.children = Some(t);
@@ -730,6 +1069,7 @@ impl Compiler<'_> {
         line: usize,
         def: LocationDef,
         server: &ServerScope,
+        errs: &ErrCfg,
     ) -> Option<(Location, Range<usize>, Option<Rx>)> {
         let errors_before = self.errors.len();
         let pattern_span = def.pattern.span();
@@ -769,6 +1109,7 @@ impl Compiler<'_> {
                 kind,
                 is_named,
                 loc_rx.as_ref(),
+                errs,
             )))
         } else {
             for (key, span) in [
@@ -902,6 +1243,7 @@ impl Compiler<'_> {
         kind: LocationKind,
         is_named: bool,
         loc_rx: Option<&Rx>,
+        errs: &ErrCfg,
     ) -> LocExt {
         let proxy = def.proxy_pass.as_ref().and_then(|pp| {
             let d = self.directive("proxy_pass", pp);
@@ -951,6 +1293,9 @@ impl Compiler<'_> {
             internal: def.internal.unwrap_or(false),
             children: None,
             rx_slots,
+            errors: errs.pages.clone(),
+            intercept: errs.intercept,
+            recursive: errs.recursive,
         }
     }
 

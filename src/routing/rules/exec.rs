@@ -19,6 +19,7 @@
 use std::cell::RefCell;
 use std::sync::Arc;
 
+use super::errpage::ErrorPage;
 use super::host::{self, HostMatch};
 use super::location::{LocationTable, StaticMatch};
 use super::pattern::Rx;
@@ -26,7 +27,7 @@ use super::script::{Cond, Engine, Flag, PassKind, ProxyPass, RegexRef, Step};
 use super::template::{push_capture, CaptureState, Ctx, Template};
 use super::uri::{self, Escape};
 use super::{
-    auto_redirect_target, escape_unsafe_query, not_found, render_headers, Action, Decision,
+    auto_redirect_target, escape_unsafe_query, not_found, render_headers, Action, Chosen, Decision,
     Location, RequestInfo, RuleSet, Server, TryLast, EMPTY_REWRITE,
 };
 
@@ -161,13 +162,59 @@ struct St<'q> {
     valid_location: bool,
     uri_changed: bool,
     uri_changes: u8,
+    /// nginx `err_status`: the status the answer goes out with (`0`: its own).
+    err_status: u16,
+    /// nginx `r->error_page`: an error page is in use and
+    /// `recursive_error_pages` was off, so no other one applies.
+    error_page: bool,
+    /// An error page redirected to a URI: the method is now GET.
+    as_get: bool,
+    /// Proxy decisions reached so far (indexes `upstream_statuses`).
+    proxied: usize,
+}
+
+/// What the phases ended with.
+enum Out<'r> {
+    /// A response sent as it is (`ngx_http_send_response`); `err_status`
+    /// replaces its status when set.
+    Send(Decision<'r>),
+    /// The request is finalized with a status (`ngx_http_finalize_request`
+    /// with a special response): the `error_page` in force at `clcf` may
+    /// take over.
+    Special {
+        status: u16,
+        clcf: &'r Location,
+        kind: Special,
+    },
+    /// Answered as it is, never by an error page (an internal redirect
+    /// cycle: nginx has no URI changes left to spend on one).
+    Final(Decision<'r>),
+}
+
+/// The answer of a special response no error page takes over.
+enum Special {
+    /// A status with this body.
+    Body(String),
+    /// No location or no content: laneway's 404 naming host and path.
+    NotFound,
+    /// A redirect to this `Location`.
+    Redirect(String),
+}
+
+/// Where the phases (re)start.
+#[derive(Clone, Copy)]
+enum Entry {
+    /// The server rewrite phase (a new request, an internal redirect).
+    Server,
+    /// The location rewrite phase of a named location.
+    Named(usize),
 }
 
 /// How a script ended.
 enum Flow<'r> {
     /// Ran to the end (or `last`, which sets `uri_changed`).
     Done,
-    Answer(Decision<'r>),
+    Answer(Out<'r>),
 }
 
 struct Run<'r, 'q> {
@@ -194,12 +241,12 @@ pub(super) fn route<'r>(
         Err(e) => return Decision::BadRequest(e),
     };
     let vars = Vars::new(engine);
-    let server_idx = match rules.hosts.find(&host) {
-        HostMatch::None => return not_found(&host, &target.uri),
-        HostMatch::Server(s) => s,
-        HostMatch::Regex { server, rx } => {
-            let slots = engine.host_rx_slots.get(rx).map_or(&[][..], |s| &s[..]);
-            vars.capture(rules.hosts.regex(rx), slots, host.as_bytes());
+    let server_idx = match rules.choose_server(&host, req.port) {
+        Chosen::None => return not_found(&host, &target.uri),
+        Chosen::Server(s) => s,
+        Chosen::Regex { server, rx, global } => {
+            let slots = engine.host_rx_slots.get(global).map_or(&[][..], |s| &s[..]);
+            vars.capture(rx, slots, host.as_bytes());
             server
         }
     };
@@ -225,6 +272,10 @@ pub(super) fn route<'r>(
             valid_location: true,
             uri_changed: false,
             uri_changes: URI_CHANGES,
+            err_status: 0,
+            error_page: false,
+            as_get: false,
+            proxied: 0,
         },
         if_proxy: None,
     };
@@ -239,6 +290,12 @@ enum Found {
     /// A prefix: regexes of outer levels may still win.
     Inclusive(usize),
     Redirect(usize),
+}
+
+/// What an error page asks for.
+enum Next<'r> {
+    Done(Decision<'r>),
+    Enter(Entry),
 }
 
 impl<'r, 'q> Run<'r, 'q> {
@@ -270,69 +327,109 @@ impl<'r, 'q> Run<'r, 'q> {
         }
     }
 
-    /// From the server rewrite phase (start, and after an internal redirect).
+    /// Runs the phases until an answer, through the error pages it meets.
     fn request(&mut self) -> Decision<'r> {
-        'restart: loop {
-            let ctxloc = &self.server.context;
-            if let Flow::Answer(d) = self.script(&self.server.script, ctxloc, false) {
-                return d;
+        let mut entry = Entry::Server;
+        loop {
+            match self.phases(entry) {
+                Out::Final(d) => return d,
+                Out::Send(d) => return self.send(d),
+                Out::Special { status, clcf, kind } => match self.special(status, clcf, kind) {
+                    Next::Done(d) => return d,
+                    Next::Enter(e) => entry = e,
+                },
             }
-            let mut preset: Option<usize> = None;
+        }
+    }
+
+    /// From the server rewrite phase (start, and after an internal
+    /// redirect), or from a named location's rewrite phase.
+    fn phases(&mut self, entry: Entry) -> Out<'r> {
+        let mut preset = match entry {
+            Entry::Server => None,
+            Entry::Named(l) => Some(l),
+        };
+        'restart: loop {
+            if preset.is_none() {
+                let ctxloc = &self.server.context;
+                if let Flow::Answer(o) = self.script(&self.server.script, ctxloc, false) {
+                    return o;
+                }
+            }
             loop {
                 // find config
-                let li = match preset.take() {
-                    Some(l) => l,
+                let (li, redirect) = match preset.take() {
+                    Some(l) => (l, false),
                     None => {
                         self.st.uri_changed = false;
                         match self.find(&self.server.table) {
-                            Found::None => return not_found(self.host, &self.st.uri),
-                            Found::Redirect(l) => {
-                                let location = &self.server.locations[l];
-                                return Decision::Redirect {
-                                    server: self.server,
-                                    location,
-                                    status: 301,
-                                    to: auto_redirect_target(&location.path, &self.st.args),
-                                };
+                            Found::None => {
+                                return Out::Special {
+                                    status: 404,
+                                    clcf: &self.server.context,
+                                    kind: Special::NotFound,
+                                }
                             }
-                            Found::Final(l) | Found::Inclusive(l) => l,
+                            Found::Redirect(l) => (l, true),
+                            Found::Final(l) | Found::Inclusive(l) => (l, false),
                         }
                     }
                 };
                 let location = &self.server.locations[li];
                 let ext = location.nginx.as_deref();
                 if ext.is_some_and(|e| e.internal) && !self.st.internal {
-                    return not_found(self.host, &self.st.uri);
+                    return Out::Special {
+                        status: 404,
+                        clcf: location,
+                        kind: Special::NotFound,
+                    };
+                }
+                if redirect {
+                    return Out::Special {
+                        status: 301,
+                        clcf: location,
+                        kind: Special::Redirect(auto_redirect_target(
+                            &location.path,
+                            &self.st.args,
+                        )),
+                    };
                 }
                 // location rewrite
                 self.if_proxy = None;
                 if let Some(e) = ext {
-                    if let Flow::Answer(d) = self.script(&e.script, location, true) {
-                        return d;
+                    if let Flow::Answer(o) = self.script(&e.script, location, true) {
+                        return o;
                     }
                 }
                 // post rewrite
                 if self.st.uri_changed {
-                    if let Some(d) = self.count_change(location) {
-                        return d;
+                    if let Some(o) = self.count_change(location) {
+                        return o;
                     }
                     continue;
                 }
                 // try_files: laneway serves no files, so the last item decides
                 match ext.and_then(|e| e.try_files.as_ref()) {
                     None => {}
+                    Some(TryLast::Code(code)) if *code >= 300 => {
+                        return Out::Special {
+                            status: *code,
+                            clcf: location,
+                            kind: Special::Body(String::new()),
+                        }
+                    }
                     Some(TryLast::Code(code)) => {
-                        return Decision::Return {
+                        return Out::Send(Decision::Return {
                             server: self.server,
                             location,
                             status: *code,
                             body: String::new(),
                             headers: Vec::new(),
-                        }
+                        })
                     }
                     Some(TryLast::Named(n)) => {
-                        if let Some(d) = self.count_change(location) {
-                            return d;
+                        if let Some(o) = self.count_change(location) {
+                            return o;
                         }
                         self.st.internal = true;
                         self.st.uri_changed = false;
@@ -344,8 +441,8 @@ impl<'r, 'q> Run<'r, 'q> {
                         let (path, args) = text.split_once('?').unwrap_or((&text, ""));
                         self.st.uri = path.as_bytes().to_vec();
                         self.st.args = args.to_string();
-                        if let Some(d) = self.count_change(location) {
-                            return d;
+                        if let Some(o) = self.count_change(location) {
+                            return o;
                         }
                         self.st.internal = true;
                         self.st.valid_unparsed = false;
@@ -358,10 +455,108 @@ impl<'r, 'q> Run<'r, 'q> {
         }
     }
 
-    /// nginx counts URI changes and internal redirects: the 11th is a 500.
-    fn count_change(&mut self, location: &'r Location) -> Option<Decision<'r>> {
+    /// nginx counts URI changes and internal redirects: the 11th is a 500,
+    /// which no error page takes over.
+    fn count_change(&mut self, location: &'r Location) -> Option<Out<'r>> {
         self.st.uri_changes -= 1;
-        (self.st.uri_changes == 0).then(|| self.error500(location))
+        (self.st.uri_changes == 0).then(|| Out::Final(self.error500(location)))
+    }
+
+    /// A response sent as it is, with the error page's status when one
+    /// is in force.
+    fn send(&self, mut d: Decision<'r>) -> Decision<'r> {
+        let err = self.st.err_status;
+        match &mut d {
+            Decision::Return { status, .. } if err != 0 => *status = err,
+            Decision::Proxy { status, .. } if err != 0 => *status = Some(err),
+            _ => {}
+        }
+        d
+    }
+
+    /// `ngx_http_special_response_handler`: the error page of `clcf` for
+    /// `status`, unless one is already in use (and `recursive_error_pages`
+    /// is off) or no URI change is left; otherwise the status itself.
+    fn special(&mut self, status: u16, clcf: &'r Location, kind: Special) -> Next<'r> {
+        self.st.err_status = status;
+        let ext = clcf.nginx.as_deref();
+        if let Some((pages, e)) = ext.and_then(|e| e.errors.as_ref().map(|p| (p, e))) {
+            if !self.st.error_page && self.st.uri_changes != 0 {
+                if !e.recursive {
+                    self.st.error_page = true;
+                }
+                if let Some(page) = pages.find(status) {
+                    return self.error_page(page, clcf);
+                }
+            }
+        }
+        Next::Done(match kind {
+            Special::NotFound => not_found(self.host, &self.st.uri),
+            Special::Redirect(to) => Decision::Redirect {
+                server: self.server,
+                location: clcf,
+                status,
+                to,
+            },
+            Special::Body(body) => Decision::Return {
+                server: self.server,
+                location: clcf,
+                status,
+                body,
+                headers: Vec::new(),
+            },
+        })
+    }
+
+    /// `ngx_http_send_error_page`: an internal redirect to a URI (as GET)
+    /// or to a named location, or a redirect to a URL.
+    fn error_page(&mut self, page: &'r ErrorPage, clcf: &'r Location) -> Next<'r> {
+        if let Some(o) = page.overwrite {
+            self.st.err_status = o;
+        }
+        let text = self.render(&page.target);
+        if text.starts_with('/') {
+            let (path, args) = text.split_once('?').unwrap_or((&text, ""));
+            let (path, args) = (path.as_bytes().to_vec(), args.to_string());
+            self.st.as_get = true;
+            self.st.uri_changes -= 1;
+            if self.st.uri_changes == 0 {
+                return Next::Done(self.error500(clcf));
+            }
+            self.st.uri = path;
+            self.st.args = args;
+            self.st.internal = true;
+            self.st.valid_unparsed = false;
+            self.st.valid_location = true;
+            return Next::Enter(Entry::Server);
+        }
+        if text.starts_with('@') {
+            self.st.uri_changes -= 1;
+            if self.st.uri_changes == 0 {
+                return Next::Done(self.error500(clcf));
+            }
+            let name = page.named.as_deref().unwrap_or(&text);
+            let Some(l) = self.server.named(name) else {
+                // the compiler checks literal names; nginx answers 500
+                return Next::Done(self.error500(clcf));
+            };
+            self.st.internal = true;
+            self.st.uri_changed = false;
+            return Next::Enter(Entry::Named(l));
+        }
+        let status = page
+            .overwrite
+            .filter(|s| matches!(s, 301 | 302 | 303 | 307 | 308))
+            .unwrap_or(302);
+        self.st.err_status = status;
+        let mut to = text.into_bytes();
+        uri::escape_controls(&mut to);
+        Next::Done(Decision::Redirect {
+            server: self.server,
+            location: clcf,
+            status,
+            to: uri::into_string(to),
+        })
     }
 
     /// `ngx_http_core_find_location` over one level of locations.
@@ -427,7 +622,7 @@ impl<'r, 'q> Run<'r, 'q> {
         steps: &'r [Step],
         location: &'r Location,
         in_location: bool,
-    ) -> Result<bool, Decision<'r>> {
+    ) -> Result<bool, Out<'r>> {
         for step in steps {
             match step {
                 Step::Rewrite {
@@ -451,11 +646,10 @@ impl<'r, 'q> Run<'r, 'q> {
                             to.extend_from_slice(self.st.args.as_bytes());
                         }
                         uri::escape_controls(&mut to);
-                        return Err(Decision::Redirect {
-                            server: self.server,
-                            location,
+                        return Err(Out::Special {
                             status: *status,
-                            to: uri::into_string(to),
+                            clcf: location,
+                            kind: Special::Redirect(uri::into_string(to)),
                         });
                     }
                     let (path, args) = {
@@ -478,12 +672,10 @@ impl<'r, 'q> Run<'r, 'q> {
                         (path, args)
                     };
                     if path.is_empty() {
-                        return Err(Decision::Return {
-                            server: self.server,
-                            location,
+                        return Err(Out::Special {
                             status: 500,
-                            body: EMPTY_REWRITE.to_string(),
-                            headers: Vec::new(),
+                            clcf: location,
+                            kind: Special::Body(EMPTY_REWRITE.to_string()),
                         });
                     }
                     self.st.uri = path;
@@ -535,26 +727,39 @@ impl<'r, 'q> Run<'r, 'q> {
         Ok(false)
     }
 
-    fn ret(&self, location: &'r Location, status: u16, text: Option<&Template>) -> Decision<'r> {
+    /// `return`: a redirect, or a status without text from 400 on, is
+    /// finalized with its status (an error page may take over); anything
+    /// else is sent as it is.
+    fn ret(&self, location: &'r Location, status: u16, text: Option<&Template>) -> Out<'r> {
         let text = text.map(|t| self.render(t));
         if matches!(status, 301 | 302 | 303 | 307 | 308) {
-            if let Some(to) = text {
-                let mut b = to.into_bytes();
-                uri::escape_controls(&mut b);
-                return Decision::Redirect {
-                    server: self.server,
-                    location,
-                    status,
-                    to: uri::into_string(b),
-                };
-            }
+            let kind = match text {
+                Some(to) => {
+                    let mut b = to.into_bytes();
+                    uri::escape_controls(&mut b);
+                    Special::Redirect(uri::into_string(b))
+                }
+                None => Special::Body(String::new()),
+            };
+            return Out::Special {
+                status,
+                clcf: location,
+                kind,
+            };
         }
-        Decision::Return {
-            server: self.server,
-            location,
-            status,
-            body: text.unwrap_or_default(),
-            headers: Vec::new(),
+        match text {
+            None if status >= 400 => Out::Special {
+                status,
+                clcf: location,
+                kind: Special::Body(String::new()),
+            },
+            text => Out::Send(Decision::Return {
+                server: self.server,
+                location,
+                status,
+                body: text.unwrap_or_default(),
+                headers: Vec::new(),
+            }),
         }
     }
 
@@ -584,39 +789,53 @@ impl<'r, 'q> Run<'r, 'q> {
     }
 
     /// The content phase of the chosen location.
-    fn content(&self, location: &'r Location) -> Decision<'r> {
-        let ctx = self.ctx();
+    fn content(&mut self, location: &'r Location) -> Out<'r> {
         let pass = self
             .if_proxy
             .or_else(|| location.nginx.as_ref().and_then(|e| e.proxy.as_ref()));
         if let Some(pass) = pass {
             return self.proxy(location, pass);
         }
+        let ctx = self.ctx();
         match &location.action {
             Action::Proxy { service } => self.proxy_to(location, service, None, false),
             Action::Return {
                 status,
                 body,
                 headers,
-            } => Decision::Return {
-                server: self.server,
-                location,
+            } => {
+                let body = body.render(&ctx);
+                if body.is_empty() && headers.is_empty() && *status >= 400 {
+                    // as nginx `return 404;`
+                    return Out::Special {
+                        status: *status,
+                        clcf: location,
+                        kind: Special::Body(body),
+                    };
+                }
+                Out::Send(Decision::Return {
+                    server: self.server,
+                    location,
+                    status: *status,
+                    body,
+                    headers: render_headers(headers, &ctx, false),
+                })
+            }
+            Action::Redirect { status, to } => Out::Special {
                 status: *status,
-                body: body.render(&ctx),
-                headers: render_headers(headers, &ctx, false),
-            },
-            Action::Redirect { status, to } => Decision::Redirect {
-                server: self.server,
-                location,
-                status: *status,
-                to: to.render_header(&ctx),
+                clcf: location,
+                kind: Special::Redirect(to.render_header(&ctx)),
             },
             // nginx would serve files from its root; laneway has none
-            Action::Engine => not_found(self.host, &self.st.uri),
+            Action::Engine => Out::Special {
+                status: 404,
+                clcf: location,
+                kind: Special::NotFound,
+            },
         }
     }
 
-    fn proxy(&self, location: &'r Location, pass: &'r ProxyPass) -> Decision<'r> {
+    fn proxy(&mut self, location: &'r Location, pass: &'r ProxyPass) -> Out<'r> {
         match &pass.kind {
             PassKind::Fixed { service, uri } => {
                 self.proxy_to(location, service, uri.as_deref(), false)
@@ -633,15 +852,13 @@ impl<'r, 'q> Run<'r, 'q> {
                 };
                 let engine = self.vars.engine;
                 let Some(service) = engine.upstreams.get(host.to_ascii_lowercase().as_str()) else {
-                    return Decision::Return {
-                        server: self.server,
-                        location,
+                    return Out::Special {
                         status: 502,
-                        body: format!(
+                        clcf: location,
+                        kind: Special::Body(format!(
                             "laneway: proxy_pass {:?} names {host:?}, which is no upstream mapped to a service\n",
                             pass.source
-                        ),
-                        headers: Vec::new(),
+                        )),
                     };
                 };
                 if uri.is_empty() {
@@ -662,12 +879,34 @@ impl<'r, 'q> Run<'r, 'q> {
     /// prefix while the location is still valid; `verbatim`: a URI built
     /// from variables, sent as it is.
     fn proxy_to(
-        &self,
+        &mut self,
         location: &'r Location,
         service: &'r Arc<str>,
         uri_part: Option<&[u8]>,
         verbatim: bool,
-    ) -> Decision<'r> {
+    ) -> Out<'r> {
+        // nginx `proxy_intercept_errors`: the error pages of the location
+        // (or of the `if` block in force, which inherits them)
+        let intercept = location
+            .nginx
+            .as_deref()
+            .filter(|e| e.intercept)
+            .and_then(|e| e.errors.as_deref())
+            .map(|p| p.codes())
+            .filter(|c| !c.is_empty());
+        if let Some(&status) = self.req.upstream_statuses.get(self.st.proxied) {
+            // replaying a request whose upstream answered `status` here
+            self.st.proxied += 1;
+            if intercept.is_some_and(|c| c.contains(status)) {
+                return Out::Special {
+                    status,
+                    clcf: location,
+                    kind: Special::Body(format!(
+                        "laneway: the upstream answered {status} inside an error page\n"
+                    )),
+                };
+            }
+        }
         let upstream_target = if verbatim {
             let mut b = uri_part.unwrap_or_default().to_vec();
             uri::escape_controls(&mut b);
@@ -697,14 +936,17 @@ impl<'r, 'q> Run<'r, 'q> {
             Some(uri::into_string(out))
         };
         let ctx = self.ctx();
-        Decision::Proxy {
+        Out::Send(Decision::Proxy {
             server: self.server,
             location,
             service,
             upstream_target,
             set_headers: render_headers(&location.set_headers, &ctx, false),
             add_response_headers: render_headers(&location.add_response_headers, &ctx, true),
-        }
+            status: None,
+            intercept,
+            as_get: self.st.as_get,
+        })
     }
 }
 

@@ -2,9 +2,9 @@
 //! match a host and target, and by which of nginx's precedence rules. For
 //! the admin API's explain; not on the request path (it allocates freely).
 
-use super::host::{self, HostMatch, NameKind};
+use super::host::{self, NameKind};
 use super::location::{LocationKind, LocationMatch};
-use super::{uri, Location, RuleSet, Server};
+use super::{uri, Chosen, Location, RuleSet, Server};
 
 /// How the server block was chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,7 +13,8 @@ pub enum ServerBy {
     LeadingWildcard,
     TrailingWildcard,
     Regex,
-    /// No name matched: the `default = true` server (or the first one).
+    /// No name matched: the default server (of the request's nginx port
+    /// when servers are chosen by port), or the first one.
     Default,
 }
 
@@ -68,9 +69,10 @@ pub struct RuleMatch<'r> {
 }
 
 impl RuleSet {
-    /// The server and location `host` and `target` match, with the
-    /// precedence rule that chose each and the server name that matched.
-    pub fn explain_match(&self, host: &str, target: &str) -> RuleMatch<'_> {
+    /// The server and location `host` and `target` match on nginx port
+    /// `port` (`0`: every server), with the precedence rule that chose
+    /// each and the server name that matched.
+    pub fn explain_match(&self, host: &str, target: &str, port: u16) -> RuleMatch<'_> {
         let mut out = RuleMatch {
             host: None,
             path: None,
@@ -85,14 +87,14 @@ impl RuleSet {
             return out;
         };
         out.path = Some(String::from_utf8_lossy(&target.uri).into_owned());
-        let (idx, by, name) = match self.hosts.find(&host) {
-            HostMatch::None => return out,
-            HostMatch::Regex { server, rx } => (
+        let (idx, by, name) = match self.choose_server(&host, port) {
+            Chosen::None => return out,
+            Chosen::Regex { server, rx, .. } => (
                 server,
                 ServerBy::Regex,
-                Some(format!("~{}", self.hosts.regex(rx).re.as_str())),
+                Some(format!("~{}", rx.re.as_str())),
             ),
-            HostMatch::Server(s) => {
+            Chosen::Server(s) => {
                 let (by, name) = classify(&self.servers[s], &host);
                 (s, by, name)
             }
@@ -218,7 +220,7 @@ service = "web"
 
     fn check(host: &str, target: &str) -> (ServerBy, Option<String>, Option<(usize, LocationBy)>) {
         let rules = RuleSet::compile(RULES, Path::new("routes.toml")).expect("valid rules");
-        let m = rules.explain_match(host, target);
+        let m = rules.explain_match(host, target, 0);
         let (_, by, name) = m.server.expect("a server");
         (by, name, m.location.map(|(l, b)| (l.line, b)))
     }

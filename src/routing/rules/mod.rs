@@ -5,7 +5,9 @@
 //!
 //! A request is routed in three steps, each as nginx does it:
 //! 1. the target is split and its path normalised into `$uri` (`uri.rs`);
-//! 2. the server is chosen by host (`host.rs`);
+//! 2. the server is chosen by host (`host.rs`) among the servers of the
+//!    nginx port the request arrived on (`ports = [...]`; when the rules
+//!    name at most one port, among every server);
 //! 3. the location is chosen by `$uri` (`location.rs`), then its action is
 //!    rendered: templates (`template.rs`), and for a proxied location the
 //!    optional `rewrite`, which behaves like `rewrite regex replacement break`.
@@ -23,6 +25,7 @@
 //!   rather than silently empty or ignored.
 
 mod compile;
+mod errpage;
 mod exec;
 mod explain;
 mod host;
@@ -49,6 +52,7 @@ use pattern::Rx;
 use template::{CaptureState, Ctx, RewriteTarget};
 use uri::Escape;
 
+pub use errpage::{ErrorCodes, ErrorPages};
 pub use explain::{LocationBy, RuleMatch, ServerBy};
 pub use location::LocationKind;
 pub use template::Template;
@@ -58,12 +62,52 @@ pub use template::Template;
 pub struct RuleSet {
     file: Arc<Path>,
     servers: Box<[Server]>,
+    /// Every server, for rules that name at most one port and for a port
+    /// no server names.
     hosts: HostTable,
+    /// One host table per nginx port, sorted by port, when the servers
+    /// name two or more ports.
+    ports: Box<[PortHosts]>,
     services: Box<[Arc<str>]>,
     /// The rewrite engine, when the rules use nginx features.
     engine: Option<Box<script::Engine>>,
     /// Instances fixed in the rules (`[static_services]`).
     static_instances: Box<[StaticInstance]>,
+}
+
+/// The servers of one nginx port.
+#[derive(Debug)]
+pub(crate) struct PortHosts {
+    port: u16,
+    hosts: HostTable,
+    /// The index in the every-server table of each of this table's regex
+    /// names (for the rewrite engine's capture slots).
+    rx_global: Box<[usize]>,
+}
+
+/// Which ports a server is the default server of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DefaultOn {
+    No,
+    /// Every port it listens on (`default = true`).
+    All,
+    /// These ports (`default = [443]`, nginx `listen 443 default_server`).
+    Ports(Box<[u16]>),
+}
+
+impl DefaultOn {
+    /// Default server of `port`, for a server listening on `ports`.
+    pub fn covers(&self, port: u16) -> bool {
+        match self {
+            DefaultOn::No => false,
+            DefaultOn::All => true,
+            DefaultOn::Ports(p) => p.contains(&port),
+        }
+    }
+
+    pub fn any(&self) -> bool {
+        *self != DefaultOn::No
+    }
 }
 
 /// One `"host:port"` of `[static_services]`.
@@ -82,8 +126,12 @@ pub struct Server {
     pub line: usize,
     /// The names as written.
     pub names: Vec<String>,
-    /// Marked `default = true`.
-    pub default: bool,
+    /// `default = true` or the ports it is the default server of.
+    pub default: DefaultOn,
+    /// The nginx ports it listens on (`ports`); empty: every port.
+    pub ports: Box<[u16]>,
+    /// The ports nginx serves with TLS (`ssl_ports`).
+    pub ssl_ports: Box<[u16]>,
     /// The locations in file order.
     pub locations: Vec<Location>,
     table: LocationTable,
@@ -93,6 +141,22 @@ pub struct Server {
     script: Box<[script::Step]>,
     /// Stands for the server in decisions made before a location is chosen.
     context: Box<Location>,
+    /// Named locations by name (`@x`), sorted, for `error_page @x`.
+    named: Box<[(Box<str>, usize)]>,
+}
+
+impl Server {
+    /// Listens on nginx port `port`.
+    pub fn listens_on(&self, port: u16) -> bool {
+        self.ports.is_empty() || self.ports.contains(&port)
+    }
+
+    fn named(&self, name: &str) -> Option<usize> {
+        self.named
+            .binary_search_by(|(n, _)| (**n).cmp(name))
+            .ok()
+            .map(|i| self.named[i].1)
+    }
 }
 
 /// One `[[server.location]]` block.
@@ -135,6 +199,12 @@ pub(crate) struct LocExt {
     children: Option<LocationTable>,
     /// Group → slot pairs of the location regex.
     rx_slots: Box<[(usize, usize)]>,
+    /// `error_page`s in force (own or inherited).
+    errors: Option<std::sync::Arc<ErrorPages>>,
+    /// `proxy_intercept_errors`.
+    intercept: bool,
+    /// `recursive_error_pages`.
+    recursive: bool,
 }
 
 /// The item of `try_files` that decides (laneway serves no files).
@@ -206,6 +276,14 @@ pub struct RequestInfo<'a> {
     pub scheme: &'a str,
     pub lane: &'a str,
     pub headers: &'a HeaderMap,
+    /// The nginx port the request's listener stands for
+    /// (`[routes.nginx_listen]`); `0`: unknown (every server is a candidate).
+    pub port: u16,
+    /// What the upstream answered each earlier proxy decision of this
+    /// request with, when the proxy handed the status back to the rules
+    /// (`proxy_intercept_errors`): routing replays the request and sends
+    /// each to the `error_page` in force. Empty for a fresh request.
+    pub upstream_statuses: &'a [u16],
 }
 
 /// The outcome of routing one request.
@@ -222,6 +300,17 @@ pub enum Decision<'r> {
         set_headers: Vec<(HeaderName, String)>,
         /// Rendered; empty values are already left out (nginx `add_header`).
         add_response_headers: Vec<(HeaderName, String)>,
+        /// Answer the client with this status whatever the upstream's
+        /// (the request is in an `error_page` without `=`).
+        status: Option<u16>,
+        /// Upstream statuses to hand back to the rules instead of passing
+        /// them on (`proxy_intercept_errors` and the location's
+        /// `error_page` codes): route again with the status appended to
+        /// [`RequestInfo::upstream_statuses`].
+        intercept: Option<&'r ErrorCodes>,
+        /// An `error_page` redirected the request to a URI: send it as GET
+        /// (a HEAD stays a HEAD).
+        as_get: bool,
     },
     Return {
         server: &'r Server,
@@ -293,6 +382,7 @@ impl RuleSet {
             file: Arc::from(Path::new("")),
             servers: Box::default(),
             hosts: HostTable::default(),
+            ports: Box::default(),
             services: Box::default(),
             engine: None,
             static_instances: Box::default(),
@@ -320,6 +410,67 @@ impl RuleSet {
         self.services.to_vec()
     }
 
+    /// The host table of the servers of nginx port `port`, when the rules
+    /// select servers by port and name that port.
+    fn port_hosts(&self, port: u16) -> Option<&PortHosts> {
+        if self.ports.is_empty() {
+            return None;
+        }
+        self.ports
+            .binary_search_by_key(&port, |p| p.port)
+            .ok()
+            .map(|i| &self.ports[i])
+    }
+
+    /// The server `host` (normalised) chooses among the servers of nginx
+    /// port `port` (every server when the rules name at most one port, or
+    /// none on `port`).
+    pub(crate) fn choose_server(&self, host: &str, port: u16) -> Chosen<'_> {
+        let (table, rx_global) = match self.port_hosts(port) {
+            Some(p) => (&p.hosts, Some(&p.rx_global[..])),
+            None => (&self.hosts, None),
+        };
+        match table.find(host) {
+            HostMatch::None => Chosen::None,
+            HostMatch::Server(s) => Chosen::Server(s),
+            HostMatch::Regex { server, rx } => Chosen::Regex {
+                server,
+                rx: table.regex(rx),
+                global: rx_global.and_then(|g| g.get(rx).copied()).unwrap_or(rx),
+            },
+        }
+    }
+
+    /// Servers are chosen among those of `port`: the rules name two or
+    /// more ports and `port` is one of them.
+    pub fn selects_by_port(&self, port: u16) -> bool {
+        self.port_hosts(port).is_some()
+    }
+
+    /// Every nginx port the servers name (`ports`), sorted.
+    pub fn ports(&self) -> Vec<u16> {
+        let mut out: Vec<u16> = self
+            .servers
+            .iter()
+            .flat_map(|s| s.ports.iter().copied())
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Ports some server serves with TLS (`ssl_ports`), sorted.
+    pub fn ssl_ports(&self) -> Vec<u16> {
+        let mut out: Vec<u16> = self
+            .servers
+            .iter()
+            .flat_map(|s| s.ssl_ports.iter().copied())
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
     /// Routes one request. Allocates only what the decision carries, plus a
     /// normalised copy of the path or host when they need changing and the
     /// capture groups when a template of the chosen location reads them.
@@ -335,10 +486,10 @@ impl RuleSet {
             Ok(h) => h,
             Err(e) => return Decision::BadRequest(e),
         };
-        let (server_idx, host_rx) = match self.hosts.find(&host) {
-            HostMatch::None => return not_found(&host, &target.uri),
-            HostMatch::Server(s) => (s, None),
-            HostMatch::Regex { server, rx } => (server, Some(rx)),
+        let (server_idx, host_rx) = match self.choose_server(&host, req.port) {
+            Chosen::None => return not_found(&host, &target.uri),
+            Chosen::Server(s) => (s, None),
+            Chosen::Regex { server, rx, .. } => (server, Some(rx)),
         };
         let server = &self.servers[server_idx];
         let (loc_idx, loc_rx) = match server.table.find(&target.uri) {
@@ -361,7 +512,7 @@ impl RuleSet {
         let need = location.uses_captures;
         let host_caps = host_rx
             .filter(|_| need)
-            .and_then(|i| self.hosts.regex(i).captures(host.as_bytes()));
+            .and_then(|rx| rx.captures(host.as_bytes()));
         let loc_caps = loc_rx
             .filter(|_| need)
             .and_then(|i| server.table.regex(i).captures(&target.uri));
@@ -454,10 +605,26 @@ impl RuleSet {
                         &ctx,
                         true,
                     ),
+                    status: None,
+                    intercept: None,
+                    as_get: false,
                 }
             }
         }
     }
+}
+
+/// The server a host chose on a port.
+pub(crate) enum Chosen<'r> {
+    None,
+    Server(usize),
+    /// Chosen by a regex name: the regex, and its index in the
+    /// every-server table (the engine's capture slots are by that index).
+    Regex {
+        server: usize,
+        rx: &'r Rx,
+        global: usize,
+    },
 }
 
 pub(crate) fn not_found(host: &str, uri: &[u8]) -> Decision<'static> {

@@ -40,6 +40,8 @@ impl Req<'_> {
             scheme: "http",
             lane: "t-42",
             headers: &self.headers,
+            port: 0,
+            upstream_statuses: &[],
         })
     }
 }
