@@ -1104,4 +1104,89 @@ auto_lane_grace = "0s"
         assert_eq!(c.lanes.baseline_versions, vec!["stable".to_string()]);
         assert!(c.routes.file.is_none());
     }
+
+    #[test]
+    fn nginx_listen_maps_listeners_and_defaults_the_rest() {
+        let c = parse(
+            r#"
+[proxy]
+listen = ["127.0.0.1:8080", "127.0.0.1:8081"]
+h2c_listen = ["127.0.0.1:8082"]
+[routes]
+nginx = "nginx.conf"
+[routes.nginx_listen]
+"127.0.0.1:8081" = 443
+"#,
+        )
+        .expect("valid config");
+        let ports: Vec<(String, u16, Option<usize>)> = c
+            .routes
+            .listeners
+            .iter()
+            .map(|l| (l.addr.to_string(), l.port, l.line))
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                ("127.0.0.1:8080".to_string(), 80, None),
+                ("127.0.0.1:8081".to_string(), 443, Some(8)),
+                ("127.0.0.1:8082".to_string(), 80, None),
+            ]
+        );
+    }
+
+    #[test]
+    fn nginx_listen_key_laneway_does_not_listen_on_is_an_error_naming_it() {
+        let e = parse(
+            "[proxy]\nlisten = [\"127.0.0.1:8080\"]\n[routes]\nnginx = \"nginx.conf\"\n[routes.nginx_listen]\n\"127.0.0.1:9999\" = 80\n\"localhost:8080\" = 80\n\"127.0.0.1:8080\" = 0\n",
+        )
+        .expect_err("must fail")
+        .0;
+        let text: Vec<String> = e.iter().map(ToString::to_string).collect();
+        assert_eq!(text.len(), 3, "{text:?}");
+        assert!(
+            text[0].starts_with("/etc/laneway/laneway.toml:6:")
+                && text[0].contains("\"127.0.0.1:9999\": laneway does not listen there (its listeners: 127.0.0.1:8080)"),
+            "{text:?}"
+        );
+        assert!(
+            text[1].starts_with("/etc/laneway/laneway.toml:7:")
+                && text[1].contains("\"localhost:8080\" is not an IP:port address"),
+            "{text:?}"
+        );
+        assert!(
+            text[2].starts_with("/etc/laneway/laneway.toml:8:")
+                && text[2].contains("not an nginx port"),
+            "{text:?}"
+        );
+    }
+
+    #[test]
+    fn listener_ports_are_checked_against_the_servers_ports() {
+        let c = parse(
+            "[proxy]\nlisten = [\"127.0.0.1:8080\", \"127.0.0.1:8081\"]\n[routes]\nnginx = \"nginx.conf\"\n[routes.nginx_listen]\n\"127.0.0.1:8080\" = 8443\n",
+        )
+        .expect("valid config");
+        let rules = Path::new("nginx.conf");
+        // servers name no port: nothing to check
+        assert!(c.routes.check_ports(&[], rules).is_empty());
+        // one port: only an explicit mapping must name it
+        let e = c.routes.check_ports(&[8080], rules);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].to_string().starts_with("/etc/laneway/laneway.toml:6:")
+                && e[0].to_string().contains("\"127.0.0.1:8080\" = 8443: no server of nginx.conf listens on port 8443 (they listen on 8080)"),
+            "{e:?}"
+        );
+        // two ports: a listener left at its default port must find servers there
+        let e = c.routes.check_ports(&[443, 8443], rules);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].to_string()
+                .contains("[proxy] listen 127.0.0.1:8081 stands for nginx port 80 by default")
+                && e[0].to_string().contains("\"127.0.0.1:8081\" = 443"),
+            "{e:?}"
+        );
+        assert!(c.routes.check_ports(&[80, 8443], rules).is_empty());
+    }
 }

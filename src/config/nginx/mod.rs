@@ -3,3 +3,6 @@
 
 pub mod parse;
 pub mod translate;
+
+#[cfg(test)]
+mod translate_tests;

@@ -1182,7 +1182,7 @@ fn emit_error_pages(em: &mut Emitter, what: &Inherit) {
 /// One `listen`: the port and the address (`None`: every address),
 /// nginx's spellings: `8080`, `127.0.0.1:8080`, `*:8080`, `[::1]:8080`,
 /// `127.0.0.1` (port 80).
-fn listen_port(arg: &str) -> Result<(Option<String>, u16), String> {
+pub(super) fn listen_port(arg: &str) -> Result<(Option<String>, u16), String> {
     let bad = || format!("invalid port in {arg:?} of the \"listen\" directive");
     let port = |p: &str| match p.parse::<u16>() {
         Ok(n) if n > 0 => Ok(n),

@@ -36,6 +36,10 @@ mod template;
 mod uri;
 
 #[cfg(test)]
+mod errpage_tests;
+#[cfg(test)]
+mod port_tests;
+#[cfg(test)]
 mod tests;
 
 use std::path::Path;
