@@ -4,6 +4,12 @@
 //! requests (hosts × paths × queries × headers × cookies) must get the same
 //! answer from both: upstream, upstream path+query, status and redirect
 //! Location. A mismatch is printed as request / nginx / laneway.
+//!
+//! A configuration may listen on two ports (`{{LISTEN2}}`): nginx then
+//! listens on two ports and laneway on two listeners mapped to them with
+//! `[routes.nginx_listen]`, and every request is sent on both. The echo
+//! upstreams answer the status a `/status/NNN` path segment asks for, so
+//! that `proxy_intercept_errors` and `error_page` are compared too.
 
 mod common;
 
@@ -116,14 +122,17 @@ fn ask(addr: SocketAddr, host: &str, target: &str, headers: &[(&str, &str)]) -> 
     }
 }
 
-/// One configuration: nginx text with `{{LISTEN}}` and `{{name}}` for the
-/// port of the echo upstream `name`, extra files (includes), hosts, paths.
+/// One configuration: nginx text with `{{LISTEN}}` (and `{{LISTEN2}}` for a
+/// second port) and `{{name}}` for the port of the echo upstream `name`,
+/// extra files (includes), hosts, paths.
 struct Case {
     name: &'static str,
     files: Vec<(&'static str, &'static str)>,
     upstreams: &'static [&'static str],
     hosts: &'static [&'static str],
     paths: &'static [&'static str],
+    /// nginx listens on two ports (`{{LISTEN2}}`).
+    two_ports: bool,
 }
 
 const COMMON_HTTP: &str = "
@@ -147,14 +156,19 @@ error_log logs/error.log;
 events { worker_connections 256; }
 ";
 
-fn run_case(case: &Case) -> (usize, Vec<String>) {
+/// Runs a configuration on nginx and on laneway (with `engine`, `"h1"` or
+/// `"pingora"`); returns the number of requests and the mismatches.
+fn run_case(case: &Case, engine: &str) -> (usize, Vec<String>) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
     std::fs::create_dir_all(dir.join("tmp")).unwrap();
     let echoes: Vec<Upstream> = case.upstreams.iter().map(|n| Upstream::start(n)).collect();
     let nginx_port = free_port();
+    let nginx_port2 = free_port();
     let fill = |text: &str| {
-        let mut t = text.replace("{{LISTEN}}", &format!("127.0.0.1:{nginx_port}"));
+        let mut t = text
+            .replace("{{LISTEN}}", &format!("127.0.0.1:{nginx_port}"))
+            .replace("{{LISTEN2}}", &format!("127.0.0.1:{nginx_port2}"));
         t = t
             .replace("{{COMMON}}", COMMON_HTTP)
             .replace("{{MAIN}}", MAIN);
@@ -188,30 +202,53 @@ fn run_case(case: &Case) -> (usize, Vec<String>) {
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(&p, fill(text)).unwrap();
     }
-    let lw = Laneway::start_with_routes_section(ltmp, "nginx = \"nginx.conf\"");
+    let listen: Vec<SocketAddr> = (0..if case.two_ports { 2 } else { 1 })
+        .map(|_| format!("127.0.0.1:{}", free_port()).parse().unwrap())
+        .collect();
+    let mut routes = "nginx = \"nginx.conf\"\n".to_string();
+    if case.two_ports {
+        routes.push_str(&format!(
+            "[routes.nginx_listen]\n\"{}\" = {nginx_port}\n\"{}\" = {nginx_port2}\n",
+            listen[0], listen[1]
+        ));
+    }
+    let _laneway =
+        Laneway::start_listening(ltmp, &listen, &format!("engine = \"{engine}\""), &routes);
+    // nginx and laneway, port by port
+    let mut pairs = vec![(nginx.addr, listen[0])];
+    if case.two_ports {
+        let second: SocketAddr = format!("127.0.0.1:{nginx_port2}").parse().unwrap();
+        assert!(eventually(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(second).is_ok()
+                && std::net::TcpStream::connect(listen[1]).is_ok()
+        }));
+        pairs.push((second, listen[1]));
+    }
 
     let queries = ["", "?a=1", "?a=1&b=two&v=7", "?q=x%20y"];
     let headers: [&[(&str, &str)]; 3] = [&[], &[("x-canary", "1")], &[("user-agent", "Mobile")]];
     let cookies = ["", "beta=on", "beta=off; lang=en"];
     let mut n = 0;
     let mut mismatches = Vec::new();
-    for host in case.hosts {
-        for path in case.paths {
-            for q in queries {
-                let target = format!("{path}{q}");
-                let mut hs: Vec<(&str, &str)> = headers[n % headers.len()].to_vec();
-                let cookie = cookies[(n / headers.len()) % cookies.len()];
-                if !cookie.is_empty() {
-                    hs.push(("cookie", cookie));
-                }
-                n += 1;
-                let a = ask(nginx.addr, host, &target, &hs);
-                let b = ask(lw.proxy, host, &target, &hs);
-                if a != b {
-                    mismatches.push(format!(
-                        "{}: GET {target} Host: {host} {hs:?}\n  nginx:   {a:?}\n  laneway: {b:?}",
-                        case.name
-                    ));
+    for (nginx_addr, laneway_addr) in &pairs {
+        for host in case.hosts {
+            for path in case.paths {
+                for q in queries {
+                    let target = format!("{path}{q}");
+                    let mut hs: Vec<(&str, &str)> = headers[n % headers.len()].to_vec();
+                    let cookie = cookies[(n / headers.len()) % cookies.len()];
+                    if !cookie.is_empty() {
+                        hs.push(("cookie", cookie));
+                    }
+                    n += 1;
+                    let a = ask(*nginx_addr, host, &target, &hs);
+                    let b = ask(*laneway_addr, host, &target, &hs);
+                    if a != b {
+                        mismatches.push(format!(
+                            "{} ({engine}): GET {target} Host: {host} via nginx {nginx_addr} / laneway {laneway_addr} {hs:?}\n  nginx:   {a:?}\n  laneway: {b:?}",
+                            case.name
+                        ));
+                    }
                 }
             }
         }
@@ -258,6 +295,7 @@ fn city_sites() -> Case {
             "/a//b/../c",
             "/user/a%20b",
         ],
+        two_ports: false,
         files: vec![(
             "nginx.conf",
             r#"{{MAIN}}
@@ -341,6 +379,7 @@ fn map_driven() -> Case {
             "/versioned/9",
             "/deep/path/with.dots",
         ],
+        two_ports: false,
         files: vec![(
             "nginx.conf",
             r#"{{MAIN}}
@@ -440,6 +479,7 @@ fn nested_rewrites() -> Case {
             "/catalog/a%2Fb",
             "/x/./y/../z",
         ],
+        two_ports: false,
         files: vec![
             (
                 "nginx.conf",
@@ -500,13 +540,21 @@ server {
 }
 
 #[test]
-fn laneway_routes_like_nginx_on_three_production_shaped_configs() {
+fn laneway_routes_like_nginx_on_four_production_shaped_configs() {
     let mut total = 0;
     let mut all = Vec::new();
-    for case in [city_sites(), map_driven(), nested_rewrites()] {
-        let (n, mismatches) = run_case(&case);
+    let runs = [
+        (city_sites(), "h1"),
+        (map_driven(), "h1"),
+        (nested_rewrites(), "h1"),
+        (two_ports_error_pages(), "h1"),
+        // the Pingora engine intercepts upstream statuses its own way
+        (two_ports_error_pages(), "pingora"),
+    ];
+    for (case, engine) in &runs {
+        let (n, mismatches) = run_case(case, engine);
         eprintln!(
-            "{}: {n} requests, {} mismatches",
+            "{} ({engine}): {n} requests, {} mismatches",
             case.name,
             mismatches.len()
         );
@@ -518,6 +566,199 @@ fn laneway_routes_like_nginx_on_three_production_shaped_configs() {
     }
     assert!(total >= 1000, "only {total} requests");
     assert!(all.is_empty(), "{} of {total} requests differ", all.len());
+}
+
+/// A large site's front end: two listening ports with their own default
+/// servers and the same host answered differently on each, `error_page`
+/// at http, server and (nested) location level with every kind of target,
+/// `proxy_intercept_errors` on and off, `recursive_error_pages`.
+fn two_ports_error_pages() -> Case {
+    Case {
+        name: "two-ports-error-pages",
+        upstreams: &[
+            "www_web",
+            "secure_web",
+            "shop_web",
+            "api_gw",
+            "fallback_web",
+            "errors_web",
+            "public_web",
+            "legacy_api",
+        ],
+        hosts: &[
+            "www.example.test",
+            "example.test",
+            "api.example.test",
+            "shop.example.test",
+            "unknown.test",
+        ],
+        paths: &[
+            "/",
+            "/shop/item",
+            "/shop/status/404/x",
+            "/shop/status/503/x",
+            "/private/a",
+            "/public",
+            "/gone/x",
+            "/missing/x",
+            "/moved/x",
+            "/api/users",
+            "/api/status/404/u",
+            "/api/v1/status/404/u",
+            "/api/raw/status/404/u",
+            "/loop/a",
+            "/static/app.css",
+            "/legacy/status/502",
+            "/legacy/status/404/x",
+            "/legacy/ok",
+            "/chain/status/404",
+            "/chain2/status/404",
+            "/admin/x",
+            "/status/500/home",
+        ],
+        two_ports: true,
+        files: vec![
+            (
+                "nginx.conf",
+                r#"{{MAIN}}
+http {
+    {{COMMON}}
+    include upstreams.conf;
+    # every server answers 5xx with the shared page unless it says otherwise
+    error_page 500 502 503 504 /50x.html;
+    include sites/*.conf;
+}
+"#,
+            ),
+            (
+                "upstreams.conf",
+                r#"
+upstream www_web { server 127.0.0.1:{{www_web}}; }
+upstream secure_web { server 127.0.0.1:{{secure_web}}; }
+upstream shop_web { server 127.0.0.1:{{shop_web}}; keepalive 8; }
+upstream api_gw { server 127.0.0.1:{{api_gw}}; }
+upstream fallback_web { server 127.0.0.1:{{fallback_web}}; }
+upstream errors_web { server 127.0.0.1:{{errors_web}}; }
+upstream public_web { server 127.0.0.1:{{public_web}}; }
+upstream legacy_api { server 127.0.0.1:{{legacy_api}}; }
+"#,
+            ),
+            (
+                "sites/a-www.conf",
+                r#"
+# the public site on the first port
+server {
+    listen {{LISTEN}} default_server;
+    server_name www.example.test example.test;
+    error_page 404 = @fallback;
+    error_page 500 502 503 504 /50x.html;
+
+    location / { proxy_pass http://www_web; }
+    location /shop/ {
+        proxy_pass http://shop_web;
+        proxy_intercept_errors on;
+    }
+    location @fallback { proxy_pass http://fallback_web; }
+    location = /50x.html { internal; proxy_pass http://errors_web; }
+    location /private/ {
+        error_page 403 =200 /public;
+        return 403;
+    }
+    location /public { proxy_pass http://public_web; }
+    location /gone/ { return 404; }
+    location /missing/ {
+        error_page 404 https://www.example.test/notfound;
+        return 404;
+    }
+    location /moved/ {
+        error_page 404 =301 https://www.example.test/new$uri;
+        return 404;
+    }
+    location /api/ {
+        proxy_pass http://api_gw;
+        proxy_intercept_errors on;
+        error_page 404 /api-404?from=$uri;
+        location /api/v1/ { proxy_pass http://api_gw/v1/; }
+        location /api/raw/ {
+            proxy_pass http://api_gw;
+            proxy_intercept_errors off;
+        }
+    }
+    location = /api-404 { proxy_pass http://errors_web; }
+    location /loop/ { rewrite ^/loop/(.*)$ /loop/$1 last; }
+    location /static/ { }
+    location /legacy/ {
+        proxy_pass http://legacy_api;
+        proxy_intercept_errors on;
+        error_page 502 503 =200 /maintenance;
+        error_page 404 =410 /gone-page;
+    }
+    location = /maintenance { return 200 "down for maintenance"; }
+    location = /gone-page { return 200 "gone"; }
+    location /chain/ {
+        proxy_pass http://shop_web;
+        proxy_intercept_errors on;
+        recursive_error_pages on;
+        error_page 404 /chain-404;
+    }
+    location /chain2/ {
+        proxy_pass http://shop_web;
+        proxy_intercept_errors on;
+        error_page 404 /chain-404;
+    }
+    location = /chain-404 { return 404; }
+}
+"#,
+            ),
+            (
+                "sites/b-secure.conf",
+                r#"
+# the same host on the second port is the secure front end
+server {
+    listen {{LISTEN2}} default_server;
+    server_name www.example.test;
+    location / { proxy_pass http://secure_web; }
+    location /shop/ {
+        proxy_pass http://shop_web;
+        proxy_intercept_errors on;
+    }
+    location = /50x.html { proxy_pass http://errors_web; }
+    location /gone/ { return 404; }
+    location /private/ { return 403; }
+}
+
+server {
+    listen {{LISTEN2}};
+    server_name shop.example.test;
+    error_page 404 /shop-404;
+    location /shop/ {
+        proxy_pass http://shop_web;
+        proxy_intercept_errors on;
+    }
+    location = /shop-404 { proxy_pass http://errors_web; }
+}
+"#,
+            ),
+            (
+                "sites/c-api.conf",
+                r#"
+# the API answers on both ports
+server {
+    listen {{LISTEN}};
+    listen {{LISTEN2}};
+    server_name api.example.test;
+    proxy_intercept_errors on;
+    error_page 403 = /forbidden;
+    error_page 404 @api_fallback;
+    location / { proxy_pass http://api_gw; }
+    location /admin/ { return 403; }
+    location = /forbidden { proxy_pass http://errors_web; }
+    location @api_fallback { proxy_pass http://fallback_web; }
+}
+"#,
+            ),
+        ],
+    }
 }
 
 #[test]
@@ -631,7 +872,7 @@ fn check_nginx_lists_every_directive_with_file_and_line() {
     let conf = tmp.path().join("nginx.conf");
     std::fs::write(
         &conf,
-        "worker_processes 1;\nhttp {\n  gzip on;\n  upstream a { server 127.0.0.1:9; }\n  server {\n    server_name x.example.com;\n    error_page 404 /404.html;\n    location / { proxy_pass http://a; limit_req zone=z; }\n  }\n}\n",
+        "worker_processes 1;\nhttp {\n  gzip on;\n  upstream a { server 127.0.0.1:9; }\n  server {\n    server_name x.example.com;\n    error_page 404 /404.html;\n    location / { proxy_pass http://a; limit_req zone=z; }\n    listen 8080 default_server;\n    proxy_intercept_errors on;\n    recursive_error_pages off;\n  }\n}\n",
     )
     .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_laneway"))
@@ -651,7 +892,19 @@ fn check_nginx_lists_every_directive_with_file_and_line() {
     );
     assert!(text.contains("nginx.conf:3: ignored: gzip"), "{text}");
     assert!(
-        text.contains("nginx.conf:7: not supported: error_page"),
+        text.contains("nginx.conf:7: translated: error_page"),
+        "{text}"
+    );
+    assert!(
+        text.contains("nginx.conf:9: translated: listen (port 8080; default_server of port 8080)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("nginx.conf:10: translated: proxy_intercept_errors"),
+        "{text}"
+    );
+    assert!(
+        text.contains("nginx.conf:11: translated: recursive_error_pages"),
         "{text}"
     );
     assert!(
@@ -671,6 +924,10 @@ fn check_nginx_lists_every_directive_with_file_and_line() {
     let toml = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     assert!(toml.contains("proxy_pass = \"http://a\""), "{toml}");
+    assert!(
+        toml.contains("ports = [8080]\ndefault = true\nerror_page = [\n  \"404 /404.html\",\n]\nproxy_intercept_errors = true\nrecursive_error_pages = false\n"),
+        "{toml}"
+    );
     // the output is a rules file laneway loads as it is
     let routes = tmp.path().join("routes.toml");
     std::fs::write(&routes, toml.as_bytes()).unwrap();

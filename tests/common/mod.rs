@@ -72,7 +72,8 @@ fn fastrand_u16() -> u16 {
 // ---------------------------------------------------------------- upstreams
 
 /// A real HTTP/1.1 upstream that answers every request with JSON naming
-/// itself and echoing what it received.
+/// itself and echoing what it received; with status 200, or the status a
+/// `/status/NNN` segment of the request path asks for (300–599).
 pub struct Upstream {
     pub name: String,
     pub addr: SocketAddr,
@@ -156,8 +157,31 @@ fn serve_conn(conn: TcpStream, name: &str, hits: &AtomicUsize, stop: &AtomicBool
                     .or_insert(v);
             }
         }
+        let chunked = headers
+            .get("transfer-encoding")
+            .is_some_and(|t| t.contains("chunked"));
         let mut body = vec![0; content_length];
-        if reader.read_exact(&mut body).is_err() {
+        if chunked {
+            body.clear();
+            loop {
+                let mut size = String::new();
+                if reader.read_line(&mut size).unwrap_or(0) == 0 {
+                    return;
+                }
+                let Ok(n) = usize::from_str_radix(size.trim().split(';').next().unwrap_or(""), 16)
+                else {
+                    return;
+                };
+                let mut chunk = vec![0; n + 2];
+                if reader.read_exact(&mut chunk).is_err() {
+                    return;
+                }
+                body.extend_from_slice(&chunk[..n]);
+                if n == 0 {
+                    break;
+                }
+            }
+        } else if reader.read_exact(&mut body).is_err() {
             return;
         }
         hits.fetch_add(1, Ordering::SeqCst);
@@ -169,14 +193,30 @@ fn serve_conn(conn: TcpStream, name: &str, hits: &AtomicUsize, stop: &AtomicBool
             "body": String::from_utf8_lossy(&body),
         })
         .to_string();
+        let status = asked_status(&target).unwrap_or(200);
         let resp = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-upstream: {name}\r\n\r\n{json}",
+            "HTTP/1.1 {status} Echo\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-upstream: {name}\r\n\r\n{json}",
             json.len()
         );
         if writer.write_all(resp.as_bytes()).is_err() || stop.load(Ordering::SeqCst) {
             return;
         }
     }
+}
+
+/// The status a `/status/NNN` path segment asks the echo upstream for.
+pub fn asked_status(target: &str) -> Option<u16> {
+    let path = target.split('?').next().unwrap_or("");
+    let mut segs = path.split('/');
+    while let Some(seg) = segs.next() {
+        if seg == "status" {
+            return segs
+                .next()
+                .and_then(|s| s.parse::<u16>().ok())
+                .filter(|s| (300..=599).contains(s));
+        }
+    }
+    None
 }
 
 // ---------------------------------------------------------------- client
@@ -399,16 +439,32 @@ level = "info,pingora=warn"
     /// Starts laneway in `tmp` (which holds whatever the rules need) with
     /// `routes` as the body of its `[routes]` section.
     pub fn start_with_routes_section(tmp: tempfile::TempDir, routes: &str) -> Laneway {
-        let dir = tmp.path().to_path_buf();
         let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        Laneway::start_listening(tmp, &[proxy], "", routes)
+    }
+
+    /// As [`start_with_routes_section`](Self::start_with_routes_section),
+    /// listening on every address of `listen` (the first is `proxy`), with
+    /// `proxy_extra` in `[proxy]`; `routes` may hold sub-tables
+    /// (`[routes.nginx_listen]`), so it comes last.
+    pub fn start_listening(
+        tmp: tempfile::TempDir,
+        listen: &[SocketAddr],
+        proxy_extra: &str,
+        routes: &str,
+    ) -> Laneway {
+        let dir = tmp.path().to_path_buf();
+        let proxy = listen[0];
+        let list: Vec<String> = listen.iter().map(|a| format!("\"{a}\"")).collect();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let config = dir.join("laneway.toml");
         std::fs::write(
             &config,
             format!(
-                "[proxy]\nlisten = [\"{proxy}\"]\nthreads = 2\nconnect_timeout = \"1s\"\n\
+                "[proxy]\nlisten = [{}]\nthreads = 2\nconnect_timeout = \"1s\"\n{proxy_extra}\n\
                  [admin]\nlisten = \"{admin}\"\n[store]\ndata_dir = \"data\"\n\
-                 [log]\nlevel = \"info,pingora=warn\"\n[routes]\n{routes}\n"
+                 [log]\nlevel = \"info,pingora=warn\"\n[routes]\n{routes}\n",
+                list.join(", ")
             ),
         )
         .unwrap();

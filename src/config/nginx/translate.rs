@@ -417,7 +417,12 @@ pub fn load(
     let files = cfg.files.clone();
     let tr = translate(&cfg, mapping).map_err(|e| (e, files.clone()))?;
     match RuleSet::compile(&tr.toml, main) {
-        Ok(rules) => Ok((rules, tr)),
+        Ok(mut rules) => {
+            // servers and locations name the nginx file:line they came from
+            let map = &tr.source_map;
+            rules.map_sources(&|line| line.checked_sub(1).and_then(|i| map.get(i)).cloned());
+            Ok((rules, tr))
+        }
         Err(errors) => Err((
             errors
                 .into_iter()

@@ -13,11 +13,16 @@
 //! `proxy_intercept_errors`: when the plan hands an upstream status back to
 //! the rules, the response is dropped before anything reaches the client
 //! and [`Failure::Intercepted`] tells the caller to decide again. That
-//! needs the request body whole: it is kept (only for such plans) when it
-//! arrived with the head; a body still streaming when the upstream answers
-//! cannot be sent twice, so such a response is passed on as it is.
+//! needs the request body whole: for such plans only, a body up to
+//! [`REPLAY_LIMIT`] is read before the request goes upstream (as nginx
+//! buffers request bodies) and kept; a larger one is streamed and cannot be
+//! sent twice, so the upstream's response to it is passed on as it is.
 
 use super::*;
+
+/// Largest request body kept to send again after an intercepted upstream
+/// status (Pingora's retry buffer holds as much).
+pub(super) const REPLAY_LIMIT: usize = 64 * 1024;
 
 impl H1App {
     /// Sends the request upstream and the response back. `Ok(keep)` says
@@ -38,6 +43,11 @@ impl H1App {
         if info.expect_continue && info.framing != Framing::None && !again {
             // As nginx does: answer 100 Continue here, never forward Expect.
             write_flush(&mut c.io, b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await
+                .map_err(Failure::Abort)?;
+        }
+        if plan.intercept.is_some() && !again && !info.upgrade {
+            buffer_small_body(c, info, plan.read_timeout)
                 .await
                 .map_err(Failure::Abort)?;
         }
@@ -434,6 +444,41 @@ impl H1App {
             return Ok(client_keep);
         }
     }
+}
+
+/// Reads the rest of a request body of at most [`REPLAY_LIMIT`] bytes into
+/// `c.buf`, so that it goes upstream whole with the head and can be sent
+/// again; a larger (or malformed) body is left to stream.
+async fn buffer_small_body(c: &mut Client, info: &ReqInfo, timeout: Duration) -> io::Result<()> {
+    match info.framing {
+        Framing::Length(n) if n <= REPLAY_LIMIT as u64 => {
+            while (c.buf.len() as u64) < n {
+                c.buf.reserve(READ_CHUNK);
+                if timed(timeout, c.io.read_buf(&mut c.buf)).await? == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+            }
+        }
+        Framing::Chunked => {
+            let mut tracker = ChunkTracker::default();
+            let mut fed = 0;
+            loop {
+                match tracker.feed(&c.buf[fed..]) {
+                    Ok(n) => fed += n,
+                    Err(_) => return Ok(()), // answered 400 when forwarded
+                }
+                if tracker.done() || c.buf.len() > REPLAY_LIMIT {
+                    return Ok(());
+                }
+                c.buf.reserve(READ_CHUNK);
+                if timed(timeout, c.io.read_buf(&mut c.buf)).await? == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 enum Exchange {

@@ -399,6 +399,28 @@ impl RuleSet {
         &self.static_instances
     }
 
+    /// Points every server and location at its source through `map`
+    /// (routes.toml line → file and line): rules translated from nginx
+    /// then name the nginx file:line, for explain.
+    pub fn map_sources(&mut self, map: &dyn Fn(usize) -> Option<(Arc<Path>, usize)>) {
+        for server in self.servers.iter_mut() {
+            if let Some((f, l)) = map(server.line) {
+                server.file = f;
+                server.line = l;
+            }
+            for loc in server
+                .locations
+                .iter_mut()
+                .chain(std::iter::once(&mut *server.context))
+            {
+                if let Some((f, l)) = map(loc.line) {
+                    loc.file = f;
+                    loc.line = l;
+                }
+            }
+        }
+    }
+
     /// The file the rules came from (empty for [`RuleSet::empty`]).
     pub fn file(&self) -> &Path {
         &self.file
