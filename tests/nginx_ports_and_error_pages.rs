@@ -269,6 +269,32 @@ fn bodies_and_methods_through_error_pages(engine: &str) {
         serde_json::json!([404, 503]),
         "{v}"
     );
+    // the command line shows the same
+    let out = Command::new(env!("CARGO_BIN_EXE_laneway"))
+        .args([
+            "explain",
+            "http://www.example.test/status/404/x",
+            "--listener",
+        ])
+        .arg(s.plain.to_string())
+        .arg("--admin")
+        .arg(s.lw.admin.to_string())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains(&format!("{} = nginx port 8080", s.plain)),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("nginx.conf:5 by exact name www.example.test on port 8080"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("upstream 404, 503 go to the error page"),
+        "{stdout}"
+    );
     let (status, text) = s.lw.api(
         "GET",
         "/api/v1/explain?url=http://www.example.test/&listener=127.0.0.1:1",

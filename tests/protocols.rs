@@ -305,6 +305,54 @@ async fn tls_picks_certificates_by_sni_with_a_wildcard_and_a_default() {
     assert_eq!(metric(&lw, "laneway_tls_certificates"), 3.0);
 }
 
+/// Servers chosen by nginx port: a `[tls] listen` listener stands for port
+/// 443 and a `[proxy] listen` one for port 80 unless `[routes.nginx_listen]`
+/// says otherwise, for HTTPS/1.1 (h1 engine) and HTTP/2 (Pingora engine).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_listeners_stand_for_nginx_port_443_by_default() {
+    let certs = cert_dir();
+    let tls = loopback(free_port());
+    let routes = r#"
+[[server]]
+names = ["www.example.test"]
+ports = [80]
+[[server.location]]
+match = "/"
+service = "plain-web"
+
+[[server]]
+names = ["www.example.test"]
+ports = [443]
+ssl_ports = [443]
+[[server.location]]
+match = "/"
+service = "secure-web"
+"#;
+    let lw = Laneway::start(routes, &tls_section(tls, &certs.dir));
+    wait_listening(tls);
+    let plain = Upstream::start("plain-web");
+    let secure = Upstream::start("secure-web");
+    lw.register("p-1", "plain-web", None, plain.port());
+    lw.register("s-1", "secure-web", None, secure.port());
+
+    assert_eq!(
+        lw.get("www.example.test", "/a", &[]).upstream(),
+        "plain-web"
+    );
+    let io = tls_connect(tls, "www.example.test", client_config(None, &[b"http/1.1"]))
+        .await
+        .unwrap();
+    let raw = h1_over(io, "www.example.test", "/b", "").await;
+    assert_eq!(json_body(&raw)["upstream"], "secure-web", "{raw}");
+    let io = tls_connect(tls, "www.example.test", client_config(None, &[b"h2"]))
+        .await
+        .unwrap();
+    let (status, _, body) = h2_request(io, "GET", "https://www.example.test/c", &[], None).await;
+    assert_eq!(status, 200);
+    let echo: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(echo["upstream"], "secure-web", "{echo}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_reload_and_a_bad_file_keeps_the_previous_one() {
     let certs = cert_dir();

@@ -1,4 +1,4 @@
-//! `laneway explain URL [--lane L] [--header Name:Value]…`: asks a running
+//! `laneway explain URL [--lane L] [--header Name:Value]… [--listener ADDR]`: asks a running
 //! laneway's admin API what it would do with a request (nothing is sent
 //! upstream) and prints the answer readably, or the API's JSON with
 //! `--json`.
@@ -21,6 +21,11 @@ pub struct ExplainArgs {
     /// A request header, repeatable: `--header 'Cookie: laneway_lane=t-1'`.
     #[arg(short = 'H', long = "header", value_name = "NAME:VALUE")]
     pub headers: Vec<String>,
+    /// The laneway listener the request arrives on (its nginx port chooses
+    /// among the servers); default: the URL's address, else the first
+    /// `[proxy] listen`.
+    #[arg(long, value_name = "ADDR")]
+    pub listener: Option<String>,
     /// The admin API to talk to.
     #[arg(long, default_value = "http://127.0.0.1:9900", value_name = "URL")]
     pub admin: String,
@@ -35,6 +40,9 @@ pub fn run(args: ExplainArgs) -> Result<String, String> {
     let mut query = format!("url={}", encode(&args.url));
     if let Some(l) = &args.lane {
         let _ = write!(query, "&lane={}", encode(l));
+    }
+    if let Some(l) = &args.listener {
+        let _ = write!(query, "&listener={}", encode(l));
     }
     for h in &args.headers {
         if !h.contains(':') {
@@ -78,18 +86,39 @@ pub fn render(v: &Value) -> String {
     if !l["production_host"].is_null() {
         row("production host", text(&l["production_host"]));
     }
+    let li = &v["listener"];
+    if !li.is_null() {
+        row(
+            "listener",
+            format!(
+                "{} = nginx port {} ({}){}",
+                text(&li["address"]),
+                text(&li["nginx_port"]),
+                text(&li["source"]),
+                if li["selects_servers"] == true {
+                    ""
+                } else {
+                    "; the servers name at most one port, so it chooses nothing"
+                }
+            ),
+        );
+    }
     let s = &v["server"];
     if !s.is_null() {
         row(
             "server",
             format!(
-                "{}:{} by {}{}",
+                "{}:{} by {}{}{}",
                 text(&s["file"]),
                 text(&s["line"]),
                 text(&s["matched_by"]),
                 match &s["name"] {
                     Value::Null => String::new(),
                     n => format!(" {}", text(n)),
+                },
+                match &s["port"] {
+                    Value::Null => String::new(),
+                    p => format!(" on port {}", text(p)),
                 }
             ),
         );
@@ -153,6 +182,19 @@ pub fn render(v: &Value) -> String {
         Some("proxy") => {
             row("upstream uri", text(&o["upstream_uri"]));
             row("host header", text(&o["host_header"]));
+            if !o["status"].is_null() {
+                row(
+                    "status",
+                    format!("{} (an error page is in force)", text(&o["status"])),
+                );
+            }
+            if let Some(codes) = o["intercept_errors"].as_array() {
+                let codes: Vec<String> = codes.iter().map(text).collect();
+                row(
+                    "intercept",
+                    format!("upstream {} go to the error page", codes.join(", ")),
+                );
+            }
         }
         _ => row(
             "answer",
