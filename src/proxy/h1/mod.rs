@@ -380,12 +380,14 @@ impl H1App {
             upstream_statuses: &[],
         };
         let decided = plan::decide(&snap, &self.settings, &incoming);
-        if let (Some(t), Ok(_), true) = (
+        if let (Some(t), Ok(plan), true) = (
             &decided.target,
             &decided.action,
             !self.settings.services.is_empty() && self.handoff.is_some(),
         ) {
-            if self.settings.services.contains_key(&*t.service) {
+            // A plan that may hand an upstream status to an error page may
+            // end at any service, one reached with TLS or HTTP/2 included.
+            if self.settings.services.contains_key(&*t.service) || plan.intercept.is_some() {
                 // TLS or HTTP/2 upstream: the Pingora engine serves this
                 // request and the rest of the connection.
                 let mut replay = BytesMut::from(&head_bytes[..]);
