@@ -156,12 +156,16 @@ pub fn build(control: &Arc<Control>, upgrade: bool) -> Result<Server, ServerErro
         };
         if let (Some(tls), Some(t)) = (&cfg.tls, &terminator) {
             let mut service = Service::new(format!("laneway-tls-{worker}"), front(Some(t.clone())));
-            listen_on(&mut service, &tls.listen, worker);
+            listen_on(&mut service, &vip_addresses(cfg, &tls.listen), worker);
             server.add_service(service);
         }
         if !cfg.proxy.h2c_listen.is_empty() {
             let mut service = Service::new(format!("laneway-h2c-{worker}"), front(None));
-            listen_on(&mut service, &cfg.proxy.h2c_listen, worker);
+            listen_on(
+                &mut service,
+                &vip_addresses(cfg, &cfg.proxy.h2c_listen),
+                worker,
+            );
             server.add_service(service);
         }
         match cfg.proxy.engine {
@@ -205,25 +209,37 @@ fn listen<A>(service: &mut Service<A>, cfg: &Config, worker: usize) {
     }
 }
 
-/// Every address the data plane listens on: `[proxy] listen`, plus the
-/// entries when `[proxy] bind_entries` is on. An unspecified listen address
-/// (`0.0.0.0:80`) already receives every VIP's traffic on its port.
+/// Every address the plain HTTP data plane listens on: `[proxy] listen`,
+/// plus the entries when `[proxy] bind_entries` is on: every VIP of the pool
+/// at each listen port and every port of the port pool at each listen
+/// address. An unspecified listen address (`0.0.0.0:80`) already receives
+/// every VIP's traffic on its port.
 pub fn listen_addresses(cfg: &Config) -> Vec<SocketAddr> {
-    let mut out: Vec<SocketAddr> = cfg.proxy.listen.clone();
+    let mut out = vip_addresses(cfg, &cfg.proxy.listen);
     if cfg.proxy.bind_entries {
-        if let Some(pool) = &cfg.lanes.vip_pool {
-            for l in cfg.proxy.listen.iter().filter(|l| !l.ip().is_unspecified()) {
-                out.extend(
-                    pool.addresses()
-                        .filter(|ip| ip.is_ipv4() == l.is_ipv4())
-                        .map(|ip| SocketAddr::new(ip, l.port())),
-                );
-            }
-        }
         if let Some(ports) = &cfg.lanes.port_pool {
             for l in &cfg.proxy.listen {
                 out.extend((ports.first..=ports.last).map(|p| SocketAddr::new(l.ip(), p)));
             }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// `listen`, plus (with `[proxy] bind_entries`) every VIP of the pool at
+/// each of its ports: a VIP names its lane on HTTPS and h2c listeners as it
+/// does on plain ones. Port-pool entries are plain HTTP listeners only.
+pub fn vip_addresses(cfg: &Config, listen: &[SocketAddr]) -> Vec<SocketAddr> {
+    let mut out = listen.to_vec();
+    if let (true, Some(pool)) = (cfg.proxy.bind_entries, &cfg.lanes.vip_pool) {
+        for l in listen.iter().filter(|l| !l.ip().is_unspecified()) {
+            out.extend(
+                pool.addresses()
+                    .filter(|ip| ip.is_ipv4() == l.is_ipv4())
+                    .map(|ip| SocketAddr::new(ip, l.port())),
+            );
         }
     }
     out.sort();
