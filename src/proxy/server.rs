@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tracing::{error, info};
 
-use pingora_core::listeners::TcpSocketOptions;
+use pingora_core::listeners::{L4BufferSettings, ListenerConfig, TcpSocketOptions};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora_core::services::listening::Service;
@@ -171,7 +171,9 @@ pub fn build(control: &Arc<Control>, upgrade: bool) -> Result<Server, ServerErro
         match cfg.proxy.engine {
             Engine::H1 => {
                 let mut service = Service::new(name, h1());
-                listen(&mut service, cfg, worker);
+                // The engine buffers reads and coalesces writes itself: the
+                // socket's own buffers would only add a copy each way.
+                listen(&mut service, cfg, worker, L4BufferSettings::unbuffered());
                 server.add_service(service);
             }
             Engine::Pingora => {
@@ -181,7 +183,7 @@ pub fn build(control: &Arc<Control>, upgrade: bool) -> Result<Server, ServerErro
                     proxy,
                     &name,
                 );
-                listen(&mut service, cfg, worker);
+                listen(&mut service, cfg, worker, L4BufferSettings::default());
                 server.add_service(service);
             }
         }
@@ -200,12 +202,16 @@ fn listen_on<A>(service: &mut Service<A>, addrs: &[SocketAddr], worker: usize) {
 }
 
 /// One single-threaded worker service on every listen address.
-fn listen<A>(service: &mut Service<A>, cfg: &Config, worker: usize) {
+fn listen<A>(service: &mut Service<A>, cfg: &Config, worker: usize, buffers: L4BufferSettings) {
     service.threads = Some(1);
     for addr in listen_addresses(cfg) {
         let mut opts = TcpSocketOptions::default();
         opts.so_reuseport = Some(true);
-        service.add_tcp_with_settings(&worker_listen_key(&addr, worker), opts);
+        service.add_listener(
+            ListenerConfig::tcp(worker_listen_key(&addr, worker))
+                .tcp_socket_options(opts)
+                .l4_buffer(buffers),
+        );
     }
 }
 

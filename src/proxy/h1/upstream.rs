@@ -252,10 +252,15 @@ impl H1App {
         log: &mut Log,
     ) -> Result<bool, Failure> {
         loop {
-            let mut headers_arr = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut resp = httparse::Response::new(&mut headers_arr);
+            let mut headers_arr =
+                [const { std::mem::MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+            let mut resp = httparse::Response::new(&mut []);
             if !matches!(
-                resp.parse(&s.up_buf[..head_len]),
+                httparse::ParserConfig::default().parse_response_with_uninit_headers(
+                    &mut resp,
+                    &s.up_buf[..head_len],
+                    &mut headers_arr
+                ),
                 Ok(httparse::Status::Complete(_))
             ) {
                 return Err(Failure::Status(502, "malformed response head"));
