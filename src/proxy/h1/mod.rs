@@ -469,7 +469,7 @@ impl H1App {
     /// Metrics and the access log of one request.
     fn finish(&self, log: &Log) {
         let elapsed = log.started.elapsed();
-        self.metrics.request_duration.observe(elapsed.as_secs_f64());
+        log.lane.duration.observe(elapsed.as_secs_f64());
         log.lane.requests.inc(log.status);
         if let (Some(t), Some(up)) = (&log.target, log.upstream_started) {
             if let Ok(pool) = &t.pool {
