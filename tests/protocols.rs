@@ -980,6 +980,45 @@ async fn websocket_echo_survives_snapshot_swaps() {
     ws.close(None).await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_over_https_reaches_the_lanes_version() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+    let certs = cert_dir();
+    let tls = loopback(free_port());
+    let lw = Laneway::start(SIMPLE_ROUTES, &tls_section(tls, &certs.dir));
+    wait_listening(tls);
+    let stable = ws_server("stable").await;
+    let v2 = ws_server("v2").await;
+    lw.register("ws-1", "web", None, stable);
+    lw.register("ws-2", "web", Some("v2"), v2);
+    assert_eq!(
+        lw.create_lane(r#"{"name":"t-3","services":{"web":"v2"}}"#)
+            .0,
+        201
+    );
+    let ca = certs.pki.ca_pem();
+    for (host, want) in [("shop.example.com", "stable"), ("t-3.lanes.test", "v2")] {
+        let io = tls_connect(tls, host, client_config(Some(&ca), &[b"http/1.1"]))
+            .await
+            .unwrap();
+        let req = format!("wss://{host}/socket")
+            .into_client_request()
+            .unwrap();
+        let (mut ws, resp) = tokio_tungstenite::client_async(req, io).await.unwrap();
+        assert_eq!(resp.status(), 101);
+        for i in 0..3 {
+            ws.send(Message::Text(format!("m{i}"))).await.unwrap();
+            assert_eq!(
+                ws.next().await.unwrap().unwrap(),
+                Message::Text(format!("{want}: m{i}")),
+                "{host}"
+            );
+        }
+        ws.close(None).await.unwrap();
+    }
+}
+
 // ------------------------------------------------------------ body limit
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
