@@ -117,6 +117,10 @@ impl ServerApp for H1App {
             io: stream,
             buf: BytesMut::with_capacity(READ_CHUNK),
             peer,
+            peer_ip: peer.map_or_else(
+                || Box::from(&b"-"[..]),
+                |p| p.ip().to_string().into_bytes().into(),
+            ),
             local,
             https,
             handoff: None,
@@ -162,6 +166,9 @@ struct Client {
     io: Stream,
     buf: BytesMut,
     peer: Option<SocketAddr>,
+    /// The client's IP as written in `X-Forwarded-For` (`-` when unknown),
+    /// formatted once per connection.
+    peer_ip: Box<[u8]>,
     /// The address the client connected to: a VIP or pool port names a lane.
     local: Option<SocketAddr>,
     /// TLS-terminated: the request's scheme is `https`.

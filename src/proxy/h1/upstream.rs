@@ -32,7 +32,7 @@ impl H1App {
                 .await
                 .map_err(Failure::Abort)?;
         }
-        self.build_upstream_head(s, head, headers, info, plan, &log.lane, c.peer, c.https);
+        self.build_upstream_head(s, head, headers, info, plan, &log.lane, &c.peer_ip, c.https);
         // Body bytes already received go out with the head in one write.
         let mut tracker = ChunkTracker::with_limit(self.settings.max_body_size);
         let buffered = match info.framing {
