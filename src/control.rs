@@ -183,6 +183,11 @@ impl Control {
             previous: Some(&previous),
             health: Some(&self.upstream_health),
         });
+        // A deleted lane's series leave /metrics: lanes come and go all day
+        // (leases, auto lanes) and would otherwise pile up until a restart.
+        for gone in previous.lane_names().filter(|n| snapshot.lane(n).is_none()) {
+            self.metrics.forget_lane(gone);
+        }
         drop(previous);
         let m = &self.metrics;
         let mut by_health = [0i64; 3];

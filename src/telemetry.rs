@@ -91,8 +91,8 @@ pub struct Metrics {
     pub upstream_requests: IntCounterVec,
     /// Time from sending the request upstream to the end of the response.
     pub upstream_duration: HistogramVec,
-    /// Whole-request latency seen by the client.
-    pub request_duration: Histogram,
+    /// Whole-request latency seen by the client, by the lane that asked.
+    pub request_duration: HistogramVec,
     /// Failed connection attempts to instances of a (service, version).
     pub upstream_connect_errors: IntCounterVec,
     /// Requests answered without an upstream: by reason (`not_found`,
@@ -228,12 +228,13 @@ impl Metrics {
                 &["service", "version"],
             )
             .expect("metric definition"),
-            request_duration: Histogram::with_opts(
+            request_duration: HistogramVec::new(
                 HistogramOpts::new(
                     "laneway_request_duration_seconds",
-                    "Whole request time as seen by the client",
+                    "Whole request time as seen by the client, by lane",
                 )
                 .buckets(latency_buckets),
+                &["lane"],
             )
             .expect("metric definition"),
             upstream_connect_errors: IntCounterVec::new(
@@ -436,6 +437,16 @@ impl Default for Metrics {
 /// Pre-resolved counters for a fixed label prefix, one per status class.
 #[derive(Clone)]
 pub struct ClassCounters(pub [IntCounter; 5]);
+
+impl Metrics {
+    /// Removes a lane's series (requests by class, request duration).
+    pub fn forget_lane(&self, lane: &str) {
+        for class in STATUS_CLASSES {
+            let _ = self.lane_requests.remove_label_values(&[lane, class]);
+        }
+        let _ = self.request_duration.remove_label_values(&[lane]);
+    }
+}
 
 impl ClassCounters {
     pub fn new(vec: &IntCounterVec, prefix: &[&str]) -> ClassCounters {

@@ -243,6 +243,25 @@ fn active_check_takes_an_instance_out_and_brings_it_back() {
             .contains("active check failing: GET /health answered 503"),
         "{e}"
     );
+    let held_out = |id: &str| {
+        let (status, body) = lw.api("GET", "/api/v1/instances", None);
+        assert_eq!(status, 200, "{body}");
+        let list: serde_json::Value = serde_json::from_str(&body).unwrap();
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["id"] == id)
+            .unwrap_or_else(|| panic!("{id} not listed: {body}"))["held_out"]
+            .clone()
+    };
+    let reason = held_out("web-a");
+    assert!(
+        reason
+            .as_str()
+            .is_some_and(|r| r.contains("active check failing")),
+        "{reason}"
+    );
+    assert_eq!(held_out("web-b"), serde_json::Value::Null);
     assert!(
         metric(
             &lw,
@@ -264,6 +283,7 @@ fn active_check_takes_an_instance_out_and_brings_it_back() {
         &[]
     )
     .contains(&"a".to_string())));
+    assert_eq!(held_out("web-a"), serde_json::Value::Null);
 }
 
 #[test]

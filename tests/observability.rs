@@ -184,7 +184,11 @@ fn metrics_carry_lane_service_and_instance_labels_after_traffic() {
 
     // counted once the response is out: wait for the last request's
     assert!(eventually(Duration::from_secs(5), || {
-        find(&metrics(&lw), "laneway_request_duration_seconds_count", &[]) >= Some(7.0)
+        find(
+            &metrics(&lw),
+            "laneway_request_duration_seconds_count",
+            &[("lane", "t-9")],
+        ) == Some(1.0)
     }));
     let m = metrics(&lw);
     let has = |name: &str, labels: &[(&str, &str)]| {
@@ -218,7 +222,17 @@ fn metrics_carry_lane_service_and_instance_labels_after_traffic() {
         ),
         3.0
     );
-    assert!(has("laneway_request_duration_seconds_count", &[]) >= 7.0);
+    assert_eq!(
+        has("laneway_request_duration_seconds_count", &[("lane", "t-1")]),
+        3.0
+    );
+    assert_eq!(
+        has(
+            "laneway_request_duration_seconds_count",
+            &[("lane", "baseline")]
+        ),
+        3.0
+    );
     assert_eq!(
         has(
             "laneway_upstream_connect_errors_total",
@@ -259,4 +273,43 @@ fn metrics_carry_lane_service_and_instance_labels_after_traffic() {
     );
     drop(web);
     drop(v2);
+}
+
+#[test]
+fn a_deleted_lane_leaves_the_metrics() {
+    let lw = Laneway::start(ROUTES, "");
+    let web = Upstream::start("web");
+    lw.register("web-1", "web", Some("v2"), web.port());
+    for lane in ["t-5", "t-6"] {
+        let body = format!(r#"{{"name":"{lane}","services":{{"web":"v2"}}}}"#);
+        assert_eq!(lw.create_lane(&body).0, 201);
+        let resp = lw.get("shop.example.com", "/", &[("X-Laneway-Lane", lane)]);
+        assert_eq!(resp.status, 200);
+    }
+    let count = |lane: &str| {
+        find(
+            &metrics(&lw),
+            "laneway_request_duration_seconds_count",
+            &[("lane", lane)],
+        )
+    };
+    assert!(eventually(Duration::from_secs(5), || count("t-5")
+        == Some(1.0)
+        && count("t-6") == Some(1.0)));
+    assert_eq!(lw.api("DELETE", "/api/v1/lanes/t-5", None).0, 200);
+    assert!(
+        eventually(Duration::from_secs(5), || count("t-5").is_none()),
+        "t-5's duration series is still exported"
+    );
+    let m = metrics(&lw);
+    assert_eq!(find(&m, "laneway_requests_total", &[("lane", "t-5")]), None);
+    assert_eq!(
+        find(
+            &m,
+            "laneway_requests_total",
+            &[("lane", "t-6"), ("class", "2xx")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(count("t-6"), Some(1.0));
 }

@@ -590,6 +590,72 @@ async fn h2_over_tls_and_h2c_reach_http1_upstreams() {
     assert!(metric(&lw, "laneway_tls_handshakes_total{protocol=\"h2\"}") >= 2.0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lane_vip_selects_its_lane_on_https_and_h2c_listeners() {
+    let certs = cert_dir();
+    let tls = loopback(free_port());
+    let h2c = loopback(free_port());
+    let lw = Laneway::start_full(
+        SIMPLE_ROUTES,
+        &format!("h2c_listen = [\"{h2c}\"]"),
+        "vip_pool = [\"127.0.77.2-127.0.77.9\"]",
+        &tls_section(tls, &certs.dir),
+    );
+    wait_listening(tls);
+    wait_listening(h2c);
+    let stable = Upstream::start("stable");
+    let v2 = Upstream::start("v2");
+    lw.register("web-1", "web", None, stable.port());
+    lw.register("web-2", "web", Some("v2"), v2.port());
+    let (status, lane) = lw.create_lane(r#"{"name":"t-7","services":{"web":"v2"}}"#);
+    assert_eq!(status, 201, "{lane}");
+    let vip: std::net::IpAddr = lane["entries"]["vip"].as_str().unwrap().parse().unwrap();
+    let ca = certs.pki.ca_pem();
+    let vip_tls = SocketAddr::new(vip, tls.port());
+    let vip_h2c = SocketAddr::new(vip, h2c.port());
+    wait_listening(vip_tls);
+
+    // HTTPS/1.1 and h2 to the VIP at the TLS port: the lane, no header.
+    let io = tls_connect(
+        vip_tls,
+        "shop.example.com",
+        client_config(Some(&ca), &[b"http/1.1"]),
+    )
+    .await
+    .unwrap();
+    let raw = h1_over(io, "shop.example.com", "/vip", "").await;
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    assert_eq!(json_body(&raw)["upstream"], "v2", "{raw}");
+    let io = tls_connect(
+        vip_tls,
+        "shop.example.com",
+        client_config(Some(&ca), &[b"h2"]),
+    )
+    .await
+    .unwrap();
+    let (status, headers, body) =
+        h2_request(io, "GET", "https://shop.example.com/vip", &[], None).await;
+    assert_eq!(status, 200, "{body:?}");
+    assert_eq!(headers["x-laneway-lane"], "t-7");
+    // h2c prior knowledge to the VIP at the h2c port.
+    let io = TcpStream::connect(vip_h2c).await.unwrap();
+    let (status, _, body) = h2_request(io, "GET", "http://shop.example.com/vip", &[], None).await;
+    assert_eq!(status, 200, "{body:?}");
+    let echo: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(echo["upstream"], "v2");
+
+    // The listen address itself is still the baseline.
+    let io = tls_connect(
+        tls,
+        "shop.example.com",
+        client_config(Some(&ca), &[b"http/1.1"]),
+    )
+    .await
+    .unwrap();
+    let raw = h1_over(io, "shop.example.com", "/plain", "").await;
+    assert_eq!(json_body(&raw)["upstream"], "stable", "{raw}");
+}
+
 // ------------------------------------------------------------------ gRPC
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -960,6 +1026,45 @@ async fn websocket_echo_survives_snapshot_swaps() {
         Message::Text("second: new".into())
     );
     ws.close(None).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_over_https_reaches_the_lanes_version() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+    let certs = cert_dir();
+    let tls = loopback(free_port());
+    let lw = Laneway::start(SIMPLE_ROUTES, &tls_section(tls, &certs.dir));
+    wait_listening(tls);
+    let stable = ws_server("stable").await;
+    let v2 = ws_server("v2").await;
+    lw.register("ws-1", "web", None, stable);
+    lw.register("ws-2", "web", Some("v2"), v2);
+    assert_eq!(
+        lw.create_lane(r#"{"name":"t-3","services":{"web":"v2"}}"#)
+            .0,
+        201
+    );
+    let ca = certs.pki.ca_pem();
+    for (host, want) in [("shop.example.com", "stable"), ("t-3.lanes.test", "v2")] {
+        let io = tls_connect(tls, host, client_config(Some(&ca), &[b"http/1.1"]))
+            .await
+            .unwrap();
+        let req = format!("wss://{host}/socket")
+            .into_client_request()
+            .unwrap();
+        let (mut ws, resp) = tokio_tungstenite::client_async(req, io).await.unwrap();
+        assert_eq!(resp.status(), 101);
+        for i in 0..3 {
+            ws.send(Message::Text(format!("m{i}"))).await.unwrap();
+            assert_eq!(
+                ws.next().await.unwrap().unwrap(),
+                Message::Text(format!("{want}: m{i}")),
+                "{host}"
+            );
+        }
+        ws.close(None).await.unwrap();
+    }
 }
 
 // ------------------------------------------------------------ body limit

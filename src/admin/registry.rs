@@ -117,8 +117,19 @@ pub async fn check_fail(
 
 pub async fn list(State(c): State<Arc<Control>>) -> Result<Json<Value>, ApiError> {
     let catalog = c.catalog().await;
-    let list: Vec<&crate::discovery::Instance> = catalog.instances.iter().map(|i| &**i).collect();
-    serde_json::to_value(list)
-        .map(Json)
-        .map_err(|e| ApiError::internal(e.to_string()))
+    let mut list = Vec::with_capacity(catalog.instances.len());
+    for inst in &catalog.instances {
+        let mut v = serde_json::to_value(&**inst).map_err(|e| ApiError::internal(e.to_string()))?;
+        // Discovery's health is `health`; laneway's own verdict (active
+        // check, passive ejection) is `held_out`: null or the reason.
+        let held_out = c.upstream_health.get(&inst.id).and_then(|s| s.out_reason());
+        if let Value::Object(m) = &mut v {
+            m.insert(
+                "held_out".into(),
+                held_out.map_or(Value::Null, Value::String),
+            );
+        }
+        list.push(v);
+    }
+    Ok(Json(Value::Array(list)))
 }

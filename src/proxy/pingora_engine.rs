@@ -584,9 +584,14 @@ impl ProxyHttp for Laneway {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let elapsed = ctx.started.elapsed();
-        self.metrics.request_duration.observe(elapsed.as_secs_f64());
         if let Some(lane) = &ctx.lane {
             lane.requests.inc(status);
+            lane.duration.observe(elapsed.as_secs_f64());
+        } else {
+            self.metrics
+                .request_duration
+                .with_label_values(&[crate::allocation::lanes::BASELINE])
+                .observe(elapsed.as_secs_f64());
         }
         if status != 0 && ctx.upstream_started.is_some() && ctx.local.is_none() {
             if let Some(state) = ctx.last_state() {

@@ -218,5 +218,34 @@ pub fn decide(snap: &Snapshot, settings: &ProxySettings, req: &Incoming<'_>) -> 
 
 /// A fresh request id: 32 hex digits.
 pub fn new_request_id() -> String {
-    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+    let mut id = [0u8; 32];
+    fill_request_id(&mut id);
+    String::from_utf8_lossy(&id).into_owned()
+}
+
+/// Writes a fresh request id (32 lowercase hex digits) into `out`, without
+/// allocating.
+pub fn fill_request_id(out: &mut [u8; 32]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bits = (u128::from(fastrand::u64(..)) << 64) | u128::from(fastrand::u64(..));
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = HEX[((bits >> (124 - 4 * i)) & 0xf) as usize];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn request_ids_are_32_lowercase_hex_digits_and_differ() {
+        let a = super::new_request_id();
+        let b = super::new_request_id();
+        assert_eq!(a.len(), 32);
+        assert!(a
+            .bytes()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
+        assert_ne!(a, b);
+        let mut id = [0u8; 32];
+        super::fill_request_id(&mut id);
+        assert!(id.iter().all(|c| c.is_ascii_hexdigit()));
+    }
 }

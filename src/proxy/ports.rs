@@ -4,8 +4,8 @@
 //! Built once when the data plane starts; a connection's port is one hash
 //! probe on its local address (request path, no allocation).
 //!
-//! Lane entries bound for a `[proxy] listen` address (a VIP at its port, a
-//! pool port at its address) stand for that address's nginx port: they
+//! Lane entries bound for a listener (a VIP at its port, a pool port at a
+//! `[proxy] listen` address) stand for that listener's nginx port: they
 //! cannot be named in `[routes.nginx_listen]` themselves, and a VIP is the
 //! production routing at another address.
 
@@ -30,7 +30,7 @@ impl ListenPorts {
         for l in &routes.listeners {
             t.add(l.addr, l.port);
         }
-        for (addr, origin) in super::server::listen_addresses_with_origin(cfg) {
+        for (addr, origin) in super::server::entry_origins(cfg) {
             if let Some(port) = routes.port_of(origin) {
                 t.add(addr, port);
             }
@@ -76,6 +76,8 @@ listen = ["127.0.0.1:18080", "0.0.0.0:18081"]
 bind_entries = true
 [lanes]
 vip_pool = ["127.0.9.1-127.0.9.2"]
+[tls]
+listen = ["127.0.0.1:18443"]
 [routes.nginx_listen]
 "127.0.0.1:18080" = 8080
 "0.0.0.0:18081" = 443
@@ -88,6 +90,9 @@ vip_pool = ["127.0.9.1-127.0.9.2"]
         assert_eq!(at("10.1.2.3:18081"), 443);
         // a VIP entry bound at the listener's port stands for its port
         assert_eq!(at("127.0.9.2:18080"), 8080);
+        // and at a TLS listener's port, the TLS default
+        assert_eq!(at("127.0.0.1:18443"), 443);
+        assert_eq!(at("127.0.9.1:18443"), 443);
         assert_eq!(at("127.0.0.1:9"), 0);
         assert_eq!(t.port_of(None), 0);
     }

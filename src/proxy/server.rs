@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tracing::{error, info};
 
-use pingora_core::listeners::TcpSocketOptions;
+use pingora_core::listeners::{L4BufferSettings, ListenerConfig, TcpSocketOptions};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora_core::services::listening::Service;
@@ -157,18 +157,24 @@ pub fn build(control: &Arc<Control>, upgrade: bool) -> Result<Server, ServerErro
         };
         if let (Some(tls), Some(t)) = (&cfg.tls, &terminator) {
             let mut service = Service::new(format!("laneway-tls-{worker}"), front(Some(t.clone())));
-            listen_on(&mut service, &tls.listen, worker);
+            listen_on(&mut service, &vip_addresses(cfg, &tls.listen), worker);
             server.add_service(service);
         }
         if !cfg.proxy.h2c_listen.is_empty() {
             let mut service = Service::new(format!("laneway-h2c-{worker}"), front(None));
-            listen_on(&mut service, &cfg.proxy.h2c_listen, worker);
+            listen_on(
+                &mut service,
+                &vip_addresses(cfg, &cfg.proxy.h2c_listen),
+                worker,
+            );
             server.add_service(service);
         }
         match cfg.proxy.engine {
             Engine::H1 => {
                 let mut service = Service::new(name, h1());
-                listen(&mut service, cfg, worker);
+                // The engine buffers reads and coalesces writes itself: the
+                // socket's own buffers would only add a copy each way.
+                listen(&mut service, cfg, worker, L4BufferSettings::unbuffered());
                 server.add_service(service);
             }
             Engine::Pingora => {
@@ -178,7 +184,7 @@ pub fn build(control: &Arc<Control>, upgrade: bool) -> Result<Server, ServerErro
                     proxy,
                     &name,
                 );
-                listen(&mut service, cfg, worker);
+                listen(&mut service, cfg, worker, L4BufferSettings::default());
                 server.add_service(service);
             }
         }
@@ -197,49 +203,81 @@ fn listen_on<A>(service: &mut Service<A>, addrs: &[SocketAddr], worker: usize) {
 }
 
 /// One single-threaded worker service on every listen address.
-fn listen<A>(service: &mut Service<A>, cfg: &Config, worker: usize) {
+fn listen<A>(service: &mut Service<A>, cfg: &Config, worker: usize, buffers: L4BufferSettings) {
     service.threads = Some(1);
     for addr in listen_addresses(cfg) {
         let mut opts = TcpSocketOptions::default();
         opts.so_reuseport = Some(true);
-        service.add_tcp_with_settings(&worker_listen_key(&addr, worker), opts);
+        service.add_listener(
+            ListenerConfig::tcp(worker_listen_key(&addr, worker))
+                .tcp_socket_options(opts)
+                .l4_buffer(buffers),
+        );
     }
 }
 
-/// Every address the data plane listens on: `[proxy] listen`, plus the
-/// entries when `[proxy] bind_entries` is on. An unspecified listen address
-/// (`0.0.0.0:80`) already receives every VIP's traffic on its port.
+/// Every address the plain HTTP data plane listens on: `[proxy] listen`,
+/// plus the entries when `[proxy] bind_entries` is on: every VIP of the pool
+/// at each listen port and every port of the port pool at each listen
+/// address. An unspecified listen address (`0.0.0.0:80`) already receives
+/// every VIP's traffic on its port.
 pub fn listen_addresses(cfg: &Config) -> Vec<SocketAddr> {
-    let mut out: Vec<SocketAddr> = listen_addresses_with_origin(cfg)
-        .into_iter()
-        .map(|(a, _)| a)
-        .collect();
+    let mut out = vip_addresses(cfg, &cfg.proxy.listen);
+    out.extend(port_pool_entries(cfg).into_iter().map(|(entry, _)| entry));
     out.sort();
     out.dedup();
     out
 }
 
-/// [`listen_addresses`], each with the `[proxy] listen` address it comes
-/// from (itself, or the one a lane entry is bound for), in that order.
-pub fn listen_addresses_with_origin(cfg: &Config) -> Vec<(SocketAddr, SocketAddr)> {
-    let mut out: Vec<(SocketAddr, SocketAddr)> =
-        cfg.proxy.listen.iter().map(|l| (*l, *l)).collect();
-    if cfg.proxy.bind_entries {
-        if let Some(pool) = &cfg.lanes.vip_pool {
-            for l in cfg.proxy.listen.iter().filter(|l| !l.ip().is_unspecified()) {
-                out.extend(
-                    pool.addresses()
-                        .filter(|ip| ip.is_ipv4() == l.is_ipv4())
-                        .map(|ip| (SocketAddr::new(ip, l.port()), *l)),
-                );
-            }
-        }
-        if let Some(ports) = &cfg.lanes.port_pool {
-            for l in &cfg.proxy.listen {
-                out.extend((ports.first..=ports.last).map(|p| (SocketAddr::new(l.ip(), p), *l)));
-            }
+/// `listen`, plus (with `[proxy] bind_entries`) every VIP of the pool at
+/// each of its ports: a VIP names its lane on HTTPS and h2c listeners as it
+/// does on plain ones. Port-pool entries are plain HTTP listeners only.
+pub fn vip_addresses(cfg: &Config, listen: &[SocketAddr]) -> Vec<SocketAddr> {
+    let mut out = listen.to_vec();
+    out.extend(vip_entries(cfg, listen).into_iter().map(|(entry, _)| entry));
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The VIP entries bound for `listen` (with `[proxy] bind_entries`), each
+/// with the listen address it is bound for.
+fn vip_entries(cfg: &Config, listen: &[SocketAddr]) -> Vec<(SocketAddr, SocketAddr)> {
+    let mut out = Vec::new();
+    if let (true, Some(pool)) = (cfg.proxy.bind_entries, &cfg.lanes.vip_pool) {
+        for l in listen.iter().filter(|l| !l.ip().is_unspecified()) {
+            out.extend(
+                pool.addresses()
+                    .filter(|ip| ip.is_ipv4() == l.is_ipv4())
+                    .map(|ip| (SocketAddr::new(ip, l.port()), *l)),
+            );
         }
     }
+    out
+}
+
+/// The port-pool entries (with `[proxy] bind_entries`): every pool port at
+/// each `[proxy] listen` address, with that address.
+fn port_pool_entries(cfg: &Config) -> Vec<(SocketAddr, SocketAddr)> {
+    let mut out = Vec::new();
+    if let (true, Some(ports)) = (cfg.proxy.bind_entries, &cfg.lanes.port_pool) {
+        for l in &cfg.proxy.listen {
+            out.extend((ports.first..=ports.last).map(|p| (SocketAddr::new(l.ip(), p), *l)));
+        }
+    }
+    out
+}
+
+/// Every lane entry laneway listens on (VIPs at the `[proxy] listen`,
+/// `[tls] listen` and `[proxy] h2c_listen` ports, pool ports at the
+/// `[proxy] listen` addresses), each with the listener it is bound for.
+pub fn entry_origins(cfg: &Config) -> Vec<(SocketAddr, SocketAddr)> {
+    let mut out = vip_entries(cfg, &cfg.proxy.listen);
+    if let Some(tls) = &cfg.tls {
+        out.extend(vip_entries(cfg, &tls.listen));
+    }
+    out.extend(vip_entries(cfg, &cfg.proxy.h2c_listen));
+    out.extend(port_pool_entries(cfg));
     out
 }
 

@@ -158,6 +158,8 @@ pub struct LaneView {
     /// overrides; any other service goes to the baseline's target.
     targets: FastMap<Arc<str>, Arc<Target>>,
     pub requests: ClassCounters,
+    /// Whole-request latency of the lane's requests.
+    pub duration: Histogram,
 }
 
 /// Why a target was chosen for a (lane, service).
@@ -344,6 +346,7 @@ impl Snapshot {
             strict: false,
             targets: FastMap::default(),
             requests: ClassCounters::new(&metrics.lane_requests, &[BASELINE]),
+            duration: metrics.request_duration.with_label_values(&[BASELINE]),
         });
         let mut lanes = FastMap::default();
         lanes.insert(Box::from(BASELINE), baseline.clone());
@@ -587,6 +590,11 @@ impl Snapshot {
         self.lanes.len()
     }
 
+    /// Names of the lanes in this snapshot.
+    pub fn lane_names(&self) -> impl Iterator<Item = &str> {
+        self.lanes.keys().map(|k| &**k)
+    }
+
     /// Where a request of `lane` to `service` goes. `None` when the service
     /// has never been seen (no instance and no rule names it).
     pub fn target<'s>(&'s self, lane: &'s LaneView, service: &str) -> Option<&'s Arc<Target>> {
@@ -634,6 +642,10 @@ impl Reuse<'_> {
             requests: match old {
                 Some(o) => o.requests.clone(),
                 None => ClassCounters::new(&self.metrics.lane_requests, &[name]),
+            },
+            duration: match old {
+                Some(o) => o.duration.clone(),
+                None => self.metrics.request_duration.with_label_values(&[name]),
             },
             name: name.clone(),
             strict,

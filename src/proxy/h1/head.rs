@@ -15,7 +15,7 @@ impl H1App {
         info: &ReqInfo,
         plan: &Plan,
         lane: &LaneView,
-        peer: Option<SocketAddr>,
+        peer_ip: &[u8],
         https: bool,
     ) {
         let out = &mut s.out;
@@ -89,20 +89,16 @@ impl H1App {
             out.extend_from_slice(prev);
             out.extend_from_slice(b", ");
         }
-        match peer {
-            Some(p) => {
-                use std::io::Write;
-                let _ = write!(out, "{}", p.ip()); // writing to a Vec cannot fail
-            }
-            None => out.push(b'-'),
-        }
+        out.extend_from_slice(peer_ip);
         out.extend_from_slice(if https {
             &b"\r\nx-forwarded-proto: https\r\n"[..]
         } else {
             &b"\r\nx-forwarded-proto: http\r\n"[..]
         });
         if !request_id {
-            push_header(out, b"x-request-id", plan::new_request_id().as_bytes());
+            let mut id = [0u8; 32];
+            plan::fill_request_id(&mut id);
+            push_header(out, b"x-request-id", &id);
         }
         push_header(out, lane_header.as_str().as_bytes(), lane.name.as_bytes());
         // The lane also goes in W3C baggage, other members kept.

@@ -51,7 +51,7 @@ impl H1App {
                 .await
                 .map_err(Failure::Abort)?;
         }
-        self.build_upstream_head(s, head, headers, info, plan, &log.lane, c.peer, c.https);
+        self.build_upstream_head(s, head, headers, info, plan, &log.lane, &c.peer_ip, c.https);
         // Body bytes already received go out with the head in one write.
         let mut tracker = ChunkTracker::with_limit(self.settings.max_body_size);
         let rest = if let Some(body) = replay.as_ref() {
@@ -283,10 +283,15 @@ impl H1App {
         can_intercept: bool,
     ) -> Result<bool, Failure> {
         loop {
-            let mut headers_arr = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut resp = httparse::Response::new(&mut headers_arr);
+            let mut headers_arr =
+                [const { std::mem::MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+            let mut resp = httparse::Response::new(&mut []);
             if !matches!(
-                resp.parse(&s.up_buf[..head_len]),
+                httparse::ParserConfig::default().parse_response_with_uninit_headers(
+                    &mut resp,
+                    &s.up_buf[..head_len],
+                    &mut headers_arr
+                ),
                 Ok(httparse::Status::Complete(_))
             ) {
                 return Err(Failure::Status(502, "malformed response head"));
