@@ -206,17 +206,25 @@ fn registration_and_deregistration_change_routing() {
     for _ in 0..10 {
         assert_eq!(lw.get("shop.example.com", "/", &[]).upstream(), "b");
     }
-    let (_, metrics) = lw.api("GET", "/metrics", None);
-    let served = metrics
-        .lines()
-        .find(|l| {
-            l.starts_with("laneway_upstream_requests_total")
-                && l.contains("service=\"web\"")
-                && l.contains("class=\"2xx\"")
-        })
-        .unwrap_or_else(|| panic!("per-pool request counter missing:\n{metrics}"));
-    let count: f64 = served.rsplit(' ').next().unwrap().parse().unwrap();
-    assert!(count >= 21.0, "{served}");
+    // Counted once the response is out: wait for the last request's.
+    let served = || {
+        let (_, metrics) = lw.api("GET", "/metrics", None);
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("laneway_upstream_requests_total")
+                    && l.contains("service=\"web\"")
+                    && l.contains("class=\"2xx\"")
+            })
+            .unwrap_or_else(|| panic!("per-pool request counter missing:\n{metrics}"))
+            .to_string()
+    };
+    let count = |line: &str| -> f64 { line.rsplit(' ').next().unwrap().parse().unwrap() };
+    assert!(
+        eventually(Duration::from_secs(5), || count(&served()) >= 21.0),
+        "{}",
+        served()
+    );
     let (_, list) = lw.api("GET", "/api/v1/instances", None);
     let list: Value = serde_json::from_str(&list).unwrap();
     assert_eq!(list.as_array().unwrap().len(), 1);
