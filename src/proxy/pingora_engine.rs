@@ -146,13 +146,7 @@ impl ProxyHttp for Laneway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let snap = self.snapshot.load_full();
         let req = session.req_header();
-        let host = req
-            .headers
-            .get(HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri.authority().map(|a| a.as_str()))
-            .unwrap_or("");
-        let target = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let (host, target) = host_and_target(req);
         if target == self.settings.health_path {
             let resp = health_response(&self.settings);
             send_local(resp, session, ctx, &self.settings).await?;
@@ -440,13 +434,7 @@ impl ProxyHttp for Laneway {
         };
         ctx.statuses.push(status);
         let req = session.req_header();
-        let host = req
-            .headers
-            .get(HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri.authority().map(|a| a.as_str()))
-            .unwrap_or("");
-        let target = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let (host, target) = host_and_target(req);
         let dst = session.server_addr().and_then(|a| a.as_inet()).copied();
         let decided = plan::decide(
             &snap,
@@ -626,6 +614,18 @@ impl ProxyHttp for Laneway {
             error = e.map(|e| e.etype().as_str()).unwrap_or("-"),
         );
     }
+}
+
+/// The request's host (the Host header, else the URI's authority; `""`
+/// without either) and its target (`/path?query`).
+fn host_and_target(req: &RequestHeader) -> (&str, &str) {
+    let host = req
+        .headers
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+        .unwrap_or("");
+    (host, req.uri.path_and_query().map_or("/", |pq| pq.as_str()))
 }
 
 /// The answer to the LVS health path.

@@ -12,27 +12,23 @@ use super::translate::{listen_port, translate, Outcome, Translation};
 use crate::config::error::ConfigErrors;
 use crate::routing::rules::{Decision, RequestInfo, RuleSet};
 
-fn tr(text: &str) -> Translation {
+/// Translates an nginx text given as `nginx.conf`.
+fn translated(text: &str) -> Result<Translation, Vec<crate::config::error::ConfigError>> {
     let directives = parse_str(text, Path::new("nginx.conf"), 1).expect("nginx text parses");
     let cfg = NginxConfig {
         main: "nginx.conf".into(),
         directives,
         files: Vec::new(),
     };
-    match translate(&cfg, &BTreeMap::new()) {
-        Ok(t) => t,
-        Err(e) => panic!("{}", ConfigErrors(e)),
-    }
+    translate(&cfg, &BTreeMap::new())
+}
+
+fn tr(text: &str) -> Translation {
+    translated(text).unwrap_or_else(|e| panic!("{}", ConfigErrors(e)))
 }
 
 fn tr_errors(text: &str) -> Vec<String> {
-    let directives = parse_str(text, Path::new("nginx.conf"), 1).expect("nginx text parses");
-    let cfg = NginxConfig {
-        main: "nginx.conf".into(),
-        directives,
-        files: Vec::new(),
-    };
-    match translate(&cfg, &BTreeMap::new()) {
+    match translated(text) {
         Ok(t) => panic!("must not translate:\n{}", t.toml),
         Err(e) => e.iter().map(ToString::to_string).collect(),
     }

@@ -2,15 +2,8 @@
 //! the rules: which statuses an error page takes over, its targets, the
 //! status answered, inheritance, and the replay of upstream statuses.
 
+use super::tests::rules;
 use super::*;
-use crate::config::error::ConfigErrors;
-
-fn rules(src: &str) -> RuleSet {
-    match RuleSet::compile(src, Path::new("routes.toml")) {
-        Ok(r) => r,
-        Err(e) => panic!("{}", ConfigErrors(e)),
-    }
-}
 
 fn route<'r>(r: &'r RuleSet, target: &str, upstream: &[u16]) -> Decision<'r> {
     let headers = HeaderMap::new();

@@ -1,22 +1,8 @@
 //! Servers chosen by the nginx port a request arrived on (`ports`,
 //! `default`), and the checks of those keys.
 
+use super::tests::{errors, rules};
 use super::*;
-use crate::config::error::ConfigErrors;
-
-fn rules(src: &str) -> RuleSet {
-    match RuleSet::compile(src, Path::new("routes.toml")) {
-        Ok(r) => r,
-        Err(e) => panic!("{}", ConfigErrors(e)),
-    }
-}
-
-fn errors(src: &str) -> Vec<String> {
-    match RuleSet::compile(src, Path::new("routes.toml")) {
-        Ok(_) => panic!("rules must not compile:\n{src}"),
-        Err(e) => e.iter().map(ToString::to_string).collect(),
-    }
-}
 
 /// The service a host and port reach (`/`), or `404`.
 fn service(r: &RuleSet, host: &str, port: u16) -> String {

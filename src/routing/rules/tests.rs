@@ -4,14 +4,14 @@
 use super::*;
 use crate::config::error::ConfigErrors;
 
-fn rules(src: &str) -> RuleSet {
+pub(super) fn rules(src: &str) -> RuleSet {
     match RuleSet::compile(src, Path::new("routes.toml")) {
         Ok(r) => r,
         Err(e) => panic!("{}", ConfigErrors(e)),
     }
 }
 
-fn errors(src: &str) -> Vec<String> {
+pub(super) fn errors(src: &str) -> Vec<String> {
     match RuleSet::compile(src, Path::new("routes.toml")) {
         Ok(_) => panic!("rules must not compile:\n{src}"),
         Err(e) => e.iter().map(ToString::to_string).collect(),
