@@ -468,16 +468,32 @@ fn read_failures_are_retried_for_idempotent_methods_only() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(up.seen()[3..], ["PUT /doc", "PUT /doc"]);
 
+    // And one whose body arrives after its head: a small body is read whole
+    // before the request goes upstream, so it can be sent again.
+    up.close_next.store(1, Ordering::SeqCst);
+    let r = Conn::open(lw.proxy)
+        .unwrap()
+        .request_split(
+            "PUT",
+            "/late",
+            &[("host", "shop.example.com")],
+            b"{\"x\":2}",
+            Duration::from_millis(100),
+        )
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(up.seen()[5..], ["PUT /late", "PUT /late"]);
+
     // The budget: `retries = 0` on the location, and [proxy] read_retries
     // (1 by default) bounds the rest.
     up.close_next.store(1, Ordering::SeqCst);
     assert_eq!(send("GET", "/noretry/x", b"").status, 502);
-    assert_eq!(up.seen()[5..], ["GET /noretry/x"]);
+    assert_eq!(up.seen()[7..], ["GET /noretry/x"]);
     up.close_next.store(2, Ordering::SeqCst);
     assert_eq!(send("GET", "/twice", b"").status, 502);
-    assert_eq!(up.seen()[6..], ["GET /twice", "GET /twice"]);
+    assert_eq!(up.seen()[8..], ["GET /twice", "GET /twice"]);
     assert_eq!(
         metric(&lw, "laneway_upstream_retries_total", &[("reason", "read")]),
-        Some(3.0)
+        Some(4.0)
     );
 }

@@ -284,6 +284,29 @@ impl Conn {
         self.writer.write_all(body)?;
         read_response(&mut self.reader, method == "HEAD")
     }
+
+    /// Like [`Conn::request`], with the body written `pause` after the head,
+    /// so that it reaches laneway in a segment of its own. Whatever the
+    /// timing, the outcome the caller asserts must be the same: the pause
+    /// only makes the split case the likely one.
+    pub fn request_split(
+        &mut self,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        pause: Duration,
+    ) -> std::io::Result<Resp> {
+        let mut req = format!("{method} {target} HTTP/1.1\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
+        self.writer.write_all(req.as_bytes())?;
+        std::thread::sleep(pause);
+        self.writer.write_all(body)?;
+        read_response(&mut self.reader, method == "HEAD")
+    }
 }
 
 fn read_response(r: &mut BufReader<TcpStream>, head: bool) -> std::io::Result<Resp> {

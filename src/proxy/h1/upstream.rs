@@ -5,9 +5,13 @@
 //!
 //! Read retries: when the upstream closes or resets before the first
 //! response byte, an idempotent request (GET, HEAD, OPTIONS, PUT, DELETE,
-//! TRACE) whose body went out whole with the head (or had none) is sent
-//! again, on another instance when there is one, up to the location's
-//! `retries` (`[proxy] read_retries`). Anything else answers 502.
+//! TRACE) is sent again, on another instance when there is one, up to the
+//! location's `retries` (`[proxy] read_retries`), when its body went out
+//! whole with the head or it had none. So that this does not depend on how
+//! the client's bytes were split into segments, a body of such a request up
+//! to [`REPLAY_LIMIT`] is read whole before the request goes upstream (as
+//! nginx buffers request bodies); a larger one is streamed, and a failure
+//! then answers 502, as anything else does.
 //! Every attempt's outcome is recorded on the instance for passive ejection.
 //!
 //! `proxy_intercept_errors`: when the plan hands an upstream status back to
@@ -46,7 +50,8 @@ impl H1App {
                 .await
                 .map_err(Failure::Abort)?;
         }
-        if plan.intercept.is_some() && !again && !info.upgrade {
+        let resendable = info.idempotent && plan.read_retries > 0;
+        if (plan.intercept.is_some() || resendable) && !again && !info.upgrade {
             buffer_small_body(c, info, plan.read_timeout)
                 .await
                 .map_err(Failure::Abort)?;
