@@ -1,8 +1,10 @@
 //! Scale benchmark (plain binary, `harness = false`): memory and build times
 //! of the large table, and what one registration costs at 10,000 instances
 //! and 1,000 lanes, applied as laneway applies it: `Registry::register`
-//! (persisted with fsync) then `Registry::catalog` and one `Snapshot::build`
-//! with `previous` set.
+//! (persisted with fsync) then `Registry::catalog`, `UpstreamHealth::prepare`
+//! and one `Snapshot::build` with `previous` set. Every build goes through
+//! the instances' health states as the compiler's does; a cold build starts
+//! from fresh metric families and states, as at process start.
 //!
 //! `cargo bench --bench scale` runs every scenario, each in a child process
 //! of its own so that its peak RSS (VmHWM) is its own;
@@ -16,11 +18,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use laneway::config::HealthChecksConfig;
 use laneway::discovery::registry::{Registry, FILE_NAME, JOURNAL_NAME};
 use laneway::discovery::{Catalog, Instance};
 use laneway::routing::rules::RuleSet;
 use laneway::routing::snapshot::{BuildInput, Snapshot};
 use laneway::telemetry::Metrics;
+use laneway::upstream_health::UpstreamHealth;
 
 #[allow(dead_code)]
 #[path = "common/table.rs"]
@@ -128,23 +132,46 @@ fn summary(mut v: Vec<Duration>) -> String {
     )
 }
 
-fn build<'a>(
-    rules: &Arc<RuleSet>,
-    lanes: &'a [laneway::allocation::lanes::Lane],
-    catalog: &'a Catalog,
-    metrics: &'a Metrics,
-    previous: Option<&'a Snapshot>,
-) -> Snapshot {
-    Snapshot::build(BuildInput {
-        generation: 1,
-        rules: rules.clone(),
-        lanes,
-        catalog,
-        baseline_versions: baseline_versions(),
-        metrics,
-        previous,
-        health: None,
-    })
+/// What a laneway process keeps from one build to the next: its metric
+/// families and its instances' health states. A fresh one for a cold build.
+struct Plane {
+    metrics: Arc<Metrics>,
+    health: Arc<UpstreamHealth>,
+}
+
+impl Plane {
+    fn new() -> Plane {
+        let metrics = Arc::new(Metrics::new());
+        let health = UpstreamHealth::new(HealthChecksConfig::default(), metrics.clone());
+        Plane { metrics, health }
+    }
+
+    /// One build as laneway's compiler runs it (`control.rs`): the catalog
+    /// through `UpstreamHealth::prepare` (health states made or found, held
+    /// out instances marked), then `Snapshot::build` with those states.
+    fn build(
+        &self,
+        rules: &Arc<RuleSet>,
+        lanes: &[laneway::allocation::lanes::Lane],
+        catalog: &Catalog,
+        previous: Option<&Snapshot>,
+    ) -> Snapshot {
+        let started = Instant::now();
+        let catalog = self.health.prepare(catalog.clone());
+        if std::env::var_os("SCALE_SPLIT").is_some() {
+            eprintln!("    prepare: {}", ms(started.elapsed()));
+        }
+        Snapshot::build(BuildInput {
+            generation: 1,
+            rules: rules.clone(),
+            lanes,
+            catalog: &catalog,
+            baseline_versions: baseline_versions(),
+            metrics: &self.metrics,
+            previous,
+            health: Some(&self.health),
+        })
+    }
 }
 
 /// `[lanes] baseline_versions`, as configured by default.
@@ -195,27 +222,28 @@ fn run_table(
             catalog.len(),
             mib(LIVE.load(Ordering::Relaxed) - before)
         );
-        let metrics = Metrics::new();
+        let plane = Plane::new();
         let before = LIVE.load(Ordering::Relaxed);
-        let (snap, cold) = timed(|| build(&rules, &lanes, &catalog, &metrics, None));
+        let (snap, cold) = timed(|| plane.build(&rules, &lanes, &catalog, None));
         println!(
             "  Snapshot::build cold: {}, heap held by snapshot + metric children {}",
             ms(cold),
             mib(LIVE.load(Ordering::Relaxed) - before)
         );
-        // More cold builds, each with fresh metric families: the first one
-        // in the process also pays for memory the process never touched.
+        // More cold builds, each with fresh metric families and health
+        // states: the first one in the process also pays for memory the
+        // process never touched.
         let mut again = Vec::new();
         for _ in 0..4 {
-            let metrics = Metrics::new();
-            let (s, t) = timed(|| build(&rules, &lanes, &catalog, &metrics, None));
+            let fresh = Plane::new();
+            let (s, t) = timed(|| fresh.build(&rules, &lanes, &catalog, None));
             drop(s);
             again.push(t);
         }
         println!("  Snapshot::build cold, again: {}", summary(again));
         let mut warm = Vec::new();
         for _ in 0..5 {
-            let (s, t) = timed(|| build(&rules, &lanes, &catalog, &metrics, Some(&snap)));
+            let (s, t) = timed(|| plane.build(&rules, &lanes, &catalog, Some(&snap)));
             drop(s);
             warm.push(t);
         }
@@ -246,13 +274,13 @@ fn registry() {
 
     let (mut reg, t) = timed(|| Registry::open(dir.path()).expect("open"));
     println!("  Registry::open ({} instances): {}", reg.len(), ms(t));
-    let metrics = Metrics::new();
+    let plane = Plane::new();
     let catalog = reg.catalog();
-    let (mut snap, cold) = timed(|| build(&rules, &lanes, &catalog, &metrics, None));
+    let (mut snap, cold) = timed(|| plane.build(&rules, &lanes, &catalog, None));
     println!("  Snapshot::build cold: {}", ms(cold));
     let mut warm = Vec::new();
     for _ in 0..10 {
-        let (s, t) = timed(|| build(&rules, &lanes, &catalog, &metrics, Some(&snap)));
+        let (s, t) = timed(|| plane.build(&rules, &lanes, &catalog, Some(&snap)));
         drop(s);
         warm.push(t);
     }
@@ -288,7 +316,7 @@ fn registry() {
         assert!(changed, "registration {i} changes the registry");
         let registered = started.elapsed();
         let catalog = reg.catalog();
-        let (next, built) = timed(|| build(&rules, &lanes, &catalog, &metrics, Some(&snap)));
+        let (next, built) = timed(|| plane.build(&rules, &lanes, &catalog, Some(&snap)));
         snap = next;
         register.push(registered);
         rebuild.push(built);
@@ -310,7 +338,7 @@ fn registry() {
         let started = Instant::now();
         assert!(reg.deregister(&id).expect("deregister"));
         let catalog = reg.catalog();
-        snap = build(&rules, &lanes, &catalog, &metrics, Some(&snap));
+        snap = plane.build(&rules, &lanes, &catalog, Some(&snap));
         dereg.push(started.elapsed());
     }
     println!("  one deregistration applied, total: {}", summary(dereg));
@@ -403,11 +431,11 @@ fn builds() {
     let lanes = table::lanes(&shape);
     let mut instances: Vec<Arc<Instance>> =
         table::instances(&shape).into_iter().map(Arc::new).collect();
-    let metrics = Metrics::new();
+    let plane = Plane::new();
     let catalog = Catalog {
         instances: instances.clone(),
     };
-    let mut snap = build(&rules, &lanes, &catalog, &metrics, None);
+    let mut snap = plane.build(&rules, &lanes, &catalog, None);
     let mut times = Vec::new();
     for i in 0..500 {
         let at = (i * 7919) % instances.len();
@@ -417,7 +445,7 @@ fn builds() {
         let catalog = Catalog {
             instances: instances.clone(),
         };
-        let (next, t) = timed(|| build(&rules, &lanes, &catalog, &metrics, Some(&snap)));
+        let (next, t) = timed(|| plane.build(&rules, &lanes, &catalog, Some(&snap)));
         snap = next;
         times.push(t);
     }

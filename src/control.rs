@@ -98,10 +98,7 @@ impl Control {
             .as_ref()
             .map(|d| KvLanes::new(d.client.clone(), &d.cfg.kv_prefix));
         let self_registration = SelfRegistration::new(&config);
-        let upstream_health = Arc::new(UpstreamHealth::new(
-            config.health_checks.clone(),
-            metrics.clone(),
-        ));
+        let upstream_health = UpstreamHealth::new(config.health_checks.clone(), metrics.clone());
         let control = Arc::new(Control {
             upstream_health,
             config,
@@ -170,7 +167,16 @@ impl Control {
         let mut discovered = self.catalog().await;
         let rules = self.rules.load_full();
         add_static_instances(&mut discovered, &rules);
-        let catalog = self.upstream_health.prepare(discovered.clone());
+        // by discovery's verdict, before laneway's own health is applied
+        let mut by_health = [0i64; 3];
+        for i in &discovered.instances {
+            by_health[match i.health {
+                Health::Passing => 0,
+                Health::Warning => 1,
+                Health::Critical => 2,
+            }] += 1;
+        }
+        let catalog = self.upstream_health.prepare(discovered);
         let lanes = self.lanes.lock().await.list();
         let previous = self.snapshot.load_full();
         let snapshot = Snapshot::build(BuildInput {
@@ -190,14 +196,6 @@ impl Control {
         }
         drop(previous);
         let m = &self.metrics;
-        let mut by_health = [0i64; 3];
-        for i in &discovered.instances {
-            by_health[match i.health {
-                Health::Passing => 0,
-                Health::Warning => 1,
-                Health::Critical => 2,
-            }] += 1;
-        }
         for (label, n) in ["passing", "warning", "critical"].iter().zip(by_health) {
             m.instances.with_label_values(&[label]).set(n);
         }

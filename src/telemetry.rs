@@ -4,6 +4,7 @@
 //! increments atomics.
 
 mod access;
+pub mod instance_health;
 
 use prometheus::{
     Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -14,6 +15,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 pub use access::{ACCESS_FIELDS, ACCESS_FIELDS_DEFAULT};
+pub use instance_health::{InstanceHealthGauge, InstanceHealthSource};
 
 use crate::config::{LogConfig, LogFormat};
 
@@ -114,7 +116,7 @@ pub struct Metrics {
     pub upstream_ejections: IntCounterVec,
     /// 1 when an instance takes traffic, 0 when an active check or a
     /// passive ejection holds it out (by service, version, instance).
-    pub upstream_health: IntGaugeVec,
+    pub upstream_health: InstanceHealthGauge,
     /// Active check results by service and `result` (`pass`, `fail`).
     pub health_checks: IntCounterVec,
     /// Requests sent upstream again, by reason (`connect`, `read`).
@@ -312,14 +314,7 @@ impl Metrics {
                 &["service", "version"],
             )
             .expect("metric definition"),
-            upstream_health: IntGaugeVec::new(
-                Opts::new(
-                    "laneway_upstream_health",
-                    "1 when an instance takes traffic, 0 when a health check or an ejection holds it out",
-                ),
-                &["service", "version", "instance"],
-            )
-            .expect("metric definition"),
+            upstream_health: InstanceHealthGauge::new(),
             health_checks: IntCounterVec::new(
                 Opts::new(
                     "laneway_health_checks_total",

@@ -24,7 +24,7 @@ use crate::discovery::{Catalog, Health, Instance};
 use crate::routing::hash::{FastMap, FastSet};
 use crate::routing::rules::RuleSet;
 use crate::telemetry::{ClassCounters, Metrics};
-use crate::upstream_health::{UpstreamHealth, UpstreamState};
+use crate::upstream_health::{table_key, StateTable, UpstreamHealth, UpstreamState};
 
 pub use crate::allocation::lanes::BASELINE;
 
@@ -109,7 +109,7 @@ impl ServicePools {
         previous: Option<&ServicePools>,
         interner: &Interner<'_>,
         m: &Metrics,
-        health: Option<&UpstreamHealth>,
+        health: Option<States<'_>>,
     ) -> ServicePools {
         let mut resolved_names = false;
         let mut baseline = Vec::new();
@@ -274,6 +274,16 @@ impl Pool {
     /// request.
     pub fn metrics(&self) -> &PoolMetrics {
         self.metrics.get_or_init(|| {
+            // the ejection series of the members' (service, version), so
+            // that they are at 0 from the first request as the others are
+            let mut versions: Vec<Option<&str>> = Vec::new();
+            for u in self.instances.iter() {
+                let v = u.state.version.as_deref();
+                if !versions.contains(&v) {
+                    versions.push(v);
+                    u.state.show_ejections();
+                }
+            }
             let labels = [&*self.service, &*self.version];
             PoolMetrics {
                 requests: ClassCounters::new(&self.vecs.requests, &labels),
@@ -373,6 +383,12 @@ impl Snapshot {
             names: Default::default(),
             previous: previous.map(|p| &p.names),
         };
+        // The states `prepare` made for this catalog, read without a lock.
+        let table = input.health.map(|h| (h, h.table()));
+        let states = table.as_ref().map(|(h, t)| States {
+            health: h,
+            table: t,
+        });
 
         // Every instance by service; every service seen (in an instance or
         // a rule) gets an entry.
@@ -419,7 +435,7 @@ impl Snapshot {
                 before.map(|b| &**b),
                 &interner,
                 m,
-                input.health,
+                states,
             );
             (service, Arc::new(built))
         };
@@ -784,12 +800,30 @@ impl Resolver<'_> {
     }
 }
 
+/// Where a build finds instances' health states: the table of the last
+/// `prepare` by instance address, else the registry (an instance the table
+/// does not hold, e.g. in a build without `prepare`).
+#[derive(Clone, Copy)]
+struct States<'a> {
+    health: &'a UpstreamHealth,
+    table: &'a StateTable,
+}
+
+impl States<'_> {
+    fn of(&self, inst: &Arc<Instance>) -> Arc<UpstreamState> {
+        match self.table.get(&table_key(inst)) {
+            Some((_, state)) => state.clone(),
+            None => self.health.state(inst),
+        }
+    }
+}
+
 /// The upstream of a healthy instance; sets `resolved_name` when its
 /// address is a host name that had to be resolved.
 fn upstream_of(
-    inst: &Instance,
+    inst: &Arc<Instance>,
     resolved_name: &mut bool,
-    health: Option<&UpstreamHealth>,
+    states: Option<States<'_>>,
 ) -> Option<Upstream> {
     if inst.health == Health::Critical {
         return None;
@@ -811,12 +845,13 @@ fn upstream_of(
             }
         }
     };
-    let state = match health {
-        Some(h) => h.state(inst),
+    let state = match states {
+        Some(s) => s.of(inst),
         None => Arc::new(UpstreamState::detached(&inst.id)),
     };
     Some(Upstream {
-        id: Arc::from(inst.id.as_str()),
+        // the state's copy of the id: no allocation per instance
+        id: state.id.clone(),
         addr,
         weight,
         state,

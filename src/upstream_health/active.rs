@@ -51,7 +51,9 @@ impl Checks {
     ) {
         let check = health.config.check_for(&inst.service);
         let (Some(check), Some(addr)) = (check, state.addr) else {
-            self.tasks.remove(&state.id);
+            if !self.tasks.is_empty() {
+                self.tasks.remove(&state.id);
+            }
             return;
         };
         if self

@@ -29,14 +29,14 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use prometheus::{IntCounter, IntGauge};
+use prometheus::IntCounterVec;
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use crate::config::{HealthChecksConfig, PassivePolicy};
 use crate::discovery::{Catalog, CheckKind, CheckState, Health, Instance};
 use crate::routing::hash::{FastMap, FastSet};
-use crate::telemetry::Metrics;
+use crate::telemetry::{InstanceHealthSource, Metrics};
 
 /// The id of the check laneway adds to an instance it holds out, as the
 /// admin API's instance list shows it.
@@ -64,8 +64,13 @@ pub struct UpstreamState {
     last_check: Mutex<String>,
     epoch: Instant,
     events: Arc<Notify>,
-    ejections: Option<IntCounter>,
-    gauge: Option<IntGauge>,
+    /// Set (for good) when any state of the registry is first held out:
+    /// until then `prepare` has no instance to hold out and skips the pass.
+    ever_out: Arc<AtomicBool>,
+    /// `laneway_upstream_ejections_total`; the child is made at the first
+    /// ejection (rare) rather than for every instance at start. `None`:
+    /// tracked by nobody.
+    ejections: Option<IntCounterVec>,
 }
 
 impl fmt::Debug for UpstreamState {
@@ -100,14 +105,22 @@ impl UpstreamState {
             last_check: Mutex::new(String::new()),
             epoch: Instant::now(),
             events: Arc::new(Notify::new()),
+            ever_out: Arc::new(AtomicBool::new(false)),
             ejections: None,
-            gauge: None,
         }
     }
 
     /// Made by [`UpstreamState::detached`]: tracked by nobody.
     pub fn detached_state(&self) -> bool {
-        self.gauge.is_none()
+        self.ejections.is_none()
+    }
+
+    /// Makes this instance's `laneway_upstream_ejections_total` series (at
+    /// 0) if it is not there yet; its pool does on its first request.
+    pub fn show_ejections(&self) {
+        if let Some(c) = &self.ejections {
+            c.with_label_values(&[&self.service, self.version.as_deref().unwrap_or("-")]);
+        }
     }
 
     /// Held out of traffic, by its active check or an ejection.
@@ -161,12 +174,11 @@ impl UpstreamState {
         self.until_ms
             .store((now + backoff).as_millis() as u64, Ordering::Relaxed);
         if let Some(c) = &self.ejections {
-            c.inc();
-        }
-        if let Some(g) = &self.gauge {
-            g.set(0);
+            let version = self.version.as_deref().unwrap_or("-");
+            c.with_label_values(&[&self.service, version]).inc();
         }
         warn!(instance = %self.id, service = %self.service, upstream = ?self.addr, failures = n, backoff_ms = backoff.as_millis() as u64, "instance ejected after consecutive failures");
+        self.ever_out.store(true, Ordering::Release);
         self.events.notify_one();
     }
 
@@ -177,9 +189,6 @@ impl UpstreamState {
         }
         self.fails.store(0, Ordering::Relaxed);
         self.ejected.store(false, Ordering::Relaxed);
-        if let Some(g) = &self.gauge {
-            g.set(i64::from(!self.active_down()));
-        }
         info!(instance = %self.id, service = %self.service, "ejection over; instance takes traffic again");
         true
     }
@@ -190,8 +199,8 @@ impl UpstreamState {
         if let Ok(mut last) = self.last_check.lock() {
             why.clone_into(&mut last);
         }
-        if let Some(g) = &self.gauge {
-            g.set(i64::from(!down && !self.ejected()));
+        if down {
+            self.ever_out.store(true, Ordering::Release);
         }
         self.events.notify_one();
     }
@@ -221,6 +230,22 @@ impl UpstreamState {
     }
 }
 
+impl InstanceHealthSource for UpstreamHealth {
+    fn each_instance(&self, f: &mut dyn FnMut(&str, &str, &str, bool)) {
+        let Ok(inner) = self.inner.lock() else {
+            return;
+        };
+        for s in inner.states.values() {
+            f(
+                &s.service,
+                s.version.as_deref().unwrap_or("-"),
+                &s.id,
+                !s.is_out(),
+            );
+        }
+    }
+}
+
 /// The ejection time after `streak` ejections in a row: `base_ejection`
 /// doubled each time, at most `max_ejection`.
 pub fn backoff(policy: &PassivePolicy, streak: u32) -> Duration {
@@ -237,12 +262,14 @@ pub struct UpstreamHealth {
     metrics: Arc<Metrics>,
     epoch: Instant,
     events: Arc<Notify>,
+    /// Whether any instance has ever been held out (see `UpstreamState`).
+    ever_out: Arc<AtomicBool>,
     inner: Mutex<Inner>,
 }
 
 #[derive(Default)]
 struct Inner {
-    states: HashMap<Arc<str>, Arc<UpstreamState>>,
+    states: FastMap<Arc<str>, Arc<UpstreamState>>,
     /// Instances held out, as the compiler sees them: the discovery
     /// instance and its `critical` copy (kept so that an unchanged held-out
     /// instance is the same `Arc` in every build).
@@ -252,18 +279,87 @@ struct Inner {
     /// states: an instance that is the same `Arc` as last time needs no
     /// lookup by id and no check bookkeeping. Holding the `Arc` keeps the
     /// address from being reused by another instance.
-    by_ptr: FastMap<usize, (Arc<Instance>, Arc<UpstreamState>)>,
+    /// Shared with snapshot builds ([`UpstreamHealth::table`]), which look
+    /// states up here without taking the lock per instance.
+    by_ptr: Arc<StateTable>,
+    /// Service and version names, shared by the states (a few thousand
+    /// names for hundreds of thousands of states).
+    names: Names,
+}
+
+#[derive(Default)]
+struct Names(FastSet<Arc<str>>);
+
+impl Names {
+    /// Keeps `made` names it does not hold yet.
+    fn adopt(&mut self, made: FastMap<Box<str>, Arc<str>>) {
+        for (_, n) in made {
+            if !self.0.contains(&*n) {
+                self.0.insert(n);
+            }
+        }
+    }
+}
+
+/// Names for states made on one thread: the shared set, read only, then
+/// the names this thread made (adopted into the shared set afterwards; a
+/// name first seen by two threads of one `prepare` stays two copies).
+struct LocalNames<'a> {
+    shared: &'a Names,
+    made: FastMap<Box<str>, Arc<str>>,
+}
+
+impl<'a> LocalNames<'a> {
+    fn new(shared: &'a Names) -> LocalNames<'a> {
+        LocalNames {
+            shared,
+            made: FastMap::default(),
+        }
+    }
+
+    fn get(&mut self, name: &str) -> Arc<str> {
+        if let Some(n) = self.shared.0.get(name).or_else(|| self.made.get(name)) {
+            return n.clone();
+        }
+        let n: Arc<str> = Arc::from(name);
+        self.made.insert(Box::from(name), n.clone());
+        n
+    }
+}
+
+/// New instances in one `prepare` from which their states are made on
+/// every core (a cold start of a large catalog; the data plane is not
+/// serving yet).
+const PARALLEL_STATES: usize = 20_000;
+
+/// Health states by the address in memory of the catalog instance they
+/// were made for (with the instance, which keeps the address from being
+/// reused).
+pub type StateTable = FastMap<usize, (Arc<Instance>, Arc<UpstreamState>)>;
+
+/// The key of `inst` in a [`StateTable`].
+pub fn table_key(inst: &Arc<Instance>) -> usize {
+    Arc::as_ptr(inst) as usize
 }
 
 impl UpstreamHealth {
-    pub fn new(config: HealthChecksConfig, metrics: Arc<Metrics>) -> UpstreamHealth {
-        UpstreamHealth {
+    /// The registry of `config`'s checks and policies; the source of
+    /// `metrics`' per-instance health series from now on.
+    pub fn new(config: HealthChecksConfig, metrics: Arc<Metrics>) -> Arc<UpstreamHealth> {
+        let health = Arc::new(UpstreamHealth {
             config,
             metrics,
             epoch: Instant::now(),
             events: Arc::new(Notify::new()),
+            ever_out: Arc::new(AtomicBool::new(false)),
             inner: Mutex::new(Inner::default()),
-        }
+        });
+        let source: Arc<dyn InstanceHealthSource> = health.clone();
+        health
+            .metrics
+            .upstream_health
+            .attach(Arc::downgrade(&source));
+        health
     }
 
     /// The state of `inst`, created on first sight (or when its address,
@@ -276,27 +372,41 @@ impl UpstreamHealth {
     }
 
     fn state_locked(&self, inner: &mut Inner, inst: &Instance) -> Arc<UpstreamState> {
+        let mut names = LocalNames::new(&inner.names);
+        let (state, made) = self.found_or_made(&inner.states, &mut names, inst);
+        let names = names.made;
+        inner.names.adopt(names);
+        if made {
+            inner.states.insert(state.id.clone(), state.clone());
+        }
+        state
+    }
+
+    /// The state of `inst` in `states` if its address, service and version
+    /// are the same, else a new one (`true`), not yet inserted.
+    fn found_or_made(
+        &self,
+        states: &FastMap<Arc<str>, Arc<UpstreamState>>,
+        names: &mut LocalNames<'_>,
+        inst: &Instance,
+    ) -> (Arc<UpstreamState>, bool) {
         let addr = inst
             .address
             .parse::<std::net::IpAddr>()
             .ok()
             .map(|ip| SocketAddr::new(ip, inst.port));
-        if let Some(s) = inner.states.get(inst.id.as_str()) {
+        if let Some(s) = states.get(inst.id.as_str()) {
             if s.addr == addr
                 && *s.service == *inst.service
                 && s.version.as_deref() == inst.version.as_deref()
             {
-                return s.clone();
+                return (s.clone(), false);
             }
         }
-        let version = inst.version.as_deref().unwrap_or("-");
-        let labels = [inst.service.as_str(), version, inst.id.as_str()];
-        let gauge = self.metrics.upstream_health.with_label_values(&labels);
-        gauge.set(1);
         let state = Arc::new(UpstreamState {
             id: Arc::from(inst.id.as_str()),
-            service: Arc::from(inst.service.as_str()),
-            version: inst.version.as_deref().map(Arc::from),
+            service: names.get(&inst.service),
+            version: inst.version.as_deref().map(|v| names.get(v)),
             addr,
             policy: self.config.passive_for(&inst.service),
             fails: AtomicU32::new(0),
@@ -307,26 +417,61 @@ impl UpstreamHealth {
             last_check: Mutex::new(String::new()),
             epoch: self.epoch,
             events: self.events.clone(),
-            ejections: Some(
-                self.metrics
-                    .upstream_ejections
-                    .with_label_values(&[&inst.service, version]),
-            ),
-            gauge: Some(gauge),
+            ever_out: self.ever_out.clone(),
+            ejections: Some(self.metrics.upstream_ejections.clone()),
         });
-        if let Some(old) = inner.states.insert(state.id.clone(), state.clone()) {
-            self.forget_gauge(&old);
-        }
-        state
+        (state, true)
     }
 
-    fn forget_gauge(&self, s: &UpstreamState) {
-        let version = s.version.as_deref().unwrap_or("-");
-        // absent when it was never made: nothing to remove
-        let _ = self
-            .metrics
-            .upstream_health
-            .remove_label_values(&[&s.service, version, &s.id]);
+    /// The states of `insts` (found or made, with whether made), in order;
+    /// spread over the cores when there are many (a cold start).
+    fn found_or_made_all(
+        &self,
+        inner: &mut Inner,
+        insts: &[&Arc<Instance>],
+    ) -> Vec<(Arc<UpstreamState>, bool)> {
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(8);
+        let (states, shared) = (&inner.states, &inner.names);
+        let run = |chunk: &[&Arc<Instance>]| {
+            let mut names = LocalNames::new(shared);
+            let out: Vec<_> = chunk
+                .iter()
+                .map(|inst| self.found_or_made(states, &mut names, inst))
+                .collect();
+            (out, names.made)
+        };
+        let parts: Vec<_> = if threads > 1 && insts.len() >= PARALLEL_STATES {
+            let per = insts.len().div_ceil(threads);
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = insts
+                    .chunks(per)
+                    .map(|chunk| scope.spawn(move || run(chunk)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("health state thread panicked"))
+                    .collect()
+            })
+        } else {
+            vec![run(insts)]
+        };
+        let mut all = Vec::with_capacity(insts.len());
+        for (out, names) in parts {
+            all.extend(out);
+            inner.names.adopt(names);
+        }
+        all
+    }
+
+    /// The states as the last [`UpstreamHealth::prepare`] left them, for a
+    /// snapshot build to read without the lock.
+    pub fn table(&self) -> Arc<StateTable> {
+        self.inner
+            .lock()
+            .map(|i| i.by_ptr.clone())
+            .unwrap_or_default()
     }
 
     /// The catalog as the compiler should see it: instances held out by a
@@ -338,21 +483,84 @@ impl UpstreamHealth {
             return catalog;
         };
         let inner = &mut *guard;
-        let mut by_ptr = FastMap::with_capacity_and_hasher(catalog.len(), Default::default());
+        // The same instances as last time (a build for a lane change or a
+        // health flip): the table stays as it is, no state is looked up by
+        // id and no `Arc` is cloned.
+        let same = catalog.len() == inner.by_ptr.len()
+            && inner.states.len() == inner.by_ptr.len()
+            && catalog
+                .instances
+                .iter()
+                .all(|i| inner.by_ptr.contains_key(&table_key(i)));
         let mut changed = false;
-        let mut instances = Vec::with_capacity(catalog.len());
-        for inst in catalog.instances {
-            let ptr = Arc::as_ptr(&inst) as usize;
-            let state = match inner.by_ptr.get(&ptr) {
-                Some((_, s)) => s.clone(),
-                None => {
-                    changed = true;
-                    let state = self.state_locked(inner, &inst);
-                    inner.checks.ensure(self, &inst, &state);
-                    state
+        if !same {
+            let mut by_ptr =
+                StateTable::with_capacity_and_hasher(catalog.len(), Default::default());
+            let mut unseen: Vec<&Arc<Instance>> = Vec::new();
+            for inst in &catalog.instances {
+                let key = table_key(inst);
+                match inner.by_ptr.get(&key) {
+                    Some((_, s)) => {
+                        by_ptr.insert(key, (inst.clone(), s.clone()));
+                    }
+                    None => unseen.push(inst),
                 }
-            };
-            by_ptr.insert(ptr, (inst.clone(), state.clone()));
+            }
+            if !unseen.is_empty() {
+                changed = true;
+                let found = self.found_or_made_all(inner, &unseen);
+                let made = found.iter().filter(|(_, made)| *made).count();
+                inner.states.reserve(made);
+                for (inst, (state, made)) in unseen.into_iter().zip(found) {
+                    if made {
+                        inner.states.insert(state.id.clone(), state.clone());
+                    }
+                    inner.checks.ensure(self, inst, &state);
+                    by_ptr.insert(table_key(inst), (inst.clone(), state));
+                }
+            }
+            changed |= by_ptr.len() != inner.by_ptr.len() || by_ptr.len() != inner.states.len();
+            inner.by_ptr = Arc::new(by_ptr);
+        }
+        let table = inner.by_ptr.clone();
+        let instances = if !self.ever_out.load(Ordering::Acquire) && inner.held_out.is_empty() {
+            // no instance was ever held out: the catalog as it is
+            catalog.instances
+        } else {
+            self.hold_out(inner, &table, catalog.instances)
+        };
+        // Every state is in the table (one per id) unless some are gone.
+        // Every state is in the table (one per id) unless some are gone.
+        if !changed || inner.states.len() == table.len() {
+            return Catalog { instances };
+        }
+        let seen: FastSet<&str> = table.values().map(|(_, s)| &*s.id).collect();
+        let gone: Vec<Arc<str>> = inner
+            .states
+            .keys()
+            .filter(|id| !seen.contains(&***id))
+            .cloned()
+            .collect();
+        drop(seen);
+        for id in gone {
+            inner.states.remove(&id);
+            inner.held_out.remove(&id);
+            inner.checks.stop(&id);
+        }
+        Catalog { instances }
+    }
+
+    /// `instances` with those held out by a check or an ejection replaced
+    /// by `critical` copies (the same copy while nothing changes).
+    fn hold_out(
+        &self,
+        inner: &mut Inner,
+        table: &StateTable,
+        all: Vec<Arc<Instance>>,
+    ) -> Vec<Arc<Instance>> {
+        let mut instances = Vec::with_capacity(all.len());
+        for inst in all {
+            let state = &table[&table_key(&inst)].1;
             if !state.is_out() || inst.health == Health::Critical {
                 if !inner.held_out.is_empty() {
                     inner.held_out.remove(inst.id.as_str());
@@ -382,27 +590,7 @@ impl UpstreamHealth {
             };
             instances.push(copy);
         }
-        changed |= by_ptr.len() != inner.by_ptr.len() || by_ptr.len() != inner.states.len();
-        inner.by_ptr = by_ptr;
-        if !changed {
-            return Catalog { instances };
-        }
-        let seen: FastSet<&str> = inner.by_ptr.values().map(|(_, s)| &*s.id).collect();
-        let gone: Vec<Arc<str>> = inner
-            .states
-            .keys()
-            .filter(|id| !seen.contains(&***id))
-            .cloned()
-            .collect();
-        drop(seen);
-        for id in gone {
-            if let Some(s) = inner.states.remove(&id) {
-                self.forget_gauge(&s);
-            }
-            inner.held_out.remove(&id);
-            inner.checks.stop(&id);
-        }
-        Catalog { instances }
+        instances
     }
 
     /// The states of every known instance (for the admin API and explain).
@@ -495,7 +683,7 @@ mod tests {
             default_passive: policy(3),
             ..Default::default()
         };
-        let h = Arc::new(UpstreamHealth::new(cfg, Arc::new(Metrics::new())));
+        let h = UpstreamHealth::new(cfg, Arc::new(Metrics::new()));
         let s = h.state(&inst("a", 1));
         s.record_failure();
         s.record_failure();
@@ -524,11 +712,61 @@ mod tests {
     }
 
     #[test]
+    fn a_large_catalog_gets_one_state_per_instance_found_again_and_reported() {
+        let metrics = Arc::new(Metrics::new());
+        let h = UpstreamHealth::new(HealthChecksConfig::default(), metrics.clone());
+        let n = PARALLEL_STATES + 5_000; // made on every core
+        let catalog = Catalog {
+            instances: (0..n)
+                .map(|i| Arc::new(inst(&format!("i{i}"), (i % 60_000) as u16 + 1)))
+                .collect(),
+        };
+        let table = |c: &Catalog| {
+            let t = h.table();
+            c.instances
+                .iter()
+                .map(|i| t[&table_key(i)].1.clone())
+                .collect::<Vec<_>>()
+        };
+        h.prepare(catalog.clone());
+        let first = table(&catalog);
+        assert!(first
+            .iter()
+            .zip(&catalog.instances)
+            .all(|(s, i)| *s.id == *i.id && s.addr.map(|a| a.port()) == Some(i.port)));
+        assert!(Arc::ptr_eq(&first[7], &h.get("i7").unwrap()));
+        assert!(first
+            .iter()
+            .all(|s| &*s.service == "svc" && s.version.as_deref() == Some("v1")));
+        // new `Arc`s of the same instances find the same states
+        let again = Catalog {
+            instances: catalog
+                .instances
+                .iter()
+                .map(|i| Arc::new((**i).clone()))
+                .collect(),
+        };
+        h.prepare(again.clone());
+        assert!(table(&again)
+            .iter()
+            .zip(&first)
+            .all(|(a, b)| Arc::ptr_eq(a, b)));
+        // one series each, 0 for an instance held out
+        first[3].set_active_down(true, "503");
+        let values = metrics.upstream_health.values();
+        assert_eq!(values.len(), n);
+        assert_eq!(values.iter().filter(|v| v.3 == 0).count(), 1);
+        assert!(values.contains(&("svc".into(), "v1".into(), "i3".into(), 0)));
+        let held = h.prepare(again);
+        assert_eq!(held.instances[3].health, Health::Critical);
+        assert_eq!(held.instances[4].health, Health::Passing);
+        h.prepare(Catalog::default());
+        assert!(metrics.upstream_health.values().is_empty());
+    }
+
+    #[test]
     fn a_changed_address_gets_a_new_state_and_gone_instances_are_forgotten() {
-        let h = Arc::new(UpstreamHealth::new(
-            HealthChecksConfig::default(),
-            Arc::new(Metrics::new()),
-        ));
+        let h = UpstreamHealth::new(HealthChecksConfig::default(), Arc::new(Metrics::new()));
         let a = h.state(&inst("a", 1));
         assert!(Arc::ptr_eq(&a, &h.state(&inst("a", 1))));
         assert!(!Arc::ptr_eq(&a, &h.state(&inst("a", 2))));
