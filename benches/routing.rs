@@ -2,6 +2,10 @@
 //! large production-like table (see `common/table.rs`): 2,000 server names,
 //! 5,000 locations, 2,000 services × 20 versions × 5 instances, 1,000 lanes.
 //!
+//! Snapshot builds go through `UpstreamHealth::prepare` and the instances'
+//! health states, as laneway's compiler runs them; a cold build starts from
+//! fresh metric families and states.
+//!
 //! `cargo bench --bench routing` (all), `cargo bench --bench routing -- rules/`
 //! (a group). Figures and the machine they were taken on: `benches/README.md`.
 
@@ -13,11 +17,13 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+use laneway::config::HealthChecksConfig;
 use laneway::discovery::Catalog;
 use laneway::routing::lanes::{self, LaneSettings};
 use laneway::routing::rules::{Decision, RequestInfo, RuleSet};
 use laneway::routing::snapshot::{BuildInput, Snapshot};
 use laneway::telemetry::Metrics;
+use laneway::upstream_health::UpstreamHealth;
 
 #[allow(dead_code)]
 #[path = "common/table.rs"]
@@ -36,9 +42,52 @@ struct Fixture {
     rules: Arc<RuleSet>,
     catalog: Catalog,
     lanes: Vec<laneway::allocation::lanes::Lane>,
-    metrics: Metrics,
+    plane: Plane,
     snapshot: Snapshot,
     settings: LaneSettings,
+}
+
+/// What a laneway process keeps between builds: metric families and the
+/// instances' health states (fresh ones for a cold build).
+struct Plane {
+    metrics: Arc<Metrics>,
+    health: Arc<UpstreamHealth>,
+}
+
+impl Plane {
+    fn new() -> Plane {
+        let metrics = Arc::new(Metrics::new());
+        let health = UpstreamHealth::new(HealthChecksConfig::default(), metrics.clone());
+        Plane { metrics, health }
+    }
+
+    /// A build as the compiler runs it: `UpstreamHealth::prepare`, then
+    /// `Snapshot::build` with the states.
+    fn build(
+        &self,
+        rules: &Arc<RuleSet>,
+        lanes: &[laneway::allocation::lanes::Lane],
+        catalog: &Catalog,
+        previous: Option<&Snapshot>,
+    ) -> Snapshot {
+        let catalog = self.health.prepare(catalog.clone());
+        Snapshot::build(BuildInput {
+            generation: 2,
+            rules: rules.clone(),
+            lanes,
+            catalog: &catalog,
+            baseline_versions: baseline_versions(),
+            metrics: &self.metrics,
+            previous,
+            health: Some(&self.health),
+        })
+    }
+}
+
+/// `[lanes] baseline_versions`, as configured by default.
+fn baseline_versions() -> &'static [String] {
+    static V: std::sync::OnceLock<[String; 1]> = std::sync::OnceLock::new();
+    V.get_or_init(|| ["stable".to_string()])
 }
 
 fn fixture() -> Fixture {
@@ -49,24 +98,15 @@ fn fixture() -> Fixture {
         instances: table::instances(&shape).into_iter().map(Arc::new).collect(),
     };
     let lanes = table::lanes(&shape);
-    let metrics = Metrics::new();
-    let snapshot = Snapshot::build(BuildInput {
-        generation: 1,
-        rules: rules.clone(),
-        lanes: &lanes,
-        catalog: &catalog,
-        baseline_versions: &["stable".to_string()],
-        metrics: &metrics,
-        previous: None,
-        health: None,
-    });
+    let plane = Plane::new();
+    let snapshot = plane.build(&rules, &lanes, &catalog, None);
     Fixture {
         shape,
         source,
         rules,
         catalog,
         lanes,
-        metrics,
+        plane,
         snapshot,
         settings: LaneSettings {
             header: HeaderName::from_static("x-laneway-lane"),
@@ -299,37 +339,20 @@ fn bench_compile(c: &mut Criterion, f: &Fixture) {
     g.bench_function("rules_compile", |b| {
         b.iter_with_large_drop(|| RuleSet::compile(black_box(&f.source), Path::new("routes.toml")))
     });
-    let baseline_versions = ["stable".to_string()];
     g.bench_function("snapshot_build_cold", |b| {
         b.iter_batched(
-            Metrics::new,
-            |m| {
-                Snapshot::build(BuildInput {
-                    generation: 2,
-                    rules: f.rules.clone(),
-                    lanes: &f.lanes,
-                    catalog: &f.catalog,
-                    baseline_versions: &baseline_versions,
-                    metrics: &m,
-                    previous: None,
-                    health: None,
-                })
+            Plane::new,
+            |plane| {
+                let snapshot = plane.build(&f.rules, &f.lanes, &f.catalog, None);
+                (snapshot, plane)
             },
             BatchSize::PerIteration,
         )
     });
     g.bench_function("snapshot_build_previous", |b| {
         b.iter(|| {
-            Snapshot::build(BuildInput {
-                generation: 2,
-                rules: f.rules.clone(),
-                lanes: &f.lanes,
-                catalog: &f.catalog,
-                baseline_versions: &baseline_versions,
-                metrics: &f.metrics,
-                previous: Some(&f.snapshot),
-                health: None,
-            })
+            f.plane
+                .build(&f.rules, &f.lanes, &f.catalog, Some(&f.snapshot))
         })
     });
     g.finish();
