@@ -832,22 +832,27 @@ fn upstream_of(
     if weight == 0 {
         return None;
     }
-    let addr = match inst.address.parse::<std::net::IpAddr>() {
-        Ok(ip) => SocketAddr::new(ip, inst.port),
-        Err(_) => {
-            *resolved_name = true;
-            match (inst.address.as_str(), inst.port).to_socket_addrs() {
-                Ok(mut addrs) => addrs.next()?,
-                Err(e) => {
-                    tracing::warn!(instance = %inst.id, address = %inst.address, error = %e, "cannot resolve instance address; skipped");
-                    return None;
-                }
-            }
-        }
-    };
     let state = match states {
         Some(s) => s.of(inst),
         None => Arc::new(UpstreamState::detached(&inst.id)),
+    };
+    // the state holds the address parsed when it was made (`None`: a host
+    // name, or a state tracked by nobody)
+    let addr = match state.addr {
+        Some(addr) => addr,
+        None => match inst.address.parse::<std::net::IpAddr>() {
+            Ok(ip) => SocketAddr::new(ip, inst.port),
+            Err(_) => {
+                *resolved_name = true;
+                match (inst.address.as_str(), inst.port).to_socket_addrs() {
+                    Ok(mut addrs) => addrs.next()?,
+                    Err(e) => {
+                        tracing::warn!(instance = %inst.id, address = %inst.address, error = %e, "cannot resolve instance address; skipped");
+                        return None;
+                    }
+                }
+            }
+        },
     };
     Some(Upstream {
         // the state's copy of the id: no allocation per instance
