@@ -341,6 +341,16 @@ impl<'a> LocalNames<'a> {
     }
 }
 
+/// An unseen instance's state, found or made, with the references the
+/// registry's tables keep made on the thread that made the state (where its
+/// memory is in cache) rather than on the one that fills the tables.
+struct Found {
+    inst: Arc<Instance>,
+    state: Arc<UpstreamState>,
+    /// For a state made: its entry in the states by id.
+    new: Option<(Arc<str>, Arc<UpstreamState>)>,
+}
+
 /// New instances in one `prepare` from which their states are made on
 /// every core (a cold start of a large catalog; the data plane is not
 /// serving yet).
@@ -432,13 +442,9 @@ impl UpstreamHealth {
         (state, true)
     }
 
-    /// The states of `insts` (found or made, with whether made), in order;
-    /// spread over the cores when there are many (a cold start).
-    fn found_or_made_all(
-        &self,
-        inner: &mut Inner,
-        insts: &[&Arc<Instance>],
-    ) -> Vec<(Arc<UpstreamState>, bool)> {
+    /// The states of `insts` (found or made), in order; spread over the
+    /// cores when there are many (a cold start).
+    fn found_or_made_all(&self, inner: &mut Inner, insts: &[&Arc<Instance>]) -> Vec<Found> {
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .min(8);
@@ -447,7 +453,14 @@ impl UpstreamHealth {
             let mut names = LocalNames::new(shared);
             let out: Vec<_> = chunk
                 .iter()
-                .map(|inst| self.found_or_made(states, &mut names, inst))
+                .map(|inst| {
+                    let (state, made) = self.found_or_made(states, &mut names, inst);
+                    Found {
+                        inst: Arc::clone(inst),
+                        new: made.then(|| (state.id.clone(), state.clone())),
+                        state,
+                    }
+                })
                 .collect();
             (out, names.made)
         };
@@ -518,14 +531,15 @@ impl UpstreamHealth {
             if !unseen.is_empty() {
                 changed = true;
                 let found = self.found_or_made_all(inner, &unseen);
-                let made = found.iter().filter(|(_, made)| *made).count();
+                drop(unseen);
+                let made = found.iter().filter(|f| f.new.is_some()).count();
                 inner.states.reserve(made);
-                for (inst, (state, made)) in unseen.into_iter().zip(found) {
-                    if made {
-                        inner.states.insert(state.id.clone(), state.clone());
+                for f in found {
+                    if let Some((id, state)) = f.new {
+                        inner.states.insert(id, state);
                     }
-                    inner.checks.ensure(self, inst, &state);
-                    by_ptr.insert(table_key(inst), (inst.clone(), state));
+                    inner.checks.ensure(self, &f.inst, &f.state);
+                    by_ptr.insert(table_key(&f.inst), (f.inst, f.state));
                 }
             }
             changed |= by_ptr.len() != inner.by_ptr.len() || by_ptr.len() != inner.states.len();
