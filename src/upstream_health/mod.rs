@@ -554,7 +554,6 @@ impl UpstreamHealth {
                 self.hold_out(inner, &table, catalog.instances)
             };
         // Every state is in the table (one per id) unless some are gone.
-        // Every state is in the table (one per id) unless some are gone.
         if !changed || inner.states.len() == table.len() {
             return Catalog { instances };
         }
