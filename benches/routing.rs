@@ -70,16 +70,16 @@ impl Plane {
         catalog: &Catalog,
         previous: Option<&Snapshot>,
     ) -> Snapshot {
-        let catalog = self.health.prepare(catalog.clone());
+        let prepared = self.health.prepare(catalog.clone());
         Snapshot::build(BuildInput {
             generation: 2,
             rules: rules.clone(),
             lanes,
-            catalog: &catalog,
+            catalog: &prepared.catalog,
             baseline_versions: baseline_versions(),
             metrics: &self.metrics,
             previous,
-            health: Some(&self.health),
+            states: Some(&prepared.states),
         })
     }
 }

@@ -157,7 +157,7 @@ impl Plane {
         previous: Option<&Snapshot>,
     ) -> Snapshot {
         let started = Instant::now();
-        let catalog = self.health.prepare(catalog.clone());
+        let prepared = self.health.prepare(catalog.clone());
         if std::env::var_os("SCALE_SPLIT").is_some() {
             eprintln!("    prepare: {}", ms(started.elapsed()));
         }
@@ -165,11 +165,11 @@ impl Plane {
             generation: 1,
             rules: rules.clone(),
             lanes,
-            catalog: &catalog,
+            catalog: &prepared.catalog,
             baseline_versions: baseline_versions(),
             metrics: &self.metrics,
             previous,
-            health: Some(&self.health),
+            states: Some(&prepared.states),
         })
     }
 }

@@ -176,18 +176,18 @@ impl Control {
                 Health::Critical => 2,
             }] += 1;
         }
-        let catalog = self.upstream_health.prepare(discovered);
+        let prepared = self.upstream_health.prepare(discovered);
         let lanes = self.lanes.lock().await.list();
         let previous = self.snapshot.load_full();
         let snapshot = Snapshot::build(BuildInput {
             generation,
             rules,
             lanes: &lanes,
-            catalog: &catalog,
+            catalog: &prepared.catalog,
             baseline_versions: &self.config.lanes.baseline_versions,
             metrics: &self.metrics,
             previous: Some(&previous),
-            health: Some(&self.upstream_health),
+            states: Some(&prepared.states),
         });
         // A deleted lane's series leave /metrics: lanes come and go all day
         // (leases, auto lanes) and would otherwise pile up until a restart.

@@ -278,7 +278,7 @@ mod tests {
             baseline_versions: &[],
             metrics: m,
             previous: None,
-            health: None,
+            states: None,
         })
     }
 

@@ -24,7 +24,7 @@ use crate::discovery::{Catalog, Health, Instance};
 use crate::routing::hash::{FastMap, FastSet};
 use crate::routing::rules::RuleSet;
 use crate::telemetry::{ClassCounters, Metrics};
-use crate::upstream_health::{table_key, StateTable, UpstreamHealth, UpstreamState};
+use crate::upstream_health::UpstreamState;
 
 pub use crate::allocation::lanes::BASELINE;
 
@@ -90,32 +90,31 @@ struct ServicePools {
 
 impl ServicePools {
     /// Made from exactly these instances (the same `Arc`s, in order).
-    fn made_from(&self, members: &[&Arc<Instance>]) -> bool {
+    fn made_from(&self, members: &[Member<'_>]) -> bool {
         !self.resolved_names
             && self.members.len() == members.len()
             && self
                 .members
                 .iter()
                 .zip(members)
-                .all(|(a, b)| Arc::ptr_eq(a, b))
+                .all(|(a, b)| Arc::ptr_eq(a, b.inst))
     }
 
     /// Groups the healthy members into pools, reusing `previous` pools whose
     /// members did not change.
     fn build(
         service: &Arc<str>,
-        members: &[&Arc<Instance>],
+        members: &[Member<'_>],
         baseline_versions: &FastSet<&str>,
         previous: Option<&ServicePools>,
         interner: &Interner<'_>,
         m: &Metrics,
-        health: Option<States<'_>>,
     ) -> ServicePools {
         let mut resolved_names = false;
         let mut baseline = Vec::new();
         let mut versions: FastMap<&str, Vec<Upstream>> = FastMap::default();
-        for inst in members {
-            let Some(upstream) = upstream_of(inst, &mut resolved_names, health) else {
+        for &Member { inst, state } in members {
+            let Some(upstream) = upstream_of(inst, &mut resolved_names, state) else {
                 continue;
             };
             match inst.version.as_deref() {
@@ -142,7 +141,7 @@ impl ServicePools {
             })
             .collect();
         ServicePools {
-            members: members.iter().map(|i| Arc::clone(i)).collect(),
+            members: members.iter().map(|m| Arc::clone(m.inst)).collect(),
             resolved_names,
             baseline,
             versions,
@@ -343,9 +342,9 @@ pub struct BuildInput<'a> {
     pub metrics: &'a Metrics,
     /// The snapshot being replaced, whose unchanged pools are reused.
     pub previous: Option<&'a Snapshot>,
-    /// Where instances' health states come from; `None`: states nobody
-    /// tracks (benchmarks, tests).
-    pub health: Option<&'a UpstreamHealth>,
+    /// The health state of each instance of `catalog`, in the same order
+    /// ([`UpstreamHealth::prepare`]); `None`: states nobody tracks (tests).
+    pub states: Option<&'a [Arc<UpstreamState>]>,
 }
 
 impl Snapshot {
@@ -383,26 +382,41 @@ impl Snapshot {
             names: Default::default(),
             previous: previous.map(|p| &p.names),
         };
-        // The states `prepare` made for this catalog, read without a lock.
-        let table = input.health.map(|h| (h, h.table()));
-        let states = table.as_ref().map(|(h, t)| States {
-            health: h,
-            table: t,
-        });
-
-        // Every instance by service; every service seen (in an instance or
-        // a rule) gets an entry.
-        let mut by_service: FastMap<&str, Vec<&Arc<Instance>>> = FastMap::default();
-        for inst in &input.catalog.instances {
-            by_service
-                .entry(inst.service.as_str())
-                .or_default()
-                .push(inst);
+        // Every instance (with its state) by service; every service seen
+        // (in an instance or a rule) gets an entry. The catalog is sorted by
+        // id, so an instance's service is mostly the one before it.
+        let states = input
+            .states
+            .filter(|s| s.len() == input.catalog.instances.len());
+        let mut groups: Vec<(&str, Vec<Member<'_>>)> = Vec::new();
+        let mut by_service: FastMap<&str, usize> = FastMap::default();
+        let mut current: Option<(&str, usize)> = None;
+        for (i, inst) in input.catalog.instances.iter().enumerate() {
+            let service = inst.service.as_str();
+            let at = match current {
+                Some((s, at)) if s == service => at,
+                _ => {
+                    let at = *by_service.entry(service).or_insert_with(|| {
+                        groups.push((service, Vec::new()));
+                        groups.len() - 1
+                    });
+                    current = Some((service, at));
+                    at
+                }
+            };
+            groups[at].1.push(Member {
+                inst,
+                state: states.map(|s| &s[i]),
+            });
         }
         let rule_services = input.rules.services();
         for s in &rule_services {
-            by_service.entry(s).or_default();
+            by_service.entry(s).or_insert_with(|| {
+                groups.push((s, Vec::new()));
+                groups.len() - 1
+            });
         }
+        drop(by_service);
 
         // A service whose instances are the same `Arc`s as last time keeps
         // its pools as they are; any other is grouped again.
@@ -411,9 +425,9 @@ impl Snapshot {
         let same_grouping =
             previous.is_some_and(|p| *p.baseline_versions == *input.baseline_versions);
         let mut pools: FastMap<Arc<str>, Arc<ServicePools>> =
-            FastMap::with_capacity_and_hasher(by_service.len(), Default::default());
+            FastMap::with_capacity_and_hasher(groups.len(), Default::default());
         let mut regroup: Vec<Regroup<'_>> = Vec::new();
-        for (service, members) in by_service {
+        for (service, members) in groups {
             let before = previous.and_then(|p| p.pools.get(service));
             match before.filter(|b| same_grouping && b.made_from(&members)) {
                 Some(b) => {
@@ -422,11 +436,7 @@ impl Snapshot {
                 None => regroup.push((service, members, before)),
             }
         }
-        let group = |(service, members, before): (
-            &str,
-            Vec<&Arc<Instance>>,
-            Option<&Arc<ServicePools>>,
-        )| {
+        let group = |(service, members, before): Regroup<'_>| {
             let service = interner.get(service);
             let built = ServicePools::build(
                 &service,
@@ -435,7 +445,6 @@ impl Snapshot {
                 before.map(|b| &**b),
                 &interner,
                 m,
-                states,
             );
             (service, Arc::new(built))
         };
@@ -800,22 +809,11 @@ impl Resolver<'_> {
     }
 }
 
-/// Where a build finds instances' health states: the table of the last
-/// `prepare` by instance address, else the registry (an instance the table
-/// does not hold, e.g. in a build without `prepare`).
+/// An instance of the catalog and its health state, as a build groups them.
 #[derive(Clone, Copy)]
-struct States<'a> {
-    health: &'a UpstreamHealth,
-    table: &'a StateTable,
-}
-
-impl States<'_> {
-    fn of(&self, inst: &Arc<Instance>) -> Arc<UpstreamState> {
-        match self.table.get(&table_key(inst)) {
-            Some((_, state)) => state.clone(),
-            None => self.health.state(inst),
-        }
-    }
+struct Member<'a> {
+    inst: &'a Arc<Instance>,
+    state: Option<&'a Arc<UpstreamState>>,
 }
 
 /// The upstream of a healthy instance; sets `resolved_name` when its
@@ -823,7 +821,7 @@ impl States<'_> {
 fn upstream_of(
     inst: &Arc<Instance>,
     resolved_name: &mut bool,
-    states: Option<States<'_>>,
+    state: Option<&Arc<UpstreamState>>,
 ) -> Option<Upstream> {
     if inst.health == Health::Critical {
         return None;
@@ -832,8 +830,8 @@ fn upstream_of(
     if weight == 0 {
         return None;
     }
-    let state = match states {
-        Some(s) => s.of(inst),
+    let state = match state {
+        Some(s) => s.clone(),
         None => Arc::new(UpstreamState::detached(&inst.id)),
     };
     // the state holds the address parsed when it was made (`None`: a host
@@ -921,11 +919,7 @@ fn smooth_wrr(weights: &[u32]) -> Box<[u32]> {
 }
 
 /// A service to group again: its name, its instances, its previous pools.
-type Regroup<'a> = (
-    &'a str,
-    Vec<&'a Arc<Instance>>,
-    Option<&'a Arc<ServicePools>>,
-);
+type Regroup<'a> = (&'a str, Vec<Member<'a>>, Option<&'a Arc<ServicePools>>);
 
 /// Instances to group in one build from which the grouping is spread over
 /// threads (a cold build of a large catalog).
@@ -1026,7 +1020,7 @@ mod tests {
             baseline_versions: &["stable".to_string()],
             metrics: m,
             previous: None,
-            health: None,
+            states: None,
         })
     }
 
@@ -1158,7 +1152,7 @@ mod tests {
             baseline_versions: &[],
             metrics: &m,
             previous: Some(&first),
-            health: None,
+            states: None,
         });
         let p1 = first
             .target(first.baseline(), "svc")
@@ -1190,7 +1184,7 @@ mod tests {
             baseline_versions: versions,
             metrics: m,
             previous: Some(prev),
-            health: None,
+            states: None,
         })
     }
 

@@ -289,13 +289,10 @@ struct Inner {
     /// instance is the same `Arc` in every build).
     held_out: HashMap<Arc<str>, (Arc<Instance>, Arc<Instance>)>,
     checks: active::Checks,
-    /// The last catalog's instances by address in memory, with their
-    /// states: an instance that is the same `Arc` as last time needs no
-    /// lookup by id and no check bookkeeping. Holding the `Arc` keeps the
-    /// address from being reused by another instance.
-    /// Shared with snapshot builds ([`UpstreamHealth::table`]), which look
-    /// states up here without taking the lock per instance.
-    by_ptr: Arc<StateTable>,
+    /// The last catalog `prepare` saw and its instances' states, in the
+    /// same order: an instance that is the same `Arc` as last time needs no
+    /// lookup by id and no check bookkeeping.
+    last: Prepared,
     /// Service and version names, shared by the states (a few thousand
     /// names for hundreds of thousands of states).
     names: Names,
@@ -341,11 +338,10 @@ impl<'a> LocalNames<'a> {
     }
 }
 
-/// An unseen instance's state, found or made, with the references the
-/// registry's tables keep made on the thread that made the state (where its
-/// memory is in cache) rather than on the one that fills the tables.
+/// An unseen instance's state, found or made, with the reference the
+/// states by id keep made on the thread that made the state (where its
+/// memory is in cache) rather than on the one that fills the table.
 struct Found {
-    inst: Arc<Instance>,
     state: Arc<UpstreamState>,
     /// For a state made: its entry in the states by id.
     new: Option<(Arc<str>, Arc<UpstreamState>)>,
@@ -356,14 +352,14 @@ struct Found {
 /// serving yet).
 const PARALLEL_STATES: usize = 20_000;
 
-/// Health states by the address in memory of the catalog instance they
-/// were made for (with the instance, which keeps the address from being
-/// reused).
-pub type StateTable = FastMap<usize, (Arc<Instance>, Arc<UpstreamState>)>;
-
-/// The key of `inst` in a [`StateTable`].
-pub fn table_key(inst: &Arc<Instance>) -> usize {
-    Arc::as_ptr(inst) as usize
+/// A catalog as [`UpstreamHealth::prepare`] leaves it for the compiler,
+/// with each instance's health state in the same order: `states[i]` is the
+/// state of `catalog.instances[i]`, so that a build takes it by position
+/// rather than by a lookup per instance.
+#[derive(Clone, Default)]
+pub struct Prepared {
+    pub catalog: Catalog,
+    pub states: Arc<[Arc<UpstreamState>]>,
 }
 
 impl UpstreamHealth {
@@ -456,7 +452,6 @@ impl UpstreamHealth {
                 .map(|inst| {
                     let (state, made) = self.found_or_made(states, &mut names, inst);
                     Found {
-                        inst: Arc::clone(inst),
                         new: made.then(|| (state.id.clone(), state.clone())),
                         state,
                     }
@@ -487,77 +482,98 @@ impl UpstreamHealth {
         all
     }
 
-    /// The states as the last [`UpstreamHealth::prepare`] left them, for a
-    /// snapshot build to read without the lock.
-    pub fn table(&self) -> Arc<StateTable> {
-        self.inner
-            .lock()
-            .map(|i| i.by_ptr.clone())
-            .unwrap_or_default()
-    }
-
-    /// The catalog as the compiler should see it: instances held out by a
-    /// check or an ejection are `critical`. Also makes the states of new
-    /// instances, forgets those of deregistered ones, and starts or stops
-    /// their checker tasks. Call on the control runtime.
-    pub fn prepare(self: &Arc<Self>, catalog: Catalog) -> Catalog {
+    /// The catalog as the compiler should see it, with each instance's
+    /// state: instances held out by a check or an ejection are `critical`.
+    /// Also makes the states of new instances, forgets those of
+    /// deregistered ones, and starts or stops their checker tasks. Call on
+    /// the control runtime.
+    pub fn prepare(self: &Arc<Self>, catalog: Catalog) -> Prepared {
         let Ok(mut guard) = self.inner.lock() else {
-            return catalog;
+            let states = catalog
+                .instances
+                .iter()
+                .map(|i| Arc::new(UpstreamState::detached(&i.id)))
+                .collect();
+            return Prepared { catalog, states };
         };
         let inner = &mut *guard;
+        let last = std::mem::take(&mut inner.last);
         // The same instances as last time (a build for a lane change or a
-        // health flip): the table stays as it is, no state is looked up by
-        // id and no `Arc` is cloned.
-        let same = catalog.len() == inner.by_ptr.len()
-            && inner.states.len() == inner.by_ptr.len()
+        // health flip), and no state made outside `prepare` since: the
+        // states are the same, in the same order.
+        let same = catalog.len() == last.catalog.len()
+            && inner.states.len() == last.states.len()
             && catalog
                 .instances
                 .iter()
-                .all(|i| inner.by_ptr.contains_key(&table_key(i)));
+                .zip(&last.catalog.instances)
+                .all(|(a, b)| Arc::ptr_eq(a, b));
         let mut changed = false;
-        if !same {
-            let mut by_ptr =
-                StateTable::with_capacity_and_hasher(catalog.len(), Default::default());
+        let states = if same {
+            last.states.clone()
+        } else {
+            // Both catalogs are sorted by id: walk them side by side and
+            // take the state of every instance that is the same `Arc` as
+            // last time. Any other (new, changed, or out of order) is
+            // found by id or made.
+            let mut states: Vec<Option<Arc<UpstreamState>>> = Vec::with_capacity(catalog.len());
             let mut unseen: Vec<&Arc<Instance>> = Vec::new();
+            let before = &last.catalog.instances;
+            let mut j = 0;
             for inst in &catalog.instances {
-                let key = table_key(inst);
-                match inner.by_ptr.get(&key) {
-                    Some((_, s)) => {
-                        by_ptr.insert(key, (inst.clone(), s.clone()));
-                    }
-                    None => unseen.push(inst),
+                while j < before.len() && *before[j].id < *inst.id {
+                    j += 1;
+                }
+                if j < before.len() && Arc::ptr_eq(&before[j], inst) {
+                    states.push(Some(last.states[j].clone()));
+                    j += 1;
+                } else {
+                    states.push(None);
+                    unseen.push(inst);
                 }
             }
             if !unseen.is_empty() {
                 changed = true;
                 let found = self.found_or_made_all(inner, &unseen);
-                drop(unseen);
                 let made = found.iter().filter(|f| f.new.is_some()).count();
                 inner.states.reserve(made);
-                for f in found {
+                let mut found = found.into_iter();
+                for (slot, inst) in states.iter_mut().filter(|s| s.is_none()).zip(unseen) {
+                    let f = found.next().expect("one state per unseen instance");
                     if let Some((id, state)) = f.new {
                         inner.states.insert(id, state);
                     }
-                    inner.checks.ensure(self, &f.inst, &f.state);
-                    by_ptr.insert(table_key(&f.inst), (f.inst, f.state));
+                    inner.checks.ensure(self, inst, &f.state);
+                    *slot = Some(f.state);
                 }
             }
-            changed |= by_ptr.len() != inner.by_ptr.len() || by_ptr.len() != inner.states.len();
-            inner.by_ptr = Arc::new(by_ptr);
-        }
-        let table = inner.by_ptr.clone();
+            changed |= catalog.len() != last.catalog.len() || catalog.len() != inner.states.len();
+            states
+                .into_iter()
+                .map(|s| s.expect("every instance has its state"))
+                .collect()
+        };
+        drop(last);
+        inner.last = Prepared {
+            catalog: catalog.clone(),
+            states: Arc::clone(&states),
+        };
         let instances =
             if !self.shared.ever_out.load(Ordering::Acquire) && inner.held_out.is_empty() {
                 // no instance was ever held out: the catalog as it is
                 catalog.instances
             } else {
-                self.hold_out(inner, &table, catalog.instances)
+                self.hold_out(inner, &states, catalog.instances)
             };
-        // Every state is in the table (one per id) unless some are gone.
-        if !changed || inner.states.len() == table.len() {
-            return Catalog { instances };
+        let prepared = Prepared {
+            catalog: Catalog { instances },
+            states,
+        };
+        // Every state is in the catalog (ids are unique) unless some are gone.
+        if !changed || inner.states.len() == prepared.states.len() {
+            return prepared;
         }
-        let seen: FastSet<&str> = table.values().map(|(_, s)| &*s.id).collect();
+        let seen: FastSet<&str> = prepared.states.iter().map(|s| &*s.id).collect();
         let gone: Vec<Arc<str>> = inner
             .states
             .keys()
@@ -570,7 +586,7 @@ impl UpstreamHealth {
             inner.held_out.remove(&id);
             inner.checks.stop(&id);
         }
-        Catalog { instances }
+        prepared
     }
 
     /// `instances` with those held out by a check or an ejection replaced
@@ -578,12 +594,11 @@ impl UpstreamHealth {
     fn hold_out(
         &self,
         inner: &mut Inner,
-        table: &StateTable,
+        states: &[Arc<UpstreamState>],
         all: Vec<Arc<Instance>>,
     ) -> Vec<Arc<Instance>> {
         let mut instances = Vec::with_capacity(all.len());
-        for inst in all {
-            let state = &table[&table_key(&inst)].1;
+        for (inst, state) in all.into_iter().zip(states) {
             if !state.is_out() || inst.health == Health::Critical {
                 if !inner.held_out.is_empty() {
                     inner.held_out.remove(inst.id.as_str());
@@ -721,16 +736,16 @@ mod tests {
         let catalog = Catalog {
             instances: vec![Arc::new(inst("a", 1))],
         };
-        let first = h.prepare(catalog.clone());
+        let first = h.prepare(catalog.clone()).catalog;
         assert_eq!(first.instances[0].health, Health::Critical);
-        let second = h.prepare(catalog.clone());
+        let second = h.prepare(catalog.clone()).catalog;
         assert!(Arc::ptr_eq(&first.instances[0], &second.instances[0]));
         // not due yet
         assert!(!h.readmit_due().0);
         s.until_ms.store(0, Ordering::Relaxed);
         assert!(h.readmit_due().0);
         assert!(!s.is_out());
-        let third = h.prepare(catalog);
+        let third = h.prepare(catalog).catalog;
         assert_eq!(third.instances[0].health, Health::Passing);
     }
 
@@ -744,15 +759,7 @@ mod tests {
                 .map(|i| Arc::new(inst(&format!("i{i}"), (i % 60_000) as u16 + 1)))
                 .collect(),
         };
-        let table = |c: &Catalog| {
-            let t = h.table();
-            c.instances
-                .iter()
-                .map(|i| t[&table_key(i)].1.clone())
-                .collect::<Vec<_>>()
-        };
-        h.prepare(catalog.clone());
-        let first = table(&catalog);
+        let first = h.prepare(catalog.clone()).states;
         assert!(first
             .iter()
             .zip(&catalog.instances)
@@ -769,10 +776,11 @@ mod tests {
                 .map(|i| Arc::new((**i).clone()))
                 .collect(),
         };
-        h.prepare(again.clone());
-        assert!(table(&again)
+        let found = h.prepare(again.clone());
+        assert!(found
+            .states
             .iter()
-            .zip(&first)
+            .zip(first.iter())
             .all(|(a, b)| Arc::ptr_eq(a, b)));
         // one series each, 0 for an instance held out
         first[3].set_active_down(true, "503");
@@ -780,11 +788,43 @@ mod tests {
         assert_eq!(values.len(), n);
         assert_eq!(values.iter().filter(|v| v.3 == 0).count(), 1);
         assert!(values.contains(&("svc".into(), "v1".into(), "i3".into(), 0)));
-        let held = h.prepare(again);
+        let held = h.prepare(again).catalog;
         assert_eq!(held.instances[3].health, Health::Critical);
         assert_eq!(held.instances[4].health, Health::Passing);
         h.prepare(Catalog::default());
         assert!(metrics.upstream_health.values().is_empty());
+    }
+
+    #[test]
+    fn states_follow_the_catalog_in_order_through_changes() {
+        let h = UpstreamHealth::new(HealthChecksConfig::default(), Arc::new(Metrics::new()));
+        let [a, b, c, d] = ["a", "b", "c", "d"].map(|id| Arc::new(inst(id, 1)));
+        let catalog = |list: &[&Arc<Instance>]| Catalog {
+            instances: list.iter().map(|i| Arc::clone(i)).collect(),
+        };
+        let first = h.prepare(catalog(&[&a, &c, &d])).states;
+        assert_eq!(
+            first.iter().map(|s| &*s.id).collect::<Vec<_>>(),
+            ["a", "c", "d"]
+        );
+        // b registered, d gone: a and c keep their states
+        let second = h.prepare(catalog(&[&a, &b, &c])).states;
+        assert_eq!(
+            second.iter().map(|s| &*s.id).collect::<Vec<_>>(),
+            ["a", "b", "c"]
+        );
+        assert!(Arc::ptr_eq(&first[0], &second[0]));
+        assert!(Arc::ptr_eq(&first[1], &second[2]));
+        assert!(Arc::ptr_eq(&second[1], &h.get("b").unwrap()));
+        assert!(h.get("d").is_none());
+        // the same catalog: the same states
+        let again = h.prepare(catalog(&[&a, &b, &c])).states;
+        assert!(Arc::ptr_eq(&again, &second));
+        // out of order (not as discovery sorts it): still found, by id
+        let shuffled = h.prepare(catalog(&[&c, &a, &b])).states;
+        assert!(Arc::ptr_eq(&shuffled[0], &second[2]));
+        assert!(Arc::ptr_eq(&shuffled[1], &second[0]));
+        assert!(Arc::ptr_eq(&shuffled[2], &second[1]));
     }
 
     #[test]
