@@ -14,7 +14,8 @@
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,33 +33,61 @@ mod table;
 
 use table::Shape;
 
-/// Counts live heap bytes and their peak, allocating with mimalloc as the
-/// laneway binary does (`src/main.rs`), so that RSS is the binary's.
+/// Counts live heap bytes, allocating with mimalloc as the laneway binary
+/// does (`src/main.rs`), so that RSS is the binary's. Each thread counts in
+/// a slot of its own cache line: with one shared counter, the threads of a
+/// cold build (which allocate at once) would contend on it and slow down
+/// the very builds this benchmark times. The peak is the process's VmHWM.
 struct Counting;
 
 static INNER: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
+#[repr(align(64))]
+struct Slot(AtomicIsize);
+
+const SLOTS: usize = 64;
+static LIVE: [Slot; SLOTS] = [const { Slot(AtomicIsize::new(0)) }; SLOTS];
+static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static MY_SLOT: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// This thread's counter (threads beyond `SLOTS` share one, still exact).
+fn slot() -> &'static AtomicIsize {
+    let i = MY_SLOT.with(|s| {
+        if s.get() == usize::MAX {
+            s.set(NEXT_SLOT.fetch_add(1, Ordering::Relaxed) % SLOTS);
+        }
+        s.get()
+    });
+    &LIVE[i].0
+}
+
+/// Live heap bytes: the sum of every thread's count.
+fn live() -> usize {
+    let sum: isize = LIVE.iter().map(|s| s.0.load(Ordering::Relaxed)).sum();
+    sum.max(0) as usize
+}
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let p = INNER.alloc(layout);
         if !p.is_null() {
-            add(layout.size());
+            add(layout.size() as isize);
         }
         p
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         INNER.dealloc(ptr, layout);
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        add(-(layout.size() as isize));
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         let p = INNER.alloc_zeroed(layout);
         if !p.is_null() {
-            add(layout.size());
+            add(layout.size() as isize);
         }
         p
     }
@@ -66,16 +95,14 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let p = INNER.realloc(ptr, layout, new_size);
         if !p.is_null() {
-            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-            add(new_size);
+            add(new_size as isize - layout.size() as isize);
         }
         p
     }
 }
 
-fn add(n: usize) {
-    let live = LIVE.fetch_add(n, Ordering::Relaxed) + n;
-    PEAK.fetch_max(live, Ordering::Relaxed);
+fn add(n: isize) {
+    slot().fetch_add(n, Ordering::Relaxed);
 }
 
 #[global_allocator]
@@ -101,9 +128,8 @@ fn rss() -> (usize, usize) {
 fn memory(label: &str) {
     let (rss, hwm) = rss();
     println!(
-        "  memory {label}: heap live {}, heap peak {}, RSS {}, peak RSS (VmHWM) {}",
-        mib(LIVE.load(Ordering::Relaxed)),
-        mib(PEAK.load(Ordering::Relaxed)),
+        "  memory {label}: heap live {}, RSS {}, peak RSS (VmHWM) {}",
+        mib(live()),
         mib(rss),
         mib(hwm)
     );
@@ -199,7 +225,7 @@ fn run_table(
     );
     memory("at start");
     let source = table::routes_toml(shape);
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = live();
     let (rules, t) = timed(|| RuleSet::compile(&source, Path::new("routes.toml")).expect("valid"));
     let locations: usize = rules.servers().iter().map(|s| s.locations.len()).sum();
     println!(
@@ -207,28 +233,28 @@ fn run_table(
         rules.servers().len(),
         source.len() / 1024,
         ms(t),
-        mib(LIVE.load(Ordering::Relaxed) - before)
+        mib(live() - before)
     );
     drop(source);
     let rules = Arc::new(rules);
     let lanes = table::lanes(shape);
     if with_catalog {
-        let before = LIVE.load(Ordering::Relaxed);
+        let before = live();
         let catalog = Catalog {
             instances: table::instances(shape).into_iter().map(Arc::new).collect(),
         };
         println!(
             "  catalog of {} instances: heap held {}",
             catalog.len(),
-            mib(LIVE.load(Ordering::Relaxed) - before)
+            mib(live() - before)
         );
         let plane = Plane::new();
-        let before = LIVE.load(Ordering::Relaxed);
+        let before = live();
         let (snap, cold) = timed(|| plane.build(&rules, &lanes, &catalog, None));
         println!(
             "  Snapshot::build cold: {}, heap held by snapshot + metric children {}",
             ms(cold),
-            mib(LIVE.load(Ordering::Relaxed) - before)
+            mib(live() - before)
         );
         // More cold builds, each with fresh metric families and health
         // states: the first one in the process also pays for memory the
