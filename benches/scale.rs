@@ -13,8 +13,8 @@
 //! (default: the system temp dir); put it on the disk a real data dir uses.
 
 use std::alloc::{GlobalAlloc, Layout};
-use std::path::Path;
 use std::cell::Cell;
+use std::path::Path;
 use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
