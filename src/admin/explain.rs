@@ -399,9 +399,9 @@ fn instances_json(c: &Control, snap: &Snapshot, t: &Target) -> Value {
     let mut in_pool = Vec::new();
     if let Ok(pool) = &t.pool {
         for u in pool.instances.iter() {
-            in_pool.push(u.id.clone());
+            in_pool.push(u.id().clone());
             would_try.push(json!({
-                "id": &*u.id,
+                "id": &**u.id(),
                 "address": u.addr.to_string(),
                 "weight": u.weight,
                 "health": if u.state.is_out() { "held out" } else { "healthy" },

@@ -244,7 +244,6 @@ struct PoolVecs {
 /// One healthy instance ready to connect to.
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    pub id: Arc<str>,
     pub addr: SocketAddr,
     pub weight: u32,
     /// Its health as laneway sees it (active check, passive ejection),
@@ -252,9 +251,16 @@ pub struct Upstream {
     pub state: Arc<UpstreamState>,
 }
 
+impl Upstream {
+    /// The instance's id (its health state's).
+    pub fn id(&self) -> &Arc<str> {
+        &self.state.id
+    }
+}
+
 impl PartialEq for Upstream {
     fn eq(&self, other: &Upstream) -> bool {
-        self.id == other.id
+        self.id() == other.id()
             && self.addr == other.addr
             && self.weight == other.weight
             && (Arc::ptr_eq(&self.state, &other.state)
@@ -323,7 +329,7 @@ impl Pool {
         mut members: Vec<Upstream>,
         m: &Metrics,
     ) -> Arc<Pool> {
-        members.sort_by(|a, b| a.id.cmp(&b.id));
+        members.sort_by(|a, b| a.id().cmp(b.id()));
         match previous {
             Some(p) if p.same_members(&members) => p.clone(),
             _ => Arc::new(new_pool(service, version, members, m)),
@@ -853,8 +859,6 @@ fn upstream_of(
         },
     };
     Some(Upstream {
-        // the state's copy of the id: no allocation per instance
-        id: state.id.clone(),
         addr,
         weight,
         state,
