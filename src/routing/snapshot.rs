@@ -422,7 +422,6 @@ impl Snapshot {
                 groups.len() - 1
             });
         }
-        drop(by_service);
 
         // A service whose instances are the same `Arc`s as last time keeps
         // its pools as they are; any other is grouped again.

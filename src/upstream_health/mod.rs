@@ -571,8 +571,11 @@ impl UpstreamHealth {
             let before = &last.catalog.instances;
             let mut j = 0;
             for inst in &catalog.instances {
-                while j < before.len() && *before[j].id < *inst.id {
-                    j += 1;
+                if j < before.len() && !Arc::ptr_eq(&before[j], inst) {
+                    // past the instances gone since
+                    while j < before.len() && *before[j].id < *inst.id {
+                        j += 1;
+                    }
                 }
                 if j < before.len() && Arc::ptr_eq(&before[j], inst) {
                     states.push(Some(last.states[j].clone()));
@@ -587,9 +590,8 @@ impl UpstreamHealth {
                 let found = self.found_or_made_all(inner, &unseen);
                 let made = found.iter().filter(|f| f.new.is_some()).count();
                 inner.states.reserve(made);
-                let mut found = found.into_iter();
-                for (slot, inst) in states.iter_mut().filter(|s| s.is_none()).zip(unseen) {
-                    let f = found.next().expect("one state per unseen instance");
+                let slots = states.iter_mut().filter(|s| s.is_none());
+                for ((slot, inst), f) in slots.zip(unseen).zip(found) {
                     if let Some(hash) = f.new {
                         inner.states.insert_hashed(hash, f.state.clone());
                     }
@@ -603,10 +605,14 @@ impl UpstreamHealth {
                 .map(|s| s.expect("every instance has its state"))
                 .collect()
         };
-        drop(last);
-        inner.last = Prepared {
-            catalog: catalog.clone(),
-            states: Arc::clone(&states),
+        inner.last = if same {
+            last
+        } else {
+            drop(last);
+            Prepared {
+                catalog: catalog.clone(),
+                states: Arc::clone(&states),
+            }
         };
         let instances =
             if !self.shared.ever_out.load(Ordering::Acquire) && inner.held_out.is_empty() {
