@@ -79,7 +79,24 @@ pub struct ProxyConfig {
     pub h2c_listen: Vec<SocketAddr>,
     /// Largest request body accepted (413 beyond); `None`: no limit.
     pub max_body_size: Option<u64>,
+    /// How long a client may take to send a complete request head (408 and
+    /// close beyond: slowloris).
+    pub header_timeout: Duration,
+    /// Open client connections per laneway process; beyond it new
+    /// connections are closed at once (counted) rather than exhausting
+    /// file descriptors.
+    pub max_connections: usize,
+    /// Hops through laneway instances a request may make (508 beyond).
+    pub max_hops: u8,
 }
+
+/// Default of `[proxy] header_timeout`, in seconds (nginx's
+/// `client_header_timeout` is 60 s; Pingora and HAProxy use less).
+pub const DEFAULT_HEADER_TIMEOUT_SECS: u64 = 10;
+/// Default of `[proxy] max_connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
+/// Default of `[proxy] max_hops`.
+pub const DEFAULT_MAX_HOPS: u8 = 8;
 
 /// The data plane's HTTP engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -230,6 +247,9 @@ pub struct LogConfig {
     pub access_format: LogFormat,
     /// The fields of a JSON access-log line, in order.
     pub access_fields: Vec<String>,
+    /// Where access-log lines go: `None` is standard error with the main
+    /// log; a file is appended to and reopened on SIGUSR1 (logrotate).
+    pub access_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -344,6 +364,9 @@ struct RawProxy {
     bind_entries: Option<bool>,
     h2c_listen: Option<Vec<Spanned<String>>>,
     max_body_size: Option<Spanned<protocols::RawSize>>,
+    header_timeout: Option<Spanned<String>>,
+    max_connections: Option<Spanned<usize>>,
+    max_hops: Option<Spanned<u8>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -395,6 +418,7 @@ struct RawLog {
     access_log: Option<bool>,
     access_format: Option<Spanned<String>>,
     access_fields: Option<Vec<Spanned<String>>>,
+    access_file: Option<String>,
 }
 
 impl Config {
@@ -489,6 +513,33 @@ impl Config {
             bind_entries: raw.proxy.bind_entries.unwrap_or(true),
             h2c_listen: v.h2c_listen(raw.proxy.h2c_listen),
             max_body_size: v.max_body_size(raw.proxy.max_body_size),
+            header_timeout: v.duration(
+                raw.proxy.header_timeout,
+                "header_timeout",
+                DEFAULT_HEADER_TIMEOUT_SECS,
+            ),
+            max_connections: match raw.proxy.max_connections {
+                None => DEFAULT_MAX_CONNECTIONS,
+                Some(n) if *n.get_ref() > 0 => n.into_inner(),
+                Some(n) => {
+                    v.err(
+                        n.span().start,
+                        "[proxy] max_connections must be at least 1".to_string(),
+                    );
+                    DEFAULT_MAX_CONNECTIONS
+                }
+            },
+            max_hops: match raw.proxy.max_hops {
+                None => DEFAULT_MAX_HOPS,
+                Some(n) if *n.get_ref() > 0 => n.into_inner(),
+                Some(n) => {
+                    v.err(
+                        n.span().start,
+                        "[proxy] max_hops must be at least 1".to_string(),
+                    );
+                    DEFAULT_MAX_HOPS
+                }
+            },
         };
 
         let admin = AdminConfig {
@@ -662,6 +713,7 @@ impl Config {
                     out
                 }
             },
+            access_file: raw.log.access_file.map(|f| base.join(f)),
         };
         let (health_services, protocol_services) = split_services(raw.services);
         let health_checks = v.health_checks(raw.health_checks, health_services);

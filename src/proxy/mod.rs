@@ -58,4 +58,10 @@ pub struct ProxySettings {
     pub services: Arc<services::Services>,
     /// The nginx port of each listener (`[routes.nginx_listen]`).
     pub listen_ports: Arc<ports::ListenPorts>,
+    /// Time allowed to receive a complete request head (408 beyond).
+    pub header_timeout: Duration,
+    /// Open client connections allowed; new ones beyond are shed.
+    pub max_connections: usize,
+    /// Hops through laneway instances allowed (508 beyond).
+    pub max_hops: u8,
 }
