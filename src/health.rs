@@ -72,6 +72,23 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// A request in flight that owns its reference to the health, for
+/// per-request state that must be `'static` (the Pingora engine's context).
+pub struct InFlightOwned(std::sync::Arc<InstanceHealth>);
+
+impl InFlightOwned {
+    pub fn new(health: &std::sync::Arc<InstanceHealth>) -> InFlightOwned {
+        health.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlightOwned(health.clone())
+    }
+}
+
+impl Drop for InFlightOwned {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,7 @@
 //! [`front`] serves the HTTPS ([`tls`]) and h2c listeners and hands each
 //! connection to the engine its protocol needs.
 
+pub mod exchange;
 pub mod front;
 pub mod h1;
 pub mod pingora_engine;

@@ -33,6 +33,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use tracing::{debug, info};
 
+use super::exchange::{self, UpstreamFailure};
 use super::plan::{self, LocalResponse, Plan};
 use super::{ProxySettings, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_LANEWAY_VERSION, X_REQUEST_ID};
 use crate::routing::lanes::LaneSource;
@@ -95,6 +96,10 @@ pub struct Ctx {
     https: bool,
     /// Request body bytes received so far (against `[proxy] max_body_size`).
     body_bytes: u64,
+    /// Connect failures so far (against `[proxy] connect_retries`).
+    connect_failures: usize,
+    /// Counts the request in flight (the drain waits for it).
+    _in_flight: Option<crate::health::InFlightOwned>,
 }
 
 impl Ctx {
@@ -140,10 +145,13 @@ impl ProxyHttp for Laneway {
             read_retries: 0,
             https: false,
             body_bytes: 0,
+            connect_failures: 0,
+            _in_flight: None,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        ctx._in_flight = Some(crate::health::InFlightOwned::new(&self.settings.health));
         let snap = self.snapshot.load_full();
         let req = session.req_header();
         let (host, target) = host_and_target(req);
@@ -178,25 +186,37 @@ impl ProxyHttp for Laneway {
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
-        if let (Some(max), Some(n), Ok(_)) =
-            (self.settings.max_body_size, announced, &decided.action)
-        {
-            if n > max {
-                ctx.local = Some("body_too_large");
-                self.metrics.local_response("body_too_large").inc();
-                let resp = LocalResponse::text(413, "body_too_large", body_too_large(max));
-                session.set_keepalive(None);
-                send_local(resp, session, ctx, &self.settings).await?;
-                return Ok(true);
-            }
+        if let (Some(resp), Ok(_)) = (
+            exchange::announced_too_large(&self.settings, announced),
+            &decided.action,
+        ) {
+            ctx.local = Some(resp.reason);
+            self.metrics.local_response(resp.reason).inc();
+            session.set_keepalive(None);
+            send_local(resp, session, ctx, &self.settings).await?;
+            return Ok(true);
         }
+        let expects_continue = req.version == http::Version::HTTP_11
+            && req
+                .headers
+                .get(http::header::EXPECT)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
         match decided.action {
             Ok(plan) => {
+                if expects_continue && !session.is_body_empty() {
+                    // As the h1 engine (and nginx) does: laneway answers 100
+                    // Continue itself and never forwards Expect.
+                    session.write_continue_response().await?;
+                }
                 ctx.read_retries = plan.read_retries;
                 ctx.plan = Some(plan);
                 Ok(false)
             }
             Err(resp) => {
+                if expects_continue && !session.is_body_empty() {
+                    // nothing will read the body: don't invite it
+                    session.set_keepalive(None);
+                }
                 ctx.local = Some(resp.reason);
                 self.metrics.local_response(resp.reason).inc();
                 send_local(resp, session, ctx, &self.settings).await?;
@@ -281,10 +301,15 @@ impl ProxyHttp for Laneway {
         if let Some(state) = ctx.last_state() {
             state.record_failure();
         }
+        ctx.connect_failures += 1;
         if let Some(plan) = &ctx.plan {
             plan.pool.metrics().connect_errors.inc();
-            let untried = ctx.tries < plan.pool.instances.len();
-            if untried && ctx.tries <= self.settings.connect_retries {
+            if exchange::retry_connect(
+                &self.settings,
+                ctx.connect_failures,
+                ctx.tries,
+                plan.pool.instances.len(),
+            ) {
                 debug!(peer = %peer, lane = ctx.lane_name(), "connect failed; trying another instance");
                 self.metrics.retry(0).inc();
                 e.set_retry(true);
@@ -359,6 +384,8 @@ impl ProxyHttp for Laneway {
         if let Some(host) = &plan.production_host {
             req.insert_header(HOST, host.as_str())?;
         }
+        // answered by laneway itself (request_filter)
+        req.remove_header(&http::header::EXPECT);
         for name in &plan.remove_headers {
             req.remove_header(name);
         }
@@ -525,42 +552,43 @@ impl ProxyHttp for Laneway {
                 can_reuse_downstream: session.is_body_done(),
             };
         }
-        let code = match e.etype() {
-            ErrorType::HTTPStatus(code) => *code,
-            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
-            _ => match e.esource() {
-                pingora_error::ErrorSource::Upstream => 502,
-                pingora_error::ErrorSource::Downstream => match e.etype() {
-                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
-                    _ => 400,
-                },
-                _ if ctx.plan.is_some() && ctx.tries > 0 => 502,
-                _ => 500,
-            },
+        let failure = failure_of(e, ctx);
+        let code = match (failure, e.etype()) {
+            (Some(f), _) => f.status(),
+            (None, ErrorType::HTTPStatus(code)) => *code,
+            (None, _) if e.esource() == &pingora_error::ErrorSource::Downstream => 400,
+            (None, _) if ctx.plan.is_some() && ctx.tries > 0 => 502,
+            (None, _) => 500,
         };
-        if code == 413 && session.response_written().is_none() {
-            ctx.local = Some("body_too_large");
-            self.metrics.local_response("body_too_large").inc();
-            let max = self.settings.max_body_size.unwrap_or(0);
-            let resp = LocalResponse::text(413, "body_too_large", body_too_large(max));
-            if let Err(err) = send_local(resp, session, ctx, &self.settings).await {
-                debug!(error = %err, "cannot send 413 downstream");
-            }
-            return FailToProxy {
-                error_code: 413,
-                can_reuse_downstream: false,
-            };
-        }
         if code > 0 && session.response_written().is_none() {
-            let body = upstream_error_body(
-                ctx.lane_name(),
-                ctx.target.as_deref(),
-                ctx.upstream_addr,
-                e.etype().as_str(),
-            );
-            let resp = LocalResponse::text(code, "upstream_error", body);
-            if let Err(err) = send_local(resp, session, ctx, &self.settings).await {
-                debug!(error = %err, "cannot send error response downstream");
+            let resp = match failure {
+                Some(f) => f.response(
+                    &self.settings,
+                    ctx.lane_name(),
+                    ctx.target.as_deref(),
+                    ctx.upstream_addr,
+                ),
+                None => Some(LocalResponse::text(
+                    code,
+                    if code == 400 {
+                        "bad_request"
+                    } else {
+                        "upstream_error"
+                    },
+                    upstream_error_body(
+                        ctx.lane_name(),
+                        ctx.target.as_deref(),
+                        ctx.upstream_addr,
+                        e.etype().as_str(),
+                    ),
+                )),
+            };
+            if let Some(resp) = resp {
+                ctx.local = Some(resp.reason);
+                self.metrics.local_response(resp.reason).inc();
+                if let Err(err) = send_local(resp, session, ctx, &self.settings).await {
+                    debug!(error = %err, "cannot send the error response downstream");
+                }
             }
         }
         FailToProxy {
@@ -616,6 +644,50 @@ impl ProxyHttp for Laneway {
     }
 }
 
+/// The shared name of a failed exchange ([`UpstreamFailure`]); `None` for
+/// errors that are not one (answered with their own status).
+fn failure_of(e: &Error, ctx: &Ctx) -> Option<UpstreamFailure> {
+    use pingora_error::ErrorSource;
+    let upstream = e.esource() == &ErrorSource::Upstream;
+    let answered = ctx.upstream_status != 0;
+    Some(match e.etype() {
+        ErrorType::HTTPStatus(413) => UpstreamFailure::BodyTooLarge,
+        ErrorType::ConnectTimedout => UpstreamFailure::ConnectTimedOut,
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout => UpstreamFailure::TimedOut,
+        ErrorType::ConnectRefused
+        | ErrorType::ConnectNoRoute
+        | ErrorType::ConnectError
+        | ErrorType::BindError
+        | ErrorType::SocketError
+        | ErrorType::TLSHandshakeFailure
+        | ErrorType::TLSHandshakeTimedout
+        | ErrorType::InvalidCert
+        | ErrorType::HandshakeError
+        | ErrorType::ConnectProxyFailure => {
+            if ctx.tries > 1 {
+                UpstreamFailure::NoInstanceConnected
+            } else {
+                UpstreamFailure::ConnectFailed
+            }
+        }
+        ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed
+            if e.esource() == &ErrorSource::Downstream =>
+        {
+            UpstreamFailure::ClientGone
+        }
+        ErrorType::ConnectionClosed if upstream && !answered => UpstreamFailure::ClosedBeforeAnswer,
+        ErrorType::ReadError if upstream && !answered => UpstreamFailure::ResetBeforeAnswer,
+        ErrorType::ReadError | ErrorType::ConnectionClosed if upstream => {
+            UpstreamFailure::ReadFailed
+        }
+        ErrorType::WriteError if upstream => UpstreamFailure::SendFailed,
+        ErrorType::InvalidHTTPHeader | ErrorType::H1Error | ErrorType::H2Error if upstream => {
+            UpstreamFailure::MalformedResponse
+        }
+        _ => return None,
+    })
+}
+
 /// The request's host (the Host header, else the URI's authority; `""`
 /// without either) and its target (`/path?query`).
 fn host_and_target(req: &RequestHeader) -> (&str, &str) {
@@ -628,36 +700,7 @@ fn host_and_target(req: &RequestHeader) -> (&str, &str) {
     (host, req.uri.path_and_query().map_or("/", |pq| pq.as_str()))
 }
 
-/// The answer to the LVS health path.
-pub fn health_response(settings: &ProxySettings) -> LocalResponse {
-    match settings.health.health() {
-        Ok(()) => LocalResponse::text(200, "health", "ok\n".to_string()),
-        Err(why) => LocalResponse::text(503, "health", format!("{why}\n")),
-    }
-}
-
-/// The body of a 413.
-pub fn body_too_large(max: u64) -> String {
-    format!("laneway: request body larger than [proxy] max_body_size ({max} bytes)\n")
-}
-
-/// The body of a 502/504 naming lane, service, version and upstream.
-pub fn upstream_error_body(
-    lane: &str,
-    target: Option<&Target>,
-    upstream: Option<SocketAddr>,
-    what: &str,
-) -> String {
-    match target {
-        Some(t) => format!(
-            "laneway: lane \"{lane}\": service \"{}\" version \"{}\": upstream {} failed: {what}\n",
-            t.service,
-            t.version,
-            upstream.map_or_else(|| "-".to_string(), |a| a.to_string()),
-        ),
-        None => format!("laneway: {what}\n"),
-    }
-}
+pub use super::exchange::{body_too_large, health_response, upstream_error_body};
 
 async fn send_local(
     resp: LocalResponse,

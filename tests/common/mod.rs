@@ -400,6 +400,23 @@ match = "/user/"
 service = "user-api"
 "#;
 
+/// The HTTP engine a suite runs on unless a test names one: `h1` (the
+/// default), or `$LANEWAY_ENGINE`. `scripts/test.sh` runs the engine-neutral
+/// suites a second time with `LANEWAY_ENGINE=pingora`, so both engines
+/// pass the same end-to-end tests.
+pub fn engine() -> String {
+    std::env::var("LANEWAY_ENGINE").unwrap_or_else(|_| "h1".to_string())
+}
+
+/// `proxy_extra` with `engine = ...` added when it names no engine.
+fn with_engine(proxy_extra: &str) -> String {
+    if proxy_extra.contains("engine") {
+        proxy_extra.to_string()
+    } else {
+        format!("engine = \"{}\"\n{proxy_extra}", engine())
+    }
+}
+
 impl Laneway {
     /// Starts laneway with `routes` as its rules file and `extra` appended to
     /// its configuration, in a fresh temporary directory.
@@ -416,6 +433,7 @@ impl Laneway {
     /// Starts laneway with extra `[proxy]` keys, extra `[lanes]` keys and
     /// extra sections.
     pub fn start_full(routes: &str, proxy_extra: &str, lanes: &str, extra: &str) -> Laneway {
+        let proxy_extra = &with_engine(proxy_extra);
         let tmp = tempfile::tempdir().expect("temp dir");
         let dir = tmp.path().to_path_buf();
         std::fs::write(dir.join("routes.toml"), routes).unwrap();
@@ -476,6 +494,7 @@ level = "info,pingora=warn"
         proxy_extra: &str,
         routes: &str,
     ) -> Laneway {
+        let proxy_extra = &with_engine(proxy_extra);
         let dir = tmp.path().to_path_buf();
         let proxy = listen[0];
         let list: Vec<String> = listen.iter().map(|a| format!("\"{a}\"")).collect();
