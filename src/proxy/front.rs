@@ -27,10 +27,12 @@ use tokio::io::AsyncReadExt;
 use tracing::debug;
 
 use super::h1::H1App;
+use super::pingora_conn::{self, ConnTimeouts};
 use super::pingora_engine::Laneway;
 use super::stream::Wrapped;
 use super::tls::Terminator;
 use crate::config::Engine;
+use crate::telemetry::Metrics;
 
 /// The HTTP/2 connection preface of a client.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -42,8 +44,10 @@ pub struct Front {
     pub engine: Engine,
     /// `Some` on HTTPS listeners.
     pub tls: Option<Arc<Terminator>>,
-    /// How long to wait for a client's first bytes on an h2c listener.
-    pub idle: std::time::Duration,
+    /// The time limits of connections the Pingora engine serves; `head`
+    /// also bounds the wait for a client's first bytes on an h2c listener.
+    pub timeouts: ConnTimeouts,
+    pub metrics: Arc<Metrics>,
 }
 
 #[async_trait]
@@ -59,7 +63,8 @@ impl ServerApp for Front {
         };
         let h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
         if h2 || self.engine == Engine::Pingora {
-            serve_pingora(&self.pingora, stream, shutdown).await;
+            let metrics = Some(&*self.metrics);
+            pingora_conn::serve(&self.pingora, stream, shutdown, self.timeouts, metrics).await;
         } else {
             // The h1 engine serves the whole connection and returns nothing.
             self.h1.process_new(stream, shutdown).await;
@@ -81,7 +86,7 @@ impl Front {
             if n == H2_PREFACE.len() {
                 break true;
             }
-            match tokio::time::timeout(self.idle, stream.read_buf(&mut buf)).await {
+            match tokio::time::timeout(self.timeouts.head, stream.read_buf(&mut buf)).await {
                 Ok(Ok(n)) if n > 0 => {}
                 _ => {
                     debug!("h2c listener: connection ended before a request");
@@ -97,16 +102,21 @@ impl Front {
     }
 }
 
-/// Serves a connection with the Pingora engine until it closes (HTTP/2
-/// sessions are served whole; HTTP/1.x connections come back after each
-/// request while they can be reused).
+/// Serves a connection the h1 engine hands over (its first request goes
+/// to a `[services]` upstream) with the Pingora engine until it closes,
+/// through [`pingora_conn::serve`]. The first request's head was read
+/// under the h1 engine's limits; later ones get `client_keepalive` as
+/// their idle timeout (kept in the proxy's HTTP/2 options) and the default
+/// `header_timeout`, as this hand-off does not carry the settings.
 pub async fn serve_pingora(
     app: &Arc<HttpProxy<Laneway>>,
     stream: Stream,
     shutdown: &ShutdownWatch,
 ) {
-    let mut next = Some(stream);
-    while let Some(stream) = next {
-        next = ServerApp::process_new(app, stream, shutdown).await;
-    }
+    let idle = app.server_options.as_ref().and_then(|o| o.h2_idle_timeout);
+    let timeouts = ConnTimeouts {
+        idle: idle.unwrap_or(std::time::Duration::from_secs(60)),
+        head: std::time::Duration::from_secs(crate::config::DEFAULT_HEADER_TIMEOUT_SECS),
+    };
+    pingora_conn::serve(app, stream, shutdown, timeouts, None).await;
 }

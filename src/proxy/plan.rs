@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::header::{HeaderName, CONTENT_TYPE};
 use http::HeaderMap;
 
-use super::ProxySettings;
+use super::{hops, ProxySettings};
 use crate::routing::lanes::{self, LaneSource};
 use crate::routing::rules::{Decision, ErrorCodes, RequestInfo};
 use crate::routing::snapshot::{LaneView, Pool, Snapshot, Target};
@@ -154,8 +154,20 @@ pub fn decide(snap: &Snapshot, settings: &ProxySettings, req: &Incoming<'_>) -> 
             )),
             Some(t) => {
                 target = Some(t.clone());
-                match &t.pool {
-                    Ok(pool) => Ok(Plan {
+                // (checked only for a request about to be forwarded: a local
+                // answer cannot loop)
+                let looped =
+                    t.pool.as_ref().ok().and_then(|_| {
+                        hops::check(headers, &settings.instance_id, settings.max_hops)
+                    });
+                match (&t.pool, looped) {
+                    (Ok(_), Some(why)) => Err(hops::loop_response(
+                        why,
+                        &lane.name,
+                        service,
+                        &settings.instance_id,
+                    )),
+                    (Ok(pool), None) => Ok(Plan {
                         pool: pool.clone(),
                         upstream_target,
                         production_host,
@@ -172,7 +184,7 @@ pub fn decide(snap: &Snapshot, settings: &ProxySettings, req: &Incoming<'_>) -> 
                         intercept: intercept.copied(),
                         as_get,
                     }),
-                    Err(msg) => Err(LocalResponse::text(
+                    (Err(msg), _) => Err(LocalResponse::text(
                         503,
                         if lane.strict { "strict" } else { "no_instance" },
                         format!("laneway: {msg}\n"),
