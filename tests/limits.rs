@@ -322,6 +322,9 @@ fn hop_marker_and_max_hops(engine_name: &str) {
         .to_string();
     assert_eq!(own.len(), 8, "{engine_name}: {own}");
     assert!(own.bytes().all(|b| b.is_ascii_hexdigit()), "{own}");
+    let (_, status) = lw.api("GET", "/api/v1/status", None);
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["instance"], own.as_str(), "the status names the id");
 
     let r = lw.get("shop.example.com", "/", &[("X-Laneway-Via", "a1, a2, a3")]);
     assert_eq!(r.status, 200, "{engine_name}: {}", r.body);

@@ -12,8 +12,10 @@
 //! route, version, header edits, retries, errors, metrics) for HTTP/1.x,
 //! and Pingora's server and connectors speak HTTP/2 on both sides with
 //! trailers and streaming bodies. A third engine on hyper would duplicate
-//! that logic for a protocol that is a small share of test traffic. Request
-//! path.
+//! that logic for a protocol that is a small share of test traffic.
+//!
+//! Connections handed to the Pingora engine get laneway's request-head and
+//! keep-alive timeouts ([`super::pingora_conn`]). Request path.
 
 use std::sync::Arc;
 

@@ -1,6 +1,8 @@
 //! What to do with a request, decided once per request from one snapshot:
 //! the lane, the matched rule, the target version and its pool, and the
-//! header edits. Shared by both HTTP engines; request path, no I/O.
+//! header edits; a request that loops through laneway is answered 508
+//! instead ([`super::hops`]). Shared by both HTTP engines; request path, no
+//! I/O.
 
 use std::sync::Arc;
 use std::time::Duration;
