@@ -67,7 +67,7 @@ pub fn class_index(status: u16) -> usize {
 
 /// Why laneway answered a request itself: the `reason` label of
 /// `laneway_local_responses_total`, children resolved at start.
-pub const LOCAL_REASONS: [&str; 10] = [
+pub const LOCAL_REASONS: [&str; 12] = [
     "not_found",
     "return",
     "redirect",
@@ -77,6 +77,8 @@ pub const LOCAL_REASONS: [&str; 10] = [
     "upstream_error",
     "free_entry",
     "body_too_large",
+    "loop",
+    "header_timeout",
     "other",
 ];
 
@@ -97,8 +99,8 @@ pub struct Metrics {
     pub request_duration: HistogramVec,
     /// Failed connection attempts to instances of a (service, version).
     pub upstream_connect_errors: IntCounterVec,
-    /// Requests answered without an upstream: by reason (`not_found`,
-    /// `return`, `redirect`, `no_instance`, `strict`, `bad_request`).
+    /// Requests answered without an upstream: by reason (see
+    /// [`LOCAL_REASONS`]; `loop` is a 508, `header_timeout` a 408).
     pub local_responses: IntCounterVec,
     local_by_reason: Vec<IntCounter>,
     pub snapshot_swaps: IntCounter,
@@ -124,6 +126,8 @@ pub struct Metrics {
     retries_by_reason: Vec<IntCounter>,
     /// Client connections open on the data plane.
     pub active_connections: IntGauge,
+    /// Client connections closed at once beyond `[proxy] max_connections`.
+    pub connections_shed: IntCounter,
     /// Seconds since the serving snapshot was built (set when scraped).
     pub snapshot_age: Gauge,
     /// Seconds since discovery last heard from its source (0 in embedded
@@ -337,6 +341,11 @@ impl Metrics {
                 "Client connections open on the data plane",
             )
             .expect("metric definition"),
+            connections_shed: IntCounter::new(
+                "laneway_connections_shed_total",
+                "Client connections closed at once because [proxy] max_connections were open",
+            )
+            .expect("metric definition"),
             snapshot_age: Gauge::new(
                 "laneway_snapshot_age_seconds",
                 "Seconds since the serving snapshot was built",
@@ -401,6 +410,7 @@ impl Metrics {
             Box::new(self.health_checks.clone()),
             Box::new(self.upstream_retries.clone()),
             Box::new(self.active_connections.clone()),
+            Box::new(self.connections_shed.clone()),
             Box::new(self.snapshot_age.clone()),
             Box::new(self.discovery_staleness.clone()),
             Box::new(self.tls.handshakes.clone()),

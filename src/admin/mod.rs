@@ -152,6 +152,8 @@ async fn status(State(c): State<Arc<Control>>) -> Json<serde_json::Value> {
     let age = snap.built_at.elapsed().map_or(0.0, |d| d.as_secs_f64());
     Json(json!({
         "ready": c.ready(),
+        // the id this process adds to x-laneway-via (named by its 508s)
+        "instance": &*crate::proxy::hops::process_instance_id(),
         "snapshot": {"generation": snap.generation, "age_seconds": age},
         "lanes": snap.lane_count(),
         "instances": c.catalog().await.len(),

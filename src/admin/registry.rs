@@ -1,7 +1,8 @@
 //! The embedded registry's endpoints, compatible with Consul's agent API
 //! (`/v1/agent/service/register`, `…/deregister/<id>`, `/v1/agent/check/…`)
 //! so deploy tooling written for Consul works unchanged, plus
-//! `/api/v1/instances`.
+//! `/api/v1/instances`. An instance at one of laneway's own listeners is
+//! refused with 400 naming the listener ([`OwnListeners`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use serde_json::Value;
 
 use super::{ApiError, PUBLISH_WAIT};
 use crate::control::Control;
+use crate::discovery::own::OwnListeners;
 use crate::discovery::register::parse_registration;
 use crate::discovery::registry::RegistryError;
 use crate::discovery::Health;
@@ -42,6 +44,16 @@ pub async fn register(State(c): State<Arc<Control>>, body: Bytes) -> Result<(), 
             .inc();
         ApiError::bad_request(format!("invalid service registration: {e}"))
     })?;
+    if let Some(own) = OwnListeners::from_config(&c.config).find(&instance.address, instance.port) {
+        c.metrics
+            .admin_rejects
+            .with_label_values(&["register"])
+            .inc();
+        return Err(ApiError::bad_request(format!(
+            "instance \"{}\" of service \"{}\" at {}:{} is laneway's own {own}: requests to it would come back to laneway in a loop; register the address the service itself listens on",
+            instance.id, instance.service, instance.address, instance.port
+        )));
+    }
     let changed = c.registry.lock().await.register(instance)?;
     if changed {
         c.reconcile_auto_lanes().await;

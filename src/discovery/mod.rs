@@ -5,6 +5,7 @@
 //! snapshot.
 
 pub mod consul;
+pub mod own;
 pub mod register;
 pub mod registry;
 

@@ -12,8 +12,10 @@
 //! route, version, header edits, retries, errors, metrics) for HTTP/1.x,
 //! and Pingora's server and connectors speak HTTP/2 on both sides with
 //! trailers and streaming bodies. A third engine on hyper would duplicate
-//! that logic for a protocol that is a small share of test traffic. Request
-//! path.
+//! that logic for a protocol that is a small share of test traffic.
+//!
+//! Connections handed to the Pingora engine get laneway's request-head and
+//! keep-alive timeouts ([`super::pingora_conn`]). Request path.
 
 use std::sync::Arc;
 
@@ -27,10 +29,12 @@ use tokio::io::AsyncReadExt;
 use tracing::debug;
 
 use super::h1::H1App;
+use super::pingora_conn::{self, ConnTimeouts};
 use super::pingora_engine::Laneway;
 use super::stream::Wrapped;
 use super::tls::Terminator;
 use crate::config::Engine;
+use crate::telemetry::Metrics;
 
 /// The HTTP/2 connection preface of a client.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -42,8 +46,10 @@ pub struct Front {
     pub engine: Engine,
     /// `Some` on HTTPS listeners.
     pub tls: Option<Arc<Terminator>>,
-    /// How long to wait for a client's first bytes on an h2c listener.
-    pub idle: std::time::Duration,
+    /// The time limits of connections the Pingora engine serves; `head`
+    /// also bounds the wait for a client's first bytes on an h2c listener.
+    pub timeouts: ConnTimeouts,
+    pub metrics: Arc<Metrics>,
 }
 
 #[async_trait]
@@ -59,7 +65,8 @@ impl ServerApp for Front {
         };
         let h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
         if h2 || self.engine == Engine::Pingora {
-            serve_pingora(&self.pingora, stream, shutdown).await;
+            let metrics = Some(&*self.metrics);
+            pingora_conn::serve(&self.pingora, stream, shutdown, self.timeouts, metrics).await;
         } else {
             // The h1 engine serves the whole connection and returns nothing.
             self.h1.process_new(stream, shutdown).await;
@@ -81,7 +88,7 @@ impl Front {
             if n == H2_PREFACE.len() {
                 break true;
             }
-            match tokio::time::timeout(self.idle, stream.read_buf(&mut buf)).await {
+            match tokio::time::timeout(self.timeouts.head, stream.read_buf(&mut buf)).await {
                 Ok(Ok(n)) if n > 0 => {}
                 _ => {
                     debug!("h2c listener: connection ended before a request");
@@ -94,19 +101,5 @@ impl Front {
             .with_prefix(buf.freeze())
             .with_alpn(is_h2.then_some(ALPN::H2));
         Some(Box::new(wrapped))
-    }
-}
-
-/// Serves a connection with the Pingora engine until it closes (HTTP/2
-/// sessions are served whole; HTTP/1.x connections come back after each
-/// request while they can be reused).
-pub async fn serve_pingora(
-    app: &Arc<HttpProxy<Laneway>>,
-    stream: Stream,
-    shutdown: &ShutdownWatch,
-) {
-    let mut next = Some(stream);
-    while let Some(stream) = next {
-        next = ServerApp::process_new(app, stream, shutdown).await;
     }
 }

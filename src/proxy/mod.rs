@@ -8,11 +8,17 @@
 //!   TLS or HTTP/2 ([`services`]).
 //!
 //! [`front`] serves the HTTPS ([`tls`]) and h2c listeners and hands each
-//! connection to the engine its protocol needs.
+//! connection to the engine its protocol needs. [`limits`] caps the open
+//! client connections of every listener; [`pingora_conn`] reads request
+//! heads for the Pingora engine under laneway's time limits; [`hops`]
+//! stops requests that loop through laneway.
 
 pub mod exchange;
 pub mod front;
 pub mod h1;
+pub mod hops;
+pub mod limits;
+pub mod pingora_conn;
 pub mod pingora_engine;
 pub mod plan;
 pub mod ports;
@@ -65,4 +71,6 @@ pub struct ProxySettings {
     pub max_connections: usize,
     /// Hops through laneway instances allowed (508 beyond).
     pub max_hops: u8,
+    /// This laneway process in the hop marker ([`hops`]).
+    pub instance_id: Arc<str>,
 }

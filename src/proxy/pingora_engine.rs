@@ -34,6 +34,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use tracing::{debug, info};
 
 use super::exchange::{self, UpstreamFailure};
+use super::hops::X_LANEWAY_VIA;
 use super::plan::{self, LocalResponse, Plan};
 use super::{ProxySettings, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_LANEWAY_VERSION, X_REQUEST_ID};
 use crate::routing::lanes::LaneSource;
@@ -411,6 +412,8 @@ impl ProxyHttp for Laneway {
         if req.headers.get(&X_REQUEST_ID).is_none() {
             req.insert_header(X_REQUEST_ID.clone(), plan::new_request_id())?;
         }
+        // the hop marker: this instance after those already listed
+        req.append_header(X_LANEWAY_VIA.clone(), &*self.settings.instance_id)?;
         if let Some(lane) = &ctx.lane {
             req.insert_header(self.settings.lanes.header.clone(), &*lane.name)?;
             let baggage = crate::routing::lanes::baggage_with_lane(

@@ -1,6 +1,8 @@
 //! What to do with a request, decided once per request from one snapshot:
 //! the lane, the matched rule, the target version and its pool, and the
-//! header edits. Shared by both HTTP engines; request path, no I/O.
+//! header edits; a request that loops through laneway is answered 508
+//! instead ([`super::hops`]). Shared by both HTTP engines; request path, no
+//! I/O.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +11,7 @@ use bytes::Bytes;
 use http::header::{HeaderName, CONTENT_TYPE};
 use http::HeaderMap;
 
-use super::ProxySettings;
+use super::{hops, ProxySettings};
 use crate::routing::lanes::{self, LaneSource};
 use crate::routing::rules::{Decision, ErrorCodes, RequestInfo};
 use crate::routing::snapshot::{LaneView, Pool, Snapshot, Target};
@@ -154,8 +156,20 @@ pub fn decide(snap: &Snapshot, settings: &ProxySettings, req: &Incoming<'_>) -> 
             )),
             Some(t) => {
                 target = Some(t.clone());
-                match &t.pool {
-                    Ok(pool) => Ok(Plan {
+                // (checked only for a request about to be forwarded: a local
+                // answer cannot loop)
+                let looped =
+                    t.pool.as_ref().ok().and_then(|_| {
+                        hops::check(headers, &settings.instance_id, settings.max_hops)
+                    });
+                match (&t.pool, looped) {
+                    (Ok(_), Some(why)) => Err(hops::loop_response(
+                        why,
+                        &lane.name,
+                        service,
+                        &settings.instance_id,
+                    )),
+                    (Ok(pool), None) => Ok(Plan {
                         pool: pool.clone(),
                         upstream_target,
                         production_host,
@@ -172,7 +186,7 @@ pub fn decide(snap: &Snapshot, settings: &ProxySettings, req: &Incoming<'_>) -> 
                         intercept: intercept.copied(),
                         as_get,
                     }),
-                    Err(msg) => Err(LocalResponse::text(
+                    (Err(msg), _) => Err(LocalResponse::text(
                         503,
                         if lane.strict { "strict" } else { "no_instance" },
                         format!("laneway: {msg}\n"),

@@ -12,6 +12,8 @@ use pingora_core::services::listening::Service;
 
 use super::front::Front;
 use super::h1::H1App;
+use super::limits::{ConnLimit, Limited};
+use super::pingora_conn::{self, ConnTimeouts, PingoraConn};
 use super::pingora_engine::Laneway;
 use super::tls::{CertStore, Terminator};
 use super::ProxySettings;
@@ -70,6 +72,7 @@ pub fn settings(control: &Control) -> ProxySettings {
         header_timeout: cfg.proxy.header_timeout,
         max_connections: cfg.proxy.max_connections,
         max_hops: cfg.proxy.max_hops,
+        instance_id: super::hops::process_instance_id(),
         upstream_keepalive: (cfg.proxy.upstream_keepalive / cfg.proxy.threads).max(1),
         max_body_size: cfg.proxy.max_body_size,
         services: Arc::new(Default::default()),
@@ -89,8 +92,9 @@ pub fn settings(control: &Control) -> ProxySettings {
 /// where a multi-threaded work-stealing runtime spent its time).
 ///
 /// `[tls] listen` and `[proxy] h2c_listen` get a [`Front`] per worker in
-/// the same way. Fails, naming the file, when the default certificate or a
-/// `[services]` CA file cannot be loaded.
+/// the same way. Every listener's connections count against one
+/// `[proxy] max_connections` ([`ConnLimit`]). Fails, naming the file, when
+/// the default certificate or a `[services]` CA file cannot be loaded.
 pub fn build(control: &Arc<Control>, upgrade: bool) -> Result<Server, ServerError> {
     let cfg = &control.config;
     let services = Arc::new(super::services::compile(&cfg.services)?);
@@ -133,6 +137,16 @@ pub fn build(control: &Arc<Control>, upgrade: bool) -> Result<Server, ServerErro
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
+    // one limit for every worker and listener of the process
+    let limit = ConnLimit::new(
+        cfg.proxy.max_connections,
+        control.metrics.connections_shed.clone(),
+    );
+    info!(
+        instance = %super::hops::process_instance_id(),
+        max_connections = cfg.proxy.max_connections,
+        "data plane instance (its id marks forwarded requests in x-laneway-via)"
+    );
     for worker in 0..cfg.proxy.threads {
         let name = format!("laneway-{worker}");
         let (snapshot, mut settings, metrics) = (
@@ -141,22 +155,30 @@ pub fn build(control: &Arc<Control>, upgrade: bool) -> Result<Server, ServerErro
             control.metrics.clone(),
         );
         settings.services = services.clone();
+        let timeouts = ConnTimeouts::of(&settings);
         // Serves HTTP/2 and requests to TLS/HTTP/2 upstreams for the h1
         // engine and the fronts.
-        let pingora = Arc::new(pingora_proxy::http_proxy(
+        let pingora = Arc::new(pingora_conn::proxy(
             &server.configuration,
             Laneway::new(snapshot.clone(), settings.clone(), metrics.clone()),
+            timeouts.idle,
         ));
         let h1 = || {
             H1App::new(snapshot.clone(), settings.clone(), metrics.clone())
                 .with_handoff(pingora.clone())
         };
-        let front = |tls: Option<Arc<Terminator>>| Front {
-            h1: Arc::new(h1()),
-            pingora: pingora.clone(),
-            engine: cfg.proxy.engine,
-            tls,
-            idle: cfg.proxy.client_keepalive,
+        // TLS and h2c connections are shed without an answer: a plain
+        // HTTP/1 503 means nothing to a TLS or HTTP/2 client.
+        let front = |tls: Option<Arc<Terminator>>| {
+            let front = Front {
+                h1: Arc::new(h1()),
+                pingora: pingora.clone(),
+                engine: cfg.proxy.engine,
+                tls,
+                timeouts,
+                metrics: metrics.clone(),
+            };
+            Limited::new(Arc::new(front), limit.clone(), false)
         };
         if let (Some(tls), Some(t)) = (&cfg.tls, &terminator) {
             let mut service = Service::new(format!("laneway-tls-{worker}"), front(Some(t.clone())));
@@ -174,19 +196,26 @@ pub fn build(control: &Arc<Control>, upgrade: bool) -> Result<Server, ServerErro
         }
         match cfg.proxy.engine {
             Engine::H1 => {
-                let mut service = Service::new(name, h1());
+                let app = Limited::new(Arc::new(h1()), limit.clone(), true);
+                let mut service = Service::new(name, app);
                 // The engine buffers reads and coalesces writes itself: the
                 // socket's own buffers would only add a copy each way.
                 listen(&mut service, cfg, worker, L4BufferSettings::unbuffered());
                 server.add_service(service);
             }
             Engine::Pingora => {
-                let proxy = Laneway::new(snapshot, settings, metrics);
-                let mut service = pingora_proxy::http_proxy_service_with_name(
+                let proxy = pingora_conn::proxy(
                     &server.configuration,
-                    proxy,
-                    &name,
+                    Laneway::new(snapshot, settings, metrics.clone()),
+                    timeouts.idle,
                 );
+                let app = PingoraConn {
+                    proxy: Arc::new(proxy),
+                    timeouts,
+                    metrics,
+                };
+                let app = Limited::new(Arc::new(app), limit.clone(), true);
+                let mut service = Service::new(name, app);
                 listen(&mut service, cfg, worker, L4BufferSettings::default());
                 server.add_service(service);
             }

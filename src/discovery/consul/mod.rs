@@ -19,6 +19,10 @@
 //! service's previous instances; nothing is ever emptied by an error. The
 //! catalog is persisted under `data_dir` so a restart while Consul is down
 //! serves what was last known.
+//!
+//! An instance registered at one of laneway's own listeners
+//! ([`OwnListeners`]) is skipped, counted and logged: requests to it would
+//! loop back into laneway.
 
 pub mod client;
 pub mod entries;
@@ -44,6 +48,7 @@ use self::pace::{blocking_loop, Backoff, Round};
 use crate::allocation::file::{read_json, write_atomic};
 use crate::allocation::pools::unix_now_ms;
 use crate::config::{Config, ConsulConfig};
+use crate::discovery::own::OwnListeners;
 use crate::discovery::{Catalog, Instance};
 use crate::telemetry::Metrics;
 
@@ -73,6 +78,9 @@ pub struct ConsulMetrics {
     pub catalog_updates: IntCounter,
     pub services_fetched: IntCounter,
     pub kv_conflicts: IntCounter,
+    /// Instances skipped because they are registered at one of laneway's
+    /// own listeners.
+    pub own_listener_skipped: IntCounter,
 }
 
 impl ConsulMetrics {
@@ -122,6 +130,11 @@ impl ConsulMetrics {
                 "Lane-store writes to Consul KV that lost a check-and-set race and were retried",
             )
             .expect("metric definition"),
+            own_listener_skipped: IntCounter::new(
+                "laneway_discovery_own_listener_skipped_total",
+                "Consul instances skipped (each time their service is fetched) because they are registered at one of laneway's own listeners",
+            )
+            .expect("metric definition"),
         };
         for c in [
             Box::new(m.requests.clone()) as Box<dyn prometheus::core::Collector>,
@@ -132,6 +145,7 @@ impl ConsulMetrics {
             Box::new(m.catalog_updates.clone()),
             Box::new(m.services_fetched.clone()),
             Box::new(m.kv_conflicts.clone()),
+            Box::new(m.own_listener_skipped.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -176,6 +190,8 @@ pub struct ConsulDiscovery {
     cache_path: PathBuf,
     cache_loaded: bool,
     persist: Notify,
+    /// laneway's own listeners: an instance at one of them is skipped.
+    own: OwnListeners,
 }
 
 impl ConsulDiscovery {
@@ -217,6 +233,7 @@ impl ConsulDiscovery {
             cache_path,
             cache_loaded,
             persist: Notify::new(),
+            own: OwnListeners::from_config(config),
             cfg,
         }))
     }
@@ -609,10 +626,12 @@ impl ConsulDiscovery {
             };
             match result {
                 Ok((entries, _)) => {
-                    let (list, skipped) = entries::instances(entries.unwrap_or_default(), labels);
+                    let (mut list, skipped) =
+                        entries::instances(entries.unwrap_or_default(), labels);
                     for why in skipped {
                         warn!(service = %service, instance = %why, "Consul instance skipped");
                     }
+                    self.skip_own(&service, &mut list);
                     ok.push((service, list));
                 }
                 Err(e) => {
@@ -626,6 +645,31 @@ impl ConsulDiscovery {
             self.last_contact_ms.store(now, Ordering::Relaxed);
         }
         (ok, failed)
+    }
+
+    /// Drops the instances of `service` registered at one of laneway's own
+    /// listeners: requests to them would loop back into laneway. Each is
+    /// counted and logged, except this laneway's own registration in
+    /// Consul (`register_self`), which is expected and skipped quietly.
+    fn skip_own(&self, service: &str, list: &mut Vec<Instance>) {
+        list.retain(|i| {
+            let Some(own) = self.own.find(&i.address, i.port) else {
+                return true;
+            };
+            if self.cfg.register_self && service == self.cfg.service_name {
+                debug!(service, instance = %i.id, listener = %own, "laneway's own registration is not an upstream");
+            } else {
+                self.metrics.own_listener_skipped.inc();
+                warn!(
+                    service,
+                    instance = %i.id,
+                    address = %format_args!("{}:{}", i.address, i.port),
+                    listener = %own,
+                    "Consul instance at laneway's own listener skipped: requests to it would loop back into laneway; register the service's own address"
+                );
+            }
+            false
+        });
     }
 
     /// Writes the catalog to `data_dir` after changes, at most once a second.

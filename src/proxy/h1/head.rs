@@ -101,6 +101,8 @@ impl H1App {
             push_header(out, b"x-request-id", &id);
         }
         push_header(out, lane_header.as_str().as_bytes(), lane.name.as_bytes());
+        // the hop marker (proxy::hops): this instance after those listed
+        push_header(out, b"x-laneway-via", self.settings.instance_id.as_bytes());
         // The lane also goes in W3C baggage, other members kept.
         out.extend_from_slice(b"baggage: ");
         let existing = s

@@ -140,7 +140,14 @@ impl ServerApp for H1App {
         if let (Some(replay), Some(pingora)) = (conn.handoff.take(), &self.handoff) {
             let facts = super::stream::Wrapped::new((), &*conn.io);
             let stream = super::stream::Wrapped::new(conn.io, &facts).with_prefix(replay);
-            super::front::serve_pingora(pingora, Box::new(stream), shutdown).await;
+            super::pingora_conn::serve(
+                pingora,
+                Box::new(stream),
+                shutdown,
+                super::pingora_conn::ConnTimeouts::of(&self.settings),
+                Some(&self.metrics),
+            )
+            .await;
         }
         None
     }
