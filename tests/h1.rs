@@ -179,7 +179,7 @@ fn upgrade_tunnels_both_ways() {
             }
         }
         w.write_all(
-            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: echo\r\nconnection: upgrade\r\n\r\n",
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n",
         )
         .unwrap();
         // Echo one line back, upper-cased.
@@ -191,7 +191,7 @@ fn upgrade_tunnels_both_ways() {
     lw.register("web-1", "web", None, port);
     let mut s = TcpStream::connect(lw.proxy).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"GET /ws HTTP/1.1\r\nhost: shop.example.com\r\nupgrade: echo\r\nconnection: upgrade\r\n\r\n").unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nhost: shop.example.com\r\nupgrade: websocket\r\nconnection: upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n").unwrap();
     let mut r = BufReader::new(s.try_clone().unwrap());
     let mut status = String::new();
     r.read_line(&mut status).unwrap();
@@ -209,9 +209,40 @@ fn upgrade_tunnels_both_ways() {
     assert_eq!(echoed, "PING THROUGH LANEWAY\n");
     let head = up.join().unwrap().to_ascii_lowercase();
     assert!(
-        head.contains("upgrade: echo") && head.contains("connection: upgrade"),
+        head.contains("upgrade: websocket") && head.contains("connection: upgrade"),
         "{head}"
     );
+}
+
+/// Only WebSocket upgrades are tunnelled (as Pingora's standard policy):
+/// `Upgrade: h2c` through a proxy is the h2c smuggling vector, and any
+/// other token is dropped with `Connection` and the fields it nominates,
+/// so the upstream answers a plain request.
+#[test]
+fn only_websocket_upgrades_go_upstream() {
+    let lw = Laneway::start(SIMPLE_ROUTES, "");
+    let up = Upstream::start("echo");
+    lw.register("web-1", "web", None, up.port());
+    for token in ["h2c", "echo"] {
+        let r = lw.get(
+            "shop.example.com",
+            "/u",
+            &[
+                ("upgrade", token),
+                ("connection", "Upgrade, HTTP2-Settings, X-Secret"),
+                ("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA"),
+                ("x-secret", "1"),
+            ],
+        );
+        assert_eq!(r.status, 200, "{token}: {}", r.body);
+        let seen = &r.json()["headers"];
+        for name in ["upgrade", "http2-settings", "x-secret"] {
+            assert!(
+                seen.get(name).is_none(),
+                "{token}: {name} forwarded: {seen}"
+            );
+        }
+    }
 }
 
 #[test]
@@ -243,20 +274,41 @@ fn a_stale_pooled_connection_is_retried_transparently() {
 }
 
 #[test]
-fn close_delimited_responses_end_the_client_connection() {
+fn close_delimited_responses_are_chunked_for_http11_clients_and_closed_for_http10() {
     let lw = Laneway::start(SIMPLE_ROUTES, "");
-    let (port, _up) = raw_upstream(
-        b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil close",
-        true,
-    );
+    // An upstream that answers every connection with a body ended by its close.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { continue };
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut w = s;
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+            }
+            let _ = w.write_all(b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil close");
+        }
+    });
     lw.register("web-1", "web", None, port);
-    let out = raw(&lw, b"GET / HTTP/1.1\r\nhost: shop.example.com\r\n\r\n");
+    // HTTP/1.1: re-framed as chunked (as nginx does), the connection kept.
+    let mut conn = Conn::open(lw.proxy).unwrap();
+    for _ in 0..2 {
+        let r = conn
+            .request("GET", "/", &[("host", "shop.example.com")], b"")
+            .unwrap();
+        assert_eq!((r.status, r.body.as_str()), (200, "until close"));
+        assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    }
+    // HTTP/1.0: close-delimited, and the connection closed.
+    let out = raw(&lw, b"GET / HTTP/1.0\r\nhost: shop.example.com\r\n\r\n");
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    assert!(
-        out.to_ascii_lowercase().contains("connection: close"),
-        "{out}"
-    );
-    assert!(out.ends_with("until close"), "{out}");
+    let lower = out.to_ascii_lowercase();
+    assert!(!lower.contains("transfer-encoding"), "{out}");
+    assert!(out.ends_with("\r\n\r\nuntil close"), "{out}");
 }
 
 #[test]

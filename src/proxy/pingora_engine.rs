@@ -501,10 +501,20 @@ impl ProxyHttp for Laneway {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if session.req_header().version == http::Version::HTTP_10
+            && !resp.headers.contains_key(CONTENT_LENGTH)
+            && resp.status.as_u16() != 101
+        {
+            // HTTP/1.0 knows no chunked coding (RFC 9112 §6.1): a body of
+            // unknown length ends with the connection, as the h1 engine
+            // sends it.
+            resp.remove_header(&http::header::TRANSFER_ENCODING);
+            session.set_keepalive(None);
+        }
         if let Some(code) = ctx.plan.as_ref().and_then(|p| p.status) {
             // an error page's status replaces the upstream's
             if code != resp.status.as_u16() && resp.status.as_u16() != 101 {
