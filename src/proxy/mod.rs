@@ -12,6 +12,7 @@
 
 pub mod front;
 pub mod h1;
+pub mod http1;
 pub mod pingora_engine;
 pub mod plan;
 pub mod ports;
