@@ -866,6 +866,16 @@ fn request_cases() -> Vec<Case> {
         ),
         reject("HTTP/1.1 without Host", get_with("X-A: 1"), &[400]),
         forward(
+            "absolute-form target with a Host that agrees",
+            "GET http://internal.test/a?x=1 HTTP/1.1\r\nHost: internal.test\r\nConnection: close\r\n\r\n",
+            |_, seen| {
+                let s = only(seen)?;
+                expect("routed as internal.test", s.upstream == "internal", s)?;
+                expect("origin-form /a?x=1", s.target == "/a?x=1", s)?;
+                expect("Host: internal.test", s.values("host") == ["internal.test"], s)
+            },
+        ),
+        forward(
             "absolute-form target: its authority wins over Host",
             "GET http://internal.test/a HTTP/1.1\r\nHost: example.test\r\nConnection: close\r\n\r\n",
             |resp, seen| {
