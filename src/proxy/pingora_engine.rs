@@ -144,6 +144,17 @@ impl ProxyHttp for Laneway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if let Some(r) = refused_head(session) {
+            // the framing rules the h1 engine applies, so that both answer
+            // the same status
+            ctx.local = Some("bad_request");
+            self.metrics.local_response("bad_request").inc();
+            debug!(status = r.status(), problem = %r, "request refused");
+            let resp = LocalResponse::text(r.status(), "bad_request", format!("laneway: {r}\n"));
+            session.set_keepalive(None);
+            send_local(resp, session, ctx, &self.settings).await?;
+            return Ok(true);
+        }
         let snap = self.snapshot.load_full();
         let req = session.req_header();
         let (host, target) = host_and_target(req);
@@ -614,6 +625,16 @@ impl ProxyHttp for Laneway {
             error = e.map(|e| e.etype().as_str()).unwrap_or("-"),
         );
     }
+}
+
+/// Why an HTTP/1 request head breaks laneway's framing rules
+/// ([`super::http1`]), checked on the raw head Pingora read. Pingora's
+/// server refuses several cases itself (with 400); this catches the rest
+/// (a missing Host, both Content-Length and Transfer-Encoding, codings
+/// other than `chunked`, the limits, ...).
+fn refused_head(session: &Session) -> Option<super::http1::Reject> {
+    let h1 = session.as_downstream().as_http1()?;
+    super::http1::parse_request_head(&h1.get_headers_raw_bytes()).err()
 }
 
 /// The request's host (the Host header, else the URI's authority; `""`

@@ -104,6 +104,11 @@ impl Reject {
         self.status
     }
 
+    /// What was wrong (the [`fmt::Display`] text).
+    pub fn what(&self) -> &'static str {
+        self.what
+    }
+
     /// The same problem, found in an upstream's response: 502.
     pub(crate) const fn upstream(self) -> Reject {
         Reject {

@@ -169,7 +169,9 @@ fn request_facts() {
 
 #[test]
 fn response_table() {
-    let table: &[(&str, &[u8], Result<(u16, Framing, bool), ()>)] = &[
+    /// status, framing, keep-alive; `Err` for a 502
+    type Want = Result<(u16, Framing, bool), ()>;
+    let table: &[(&str, &[u8], Want)] = &[
         (
             "length",
             b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
