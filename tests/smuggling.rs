@@ -239,6 +239,9 @@ impl Drop for RawUpstream {
 /// in order, answering each; ends when the peer closes or sends what even
 /// this parser cannot read.
 fn serve(mut conn: TcpStream, id: usize, up: &Shared) {
+    // Every write leaves at once: late bytes must not wait in this side's
+    // send buffer for an ACK (Nagle) while laneway reuses the connection.
+    let _ = conn.set_nodelay(true);
     let mut buf = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
     let done = |up: &Shared| {
@@ -273,16 +276,18 @@ fn serve(mut conn: TcpStream, id: usize, up: &Shared) {
                         });
                         r.pending[id] = Some(buf.clone());
                     }
+                    if target == "/late" {
+                        // listed before the answer goes out, so that it is
+                        // there once the client has the answer
+                        if let Ok(clone) = conn.try_clone() {
+                            up.late.lock().unwrap().push(clone);
+                        }
+                    }
                     let (answer, close) = answer_for(up.name, &target);
                     if conn.write_all(&answer).is_err() || close {
                         let _ = conn.shutdown(Shutdown::Both);
                         done(up);
                         return;
-                    }
-                    if target == "/late" {
-                        if let Ok(clone) = conn.try_clone() {
-                            up.late.lock().unwrap().push(clone);
-                        }
                     }
                 }
             }
