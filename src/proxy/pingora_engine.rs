@@ -362,6 +362,13 @@ impl ProxyHttp for Laneway {
                 .parse::<http::Uri>()
                 .map_err(|e| Error::because(ErrorType::InternalError, "rewritten URI", e))?;
             req.set_uri(uri);
+        } else if req.uri.authority().is_some() && !session.is_http2() {
+            // an HTTP/1 absolute-form target goes up in origin-form, its
+            // authority being the Host (kept above), as the h1 engine sends it
+            let origin = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+            let uri = http::Uri::try_from(origin)
+                .map_err(|e| Error::because(ErrorType::InternalError, "origin-form URI", e))?;
+            req.set_uri(uri);
         }
         if plan.as_get && req.method != http::Method::HEAD {
             // an error page redirected the request: nginx sends it as GET

@@ -5,10 +5,10 @@
 
 use std::ops::Range;
 
-use super::{is_field_byte, is_ows, is_tchar, Reject};
+use super::{first_ctl, is_ows, is_tchar, Reject};
 
-/// Most fields a head can carry: a request is held to
-/// [`super::MAX_REQUEST_FIELDS`] before that.
+/// Most fields a response head may carry (a request is held to
+/// [`super::MAX_REQUEST_FIELDS`]).
 pub(crate) const CAPACITY: usize = 128;
 
 /// Bytes `start..end` of the buffer a head was parsed from.
@@ -52,34 +52,47 @@ pub struct Field {
     pub value: Span,
 }
 
+/// Fields kept in place; a head with more spills into a `Vec` (rare: a
+/// browser sends 10 to 20).
+const INLINE: usize = 32;
+
 /// The fields of a head, in the order received.
 #[derive(Clone)]
 pub struct Fields {
     len: usize,
-    items: [Field; CAPACITY],
+    inline: [Field; INLINE],
+    spill: Vec<Field>,
 }
 
 impl Fields {
     pub(crate) fn new() -> Fields {
         Fields {
             len: 0,
-            items: [Field::default(); CAPACITY],
+            inline: [Field::default(); INLINE],
+            spill: Vec::new(),
         }
     }
 
-    pub(crate) fn push(&mut self, f: Field) -> bool {
-        match self.items.get_mut(self.len) {
-            Some(slot) => {
-                *slot = f;
-                self.len += 1;
-                true
+    pub(crate) fn push(&mut self, f: Field) {
+        match self.inline.get_mut(self.len) {
+            Some(slot) => *slot = f,
+            None => {
+                if self.spill.is_empty() {
+                    self.spill.reserve(CAPACITY - INLINE);
+                    self.spill.extend_from_slice(&self.inline);
+                }
+                self.spill.push(f);
             }
-            None => false,
         }
+        self.len += 1;
     }
 
     pub fn as_slice(&self) -> &[Field] {
-        &self.items[..self.len]
+        if self.spill.is_empty() {
+            &self.inline[..self.len]
+        } else {
+            &self.spill
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -104,24 +117,35 @@ impl std::fmt::Debug for Fields {
     }
 }
 
-/// The next line of `buf` from `from`: its end (before the CRLF) and where
-/// the line after it starts. A CR not followed by LF, or an LF not preceded
-/// by CR, is an error: lines end with CRLF only.
-pub(crate) fn line(buf: &[u8], from: usize) -> Result<(usize, usize), Reject> {
-    let rest = buf.get(from..).unwrap_or_default();
-    let Some(i) = rest.iter().position(|&b| b == b'\r' || b == b'\n') else {
-        return Err(Reject::new(400, "head does not end with an empty line"));
-    };
-    let at = from + i;
-    if buf[at] == b'\n' {
-        return Err(BARE_LF);
+/// The end of the line starting at `at` (the index of its CR), every byte
+/// before it being a field byte (HTAB, SP, VCHAR, obs-text). A CR not
+/// followed by LF, or an LF not preceded by CR, is an error: lines end with
+/// CRLF only. `NO_END` when `buf` ends first.
+pub(crate) fn line_end(buf: &[u8], mut at: usize) -> Result<usize, Reject> {
+    loop {
+        at += first_ctl(buf.get(at..).unwrap_or_default());
+        match buf.get(at) {
+            Some(b'\t') => at += 1,
+            Some(b'\r') => {
+                return match buf.get(at + 1) {
+                    Some(b'\n') => Ok(at),
+                    Some(_) => Err(BARE_CR),
+                    None => Err(NO_END),
+                }
+            }
+            Some(b'\n') => return Err(BARE_LF),
+            Some(_) => {
+                return Err(Reject::new(
+                    400,
+                    "control byte (NUL, DEL or another) in the head",
+                ))
+            }
+            None => return Err(NO_END),
+        }
     }
-    if buf.get(at + 1) != Some(&b'\n') {
-        return Err(BARE_CR);
-    }
-    Ok((at, at + 2))
 }
 
+pub(crate) const NO_END: Reject = Reject::new(400, "head does not end with an empty line");
 pub(crate) const BARE_LF: Reject =
     Reject::new(400, "bare LF in the head: end every line with CRLF");
 pub(crate) const BARE_CR: Reject = Reject::new(
@@ -129,51 +153,68 @@ pub(crate) const BARE_CR: Reject = Reject::new(
     "CR not followed by LF in the head: end every line with CRLF",
 );
 
-/// Parses the field line `buf[start..end]` (CRLF excluded).
-pub(crate) fn field_line(buf: &[u8], start: usize, end: usize) -> Result<Field, Reject> {
-    let line = &buf[start..end];
-    match line.first() {
-        Some(b) if is_ows(*b) => {
+/// One line of a field section, parsed.
+pub(crate) struct Line {
+    /// `None` for the empty line that ends the section.
+    pub field: Option<Field>,
+    /// The index of the line's CR.
+    pub end: usize,
+    /// Where the next line starts.
+    pub next: usize,
+}
+
+/// Parses the field line (or the empty line) starting at `start`, in one
+/// pass over its bytes.
+pub(crate) fn field_line(buf: &[u8], start: usize) -> Result<Line, Reject> {
+    let rest = buf.get(start..).unwrap_or_default();
+    let name_len = rest
+        .iter()
+        .position(|&b| !is_tchar(b))
+        .unwrap_or(rest.len());
+    match rest.get(name_len) {
+        Some(b':') if name_len > 0 => {}
+        Some(b'\r') if name_len == 0 => {
+            let end = line_end(buf, start)?;
+            return Ok(Line {
+                field: None,
+                end,
+                next: end + 2,
+            });
+        }
+        Some(b':') => return Err(Reject::new(400, "field line with an empty name")),
+        Some(b) if is_ows(*b) && name_len == 0 => {
             return Err(Reject::new(
                 400,
                 "obs-fold (a field line starting with whitespace): send each field on one line",
             ))
         }
-        _ => {}
-    }
-    let name_len = line
-        .iter()
-        .position(|&b| !is_tchar(b))
-        .unwrap_or(line.len());
-    match line.get(name_len) {
-        Some(b':') if name_len > 0 => {}
-        Some(b':') => return Err(Reject::new(400, "field line with an empty name")),
         Some(b) if is_ows(*b) => {
             return Err(Reject::new(
                 400,
                 "whitespace between a field name and its colon",
             ))
         }
+        Some(b'\n') => return Err(BARE_LF),
+        Some(b'\r') => return Err(Reject::new(400, "field line without a colon")),
         Some(_) => return Err(Reject::new(400, "invalid byte in a field name")),
-        None => return Err(Reject::new(400, "field line without a colon")),
+        None => return Err(NO_END),
     }
-    let mut v = name_len + 1;
-    while v < line.len() && is_ows(line[v]) {
+    let mut v = start + name_len + 1;
+    while buf.get(v).is_some_and(|&b| is_ows(b)) {
         v += 1;
     }
-    let mut e = line.len();
-    while e > v && is_ows(line[e - 1]) {
+    let end = line_end(buf, v)?;
+    let mut e = end;
+    while e > v && is_ows(buf[e - 1]) {
         e -= 1;
     }
-    if !line[v..e].iter().all(|&b| is_field_byte(b)) {
-        return Err(Reject::new(
-            400,
-            "control byte (NUL, CR, LF or another) in a field value",
-        ));
-    }
-    Ok(Field {
-        name: Span::new(start, start + name_len),
-        value: Span::new(start + v, start + e),
+    Ok(Line {
+        field: Some(Field {
+            name: Span::new(start, start + name_len),
+            value: Span::new(v, e),
+        }),
+        end,
+        next: end + 2,
     })
 }
 

@@ -165,6 +165,32 @@ pub(crate) const fn is_field_byte(b: u8) -> bool {
     b == b'\t' || (b >= 0x20 && b != 0x7f)
 }
 
+/// The index of the first control byte (below 0x20: HTAB, CR, LF, NUL, …)
+/// or DEL in `s`, or `s.len()`. Eight bytes at a time: heads are mostly
+/// long runs of visible bytes.
+pub(crate) fn first_ctl(s: &[u8]) -> usize {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let mut i = 0;
+    for chunk in s.chunks_exact(8) {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(w);
+        // a byte below 0x20 (bytes of 0x80 and up are never flagged), or
+        // a byte equal to 0x7f
+        let below = x.wrapping_sub(0x20 * LO) & !x & HI;
+        let del = (x ^ (0x7f * LO)).wrapping_sub(LO) & !(x ^ (0x7f * LO)) & HI;
+        if below | del != 0 {
+            break;
+        }
+        i += 8;
+    }
+    i + s[i..]
+        .iter()
+        .position(|&b| b < 0x20 || b == 0x7f)
+        .unwrap_or(s.len() - i)
+}
+
 /// Optional whitespace (SP or HTAB).
 pub(crate) const fn is_ows(b: u8) -> bool {
     b == b' ' || b == b'\t'

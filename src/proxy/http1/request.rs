@@ -2,7 +2,7 @@
 //! together (framing, keep-alive, upgrade, the host). Request path.
 
 use super::fields::{
-    self, field_line, line, Codings, ConnectionTokens, Field, Fields, Known, Span,
+    self, field_line, line_end, Codings, ConnectionTokens, Field, Fields, Known, Span, NO_END,
 };
 use super::scan::{H2_PREFACE, LINE_TOO_LONG, SECTION_TOO_LARGE, TOO_MANY_FIELDS};
 use super::{is_tchar, Framing, Reject, MAX_FIELD_SECTION, MAX_REQUEST_FIELDS, MAX_REQUEST_LINE};
@@ -75,37 +75,34 @@ pub fn parse_request_head(buf: &[u8]) -> Result<RequestHead, Reject> {
             return Err(LINE_TOO_LONG);
         }
     }
-    // request line; its length is checked before its bytes are read
-    let line_len = buf[at..]
-        .iter()
-        .position(|&b| b == b'\r' || b == b'\n')
-        .unwrap_or(buf.len() - at);
-    if line_len > MAX_REQUEST_LINE {
-        return Err(LINE_TOO_LONG);
-    }
-    let (line_end, mut next) = line(buf, at)?;
+    // request line, its length checked first: looked at no further than
+    // 8 KiB and a CRLF
+    let limit = buf.len().min(at + MAX_REQUEST_LINE + 2);
+    let line_end = match line_end(&buf[..limit], at) {
+        Err(NO_END) if limit < buf.len() => return Err(LINE_TOO_LONG),
+        r => r?,
+    };
     let (method, target, minor) = request_line(buf, at, line_end)?;
     let method_bytes = method.of(buf);
 
     let mut fields = Fields::new();
     let mut facts = Facts::default();
-    let section_start = next;
+    let section_start = line_end + 2;
+    let mut next = section_start;
     loop {
-        let (end, after) = line(buf, next)?;
-        if end - section_start > MAX_FIELD_SECTION {
+        let line = field_line(buf, next)?;
+        if line.end - section_start > MAX_FIELD_SECTION {
             return Err(SECTION_TOO_LARGE);
         }
-        if end == next {
-            next = after;
+        next = line.next;
+        let Some(f) = line.field else {
             break;
-        }
+        };
         if fields.len() >= MAX_REQUEST_FIELDS {
             return Err(TOO_MANY_FIELDS);
         }
-        let f = field_line(buf, next, end)?;
         facts.add(buf, f)?;
         fields.push(f);
-        next = after;
     }
 
     let framing = facts.framing(minor)?;

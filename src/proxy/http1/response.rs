@@ -2,7 +2,9 @@
 //! framing they announce. Anything invalid is a 502 for the client.
 //! Request path.
 
-use super::fields::{self, field_line, line, Codings, ConnectionTokens, Fields, Known, Span};
+use super::fields::{
+    self, field_line, line_end, Codings, ConnectionTokens, Fields, Known, Span, NO_END,
+};
 use super::scan::{SECTION_TOO_LARGE, TOO_MANY_FIELDS};
 use super::{Framing, Reject, MAX_FIELD_SECTION, MAX_REQUEST_LINE, MAX_RESPONSE_FIELDS};
 
@@ -37,30 +39,33 @@ pub fn parse_response_head(buf: &[u8]) -> Result<ResponseHead, Reject> {
 }
 
 fn parse(buf: &[u8]) -> Result<ResponseHead, Reject> {
-    let (line_end, mut next) = line(buf, 0)?;
-    if line_end > MAX_REQUEST_LINE {
-        return Err(Reject::new(502, "status line longer than 8 KiB"));
-    }
+    let limit = buf.len().min(MAX_REQUEST_LINE + 2);
+    let line_end = match line_end(&buf[..limit], 0) {
+        Err(NO_END) if limit < buf.len() => {
+            return Err(Reject::new(502, "status line longer than 8 KiB"))
+        }
+        r => r?,
+    };
     let (minor, status, status_text) = status_line(&buf[..line_end])?;
     let mut fields = Fields::new();
     let mut length = None;
     let mut has_length = false;
     let mut codings = Codings::default();
     let mut connection = ConnectionTokens::default();
-    let section_start = next;
+    let section_start = line_end + 2;
+    let mut next = section_start;
     loop {
-        let (end, after) = line(buf, next)?;
-        if end - section_start > MAX_FIELD_SECTION {
+        let line = field_line(buf, next)?;
+        if line.end - section_start > MAX_FIELD_SECTION {
             return Err(SECTION_TOO_LARGE);
         }
-        if end == next {
-            next = after;
+        next = line.next;
+        let Some(f) = line.field else {
             break;
-        }
+        };
         if fields.len() >= MAX_RESPONSE_FIELDS {
             return Err(TOO_MANY_FIELDS);
         }
-        let f = field_line(buf, next, end)?;
         let value = f.value.of(buf);
         match fields::known(f.name.of(buf)) {
             Known::ContentLength => {
@@ -72,7 +77,6 @@ fn parse(buf: &[u8]) -> Result<ResponseHead, Reject> {
             _ => {}
         }
         fields.push(f);
-        next = after;
     }
     let mut keep_alive = !connection.close && (minor >= 1 || connection.keep_alive);
     let framing = if codings.present {

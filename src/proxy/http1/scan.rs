@@ -7,7 +7,7 @@
 //! whatever the number of reads. Request path.
 
 use super::fields::{BARE_CR, BARE_LF};
-use super::{is_tchar, Reject, MAX_FIELD_SECTION, MAX_REQUEST_FIELDS, MAX_REQUEST_LINE};
+use super::{first_ctl, is_tchar, Reject, MAX_FIELD_SECTION, MAX_REQUEST_FIELDS, MAX_REQUEST_LINE};
 
 /// The HTTP/2 connection preface's first line.
 const H2_PREFACE_LINE: &[u8] = b"PRI * HTTP/2.0";
@@ -85,15 +85,19 @@ impl HeadScanner {
                 self.state = State::StartLine;
                 self.line_start = self.pos;
             }
-            let rest = buf.get(self.pos..).unwrap_or_default();
-            let found = rest.iter().position(|&b| b == b'\r' || b == b'\n');
-            self.pos += found.unwrap_or(rest.len());
-            self.check_limits()?;
-            if found.is_none() {
-                return Ok(None);
+            // the next CR or LF (other control bytes are the parser's to refuse)
+            loop {
+                self.pos += first_ctl(buf.get(self.pos..).unwrap_or_default());
+                match buf.get(self.pos) {
+                    Some(b'\r' | b'\n') | None => break,
+                    Some(_) => self.pos += 1,
+                }
             }
-            if buf[self.pos] == b'\n' {
-                return Err(BARE_LF);
+            self.check_limits()?;
+            match buf.get(self.pos) {
+                None => return Ok(None),
+                Some(b'\n') => return Err(BARE_LF),
+                Some(_) => {}
             }
             match buf.get(self.pos + 1) {
                 None => return Ok(None), // the CR is looked at again

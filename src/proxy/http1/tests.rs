@@ -161,6 +161,21 @@ fn request_facts() {
     assert!(!h.keep_alive && h.host.is_none());
     assert_eq!(h.framing, Framing::None);
 
+    // more fields than are kept in place: all of them, in order
+    let many = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\n{}\r\n",
+        (0..60)
+            .map(|i| format!("X-{i}: v{i}\r\n"))
+            .collect::<String>()
+    );
+    let h = parse_request_head(many.as_bytes()).expect("valid");
+    assert_eq!(h.fields.len(), 61);
+    let fields: Vec<_> = h.fields.iter(many.as_bytes()).collect();
+    assert_eq!(fields.len(), 61);
+    assert_eq!(fields[0], (&b"Host"[..], &b"a"[..]));
+    assert_eq!(fields[33], (&b"X-32"[..], &b"v32"[..]));
+    assert_eq!(fields[60], (&b"X-59"[..], &b"v59"[..]));
+
     let buf = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\nX:  spaced  \r\n\r\n";
     let h = parse_request_head(buf).expect("valid");
     assert!(!h.keep_alive && !h.upgrade);
