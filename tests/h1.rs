@@ -1,6 +1,8 @@
 //! End-to-end HTTP/1.x behaviour of the data plane: bodies in both
 //! directions (length and chunked), 100-continue, HTTP/1.0 clients, HEAD,
-//! pipelining, upgrades, and stale pooled upstream connections.
+//! pipelining, upgrades, stale pooled upstream connections (closed, or
+//! with bytes nobody asked for), framing refused before it goes upstream,
+//! and the request head deadline.
 
 mod common;
 
@@ -348,4 +350,241 @@ read_timeout = "300ms"
         started.elapsed() < Duration::from_secs(5),
         "the location's read_timeout applies"
     );
+}
+
+/// Reads one response head and its Content-Length body from `r`.
+fn read_one(r: &mut BufReader<TcpStream>) -> (String, String) {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        head.push_str(&line);
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let len = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .and_then(|v| v.trim().parse::<usize>().ok())
+        })
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).unwrap();
+    (head, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Reads request heads (and Content-Length bodies) from `s`, calling
+/// `answer` with each request's body; stops when `answer` returns false or
+/// the connection ends.
+fn serve_requests(s: TcpStream, mut answer: impl FnMut(&mut TcpStream, String) -> bool) {
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut w = s;
+    loop {
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            head.push_str(&line);
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let len = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+            })
+            .unwrap_or(0);
+        let mut body = vec![0; len];
+        if r.read_exact(&mut body).is_err() {
+            return;
+        }
+        if !answer(&mut w, String::from_utf8_lossy(&body).into_owned()) {
+            return;
+        }
+    }
+}
+
+#[test]
+fn late_bytes_from_an_idle_upstream_never_reach_the_next_client() {
+    let lw = Laneway::start(SIMPLE_ROUTES, "");
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let (wrote_tx, wrote_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let mut first = Some((go_rx, wrote_tx));
+        for s in l.incoming() {
+            let Ok(s) = s else { continue };
+            let mut late = first.take();
+            std::thread::spawn(move || {
+                serve_requests(s, |w, _| {
+                    let _ = w.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+                    if let Some((go, wrote)) = late.take() {
+                        // once the client has its answer, a whole response
+                        // nobody asked for, on the now idle connection
+                        let _ = go.recv();
+                        let _ = w.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nevil");
+                        let _ = wrote.send(());
+                    }
+                    true
+                })
+            });
+        }
+    });
+    lw.register("web-1", "web", None, port);
+    // one client connection: its requests share a worker, so its upstream
+    // connection pool
+    let s = TcpStream::connect(lw.proxy).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    let get = b"GET / HTTP/1.1\r\nhost: shop.example.com\r\n\r\n";
+    w.write_all(get).unwrap();
+    let (head, body) = read_one(&mut r);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body, "ok");
+    go_tx.send(()).unwrap();
+    wrote_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the upstream wrote its late bytes");
+    for i in 0..3 {
+        w.write_all(get).unwrap();
+        let (head, body) = read_one(&mut r);
+        assert!(head.starts_with("HTTP/1.1 200"), "request {i}: {head}");
+        assert_eq!(body, "ok", "request {i}");
+    }
+}
+
+#[test]
+fn a_post_whose_pooled_connection_closes_is_sent_again_on_a_fresh_one() {
+    let lw = Laneway::start(SIMPLE_ROUTES, "");
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen_up = seen.clone();
+    std::thread::spawn(move || {
+        // The first connection answers one request, then closes on the
+        // next without answering: as an upstream does that closes an idle
+        // connection just as a request goes out on it.
+        let mut first = true;
+        for s in l.incoming() {
+            let Ok(s) = s else { continue };
+            let closes = std::mem::take(&mut first);
+            let seen = seen_up.clone();
+            std::thread::spawn(move || {
+                let mut n = 0;
+                serve_requests(s, |w, body| {
+                    seen.lock().unwrap().push(body.clone());
+                    n += 1;
+                    if closes && n == 2 {
+                        return false;
+                    }
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = w.write_all(reply.as_bytes());
+                    true
+                })
+            });
+        }
+    });
+    lw.register("web-1", "web", None, port);
+    // one client connection: its requests share a worker, so its upstream
+    // connection pool
+    let s = TcpStream::connect(lw.proxy).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    w.write_all(b"GET / HTTP/1.1\r\nhost: shop.example.com\r\n\r\n")
+        .unwrap();
+    let (head, _) = read_one(&mut r);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // head and body in one write: the body goes up whole with the head
+    w.write_all(
+        b"POST /order HTTP/1.1\r\nhost: shop.example.com\r\ncontent-length: 5\r\n\r\nhello",
+    )
+    .unwrap();
+    let (head, body) = read_one(&mut r);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body, "hello");
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen, ["", "hello", "hello"], "sent again, whole");
+}
+
+#[test]
+fn chunked_wins_over_content_length_in_a_response() {
+    let lw = Laneway::start(SIMPLE_ROUTES, "");
+    let (port, _up) = raw_upstream(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        true,
+    );
+    lw.register("web-1", "web", None, port);
+    let out = raw(
+        &lw,
+        b"GET / HTTP/1.1\r\nhost: shop.example.com\r\nconnection: close\r\n\r\n",
+    );
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(
+        !out.to_ascii_lowercase().contains("content-length"),
+        "{out}"
+    );
+    assert!(out.ends_with("5\r\nhello\r\n0\r\n\r\n"), "{out}");
+}
+
+#[test]
+fn a_malformed_chunked_request_body_is_refused_before_it_goes_up() {
+    let lw = Laneway::start(SIMPLE_ROUTES, "");
+    let up = Upstream::start("echo");
+    lw.register("web-1", "web", None, up.port());
+    // a bare LF ending a chunk extension: a parser that takes LF for a line
+    // end reads the chunk data from a different byte
+    let out = raw(
+        &lw,
+        b"POST / HTTP/1.1\r\nhost: shop.example.com\r\ntransfer-encoding: chunked\r\n\r\n4;ext\n\r\nwiki\r\n0\r\n\r\n",
+    );
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert_eq!(up.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+#[test]
+fn a_request_head_that_trickles_in_is_cut_at_header_timeout() {
+    let lw = Laneway::start_full(SIMPLE_ROUTES, "header_timeout = \"1s\"", "", "");
+    let up = Upstream::start("echo");
+    lw.register("web-1", "web", None, up.port());
+    let s = TcpStream::connect(lw.proxy).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    // One byte of a never-ending header every 100 ms: each read is quick,
+    // the head never ends. (The pause paces the client; nothing waits on
+    // it.)
+    let writer = std::thread::spawn(move || {
+        if w.write_all(b"GET / HTTP/1.1\r\nhost: shop.example.com\r\nx-slow: ")
+            .is_err()
+        {
+            return;
+        }
+        for _ in 0..200 {
+            std::thread::sleep(Duration::from_millis(100));
+            if w.write_all(b"a").is_err() {
+                return;
+            }
+        }
+    });
+    let mut out = Vec::new();
+    let _ = BufReader::new(s).read_to_end(&mut out);
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+    writer.join().unwrap();
+    assert_eq!(up.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
 }

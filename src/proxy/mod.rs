@@ -17,6 +17,7 @@ pub mod exchange;
 pub mod front;
 pub mod h1;
 pub mod hops;
+pub mod http1;
 pub mod limits;
 pub mod pingora_conn;
 pub mod pingora_engine;

@@ -153,6 +153,17 @@ impl ProxyHttp for Laneway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         ctx._in_flight = Some(crate::health::InFlightOwned::new(&self.settings.health));
+        if let Some(r) = refused_head(session) {
+            // the framing rules the h1 engine applies, so that both answer
+            // the same status
+            ctx.local = Some("bad_request");
+            self.metrics.local_response("bad_request").inc();
+            debug!(status = r.status(), problem = %r, "request refused");
+            let resp = LocalResponse::text(r.status(), "bad_request", format!("laneway: {r}\n"));
+            session.set_keepalive(None);
+            send_local(resp, session, ctx, &self.settings).await?;
+            return Ok(true);
+        }
         let snap = self.snapshot.load_full();
         let req = session.req_header();
         let (host, target) = host_and_target(req);
@@ -376,6 +387,13 @@ impl ProxyHttp for Laneway {
             let uri = target
                 .parse::<http::Uri>()
                 .map_err(|e| Error::because(ErrorType::InternalError, "rewritten URI", e))?;
+            req.set_uri(uri);
+        } else if req.uri.authority().is_some() && !session.is_http2() {
+            // an HTTP/1 absolute-form target goes up in origin-form, its
+            // authority being the Host (kept above), as the h1 engine sends it
+            let origin = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+            let uri = http::Uri::try_from(origin)
+                .map_err(|e| Error::because(ErrorType::InternalError, "origin-form URI", e))?;
             req.set_uri(uri);
         }
         if plan.as_get && req.method != http::Method::HEAD {
@@ -699,6 +717,16 @@ fn failure_of(e: &Error, ctx: &Ctx) -> Option<UpstreamFailure> {
         }
         _ => return None,
     })
+}
+
+/// Why an HTTP/1 request head breaks laneway's framing rules
+/// ([`super::http1`]), checked on the raw head Pingora read. Pingora's
+/// server refuses several cases itself (with 400); this catches the rest
+/// (a missing Host, both Content-Length and Transfer-Encoding, codings
+/// other than `chunked`, the limits, ...).
+fn refused_head(session: &Session) -> Option<super::http1::Reject> {
+    let h1 = session.as_downstream().as_http1()?;
+    super::http1::parse_request_head(&h1.get_headers_raw_bytes()).err()
 }
 
 /// The request's host (the Host header, else the URI's authority; `""`

@@ -29,9 +29,16 @@ impl H1App {
         out.push(b' ');
         match &plan.upstream_target {
             Some(t) => out.extend_from_slice(t.as_bytes()),
-            None => out.extend_from_slice(&head.head[head.target.clone()]),
+            None => {
+                // an absolute-form target goes up in origin-form
+                let (slash, target) = head.parsed.origin_form(&head.head);
+                if slash {
+                    out.push(b'/');
+                }
+                out.extend_from_slice(target);
+            }
         }
-        out.extend_from_slice(if head.minor == 0 {
+        out.extend_from_slice(if head.parsed.minor == 0 {
             b" HTTP/1.0\r\n"
         } else {
             b" HTTP/1.1\r\n"
@@ -40,9 +47,7 @@ impl H1App {
         let mut forwarded_for: Option<&[u8]> = None;
         let mut request_id = false;
         let mut baggage = false;
-        for (name_r, value_r) in &s.fields {
-            let name = &head.head[name_r.clone()];
-            let value = &head.head[value_r.clone()];
+        for (name, value) in head.parsed.fields.iter(&head.head) {
             if is_hop_by_hop(name) && !(info.upgrade && name.eq_ignore_ascii_case(b"upgrade")) {
                 continue;
             }
@@ -78,6 +83,9 @@ impl H1App {
         }
         if let Some(host) = &plan.production_host {
             push_header(out, b"host", host.as_bytes());
+        } else if let (false, Some(host)) = (head.parsed.has_host_field, head.parsed.host) {
+            // HTTP/1.0 in absolute-form without Host: the authority
+            push_header(out, b"host", host.of(&head.head));
         }
         for (name, value) in &plan.set_headers {
             if !value.is_empty() {
@@ -105,12 +113,13 @@ impl H1App {
         push_header(out, b"x-laneway-via", self.settings.instance_id.as_bytes());
         // The lane also goes in W3C baggage, other members kept.
         out.extend_from_slice(b"baggage: ");
-        let existing = s
+        let existing = head
+            .parsed
             .fields
-            .iter()
+            .iter(&head.head)
             .filter(|_| baggage)
-            .filter(|(n, _)| head.head[n.clone()].eq_ignore_ascii_case(b"baggage"))
-            .map(|(_, v)| &head.head[v.clone()]);
+            .filter(|(n, _)| n.eq_ignore_ascii_case(b"baggage"))
+            .map(|(_, v)| v);
         crate::routing::lanes::write_baggage(
             out,
             existing,

@@ -6,12 +6,19 @@
 //! the framework spent ~19 µs of user CPU per proxied request (header maps
 //! built and re-serialised twice, per-request module and cache machinery,
 //! allocations), against ~3 µs for nginx. This loop parses heads in place
-//! with `httparse`, writes the upstream head straight from the received
-//! bytes plus laneway's edits, streams bodies through unchanged (lengths and
-//! chunk boundaries are tracked, not re-encoded), coalesces head and the
-//! first body bytes into one write, and keeps idle upstream connections in a
-//! per-worker pool. The routing decision is the same [`plan::decide`] the
-//! Pingora engine uses.
+//! with [`http1`] (strict RFC 9112 framing: what it refuses is refused with
+//! its status and the connection closed, before anything goes upstream),
+//! writes the upstream head straight from the received bytes plus
+//! laneway's edits, streams bodies through unchanged (lengths are counted;
+//! chunked bodies are checked by [`http1::ChunkedDecoder`] and only bytes it
+//! accepted are forwarded), coalesces head and the first body bytes into
+//! one write, and keeps idle upstream connections in a per-worker pool.
+//! The routing decision is the same [`plan::decide`] the Pingora engine
+//! uses.
+//!
+//! Time limits on a client: `[proxy] client_keepalive` for the first byte
+//! of a request, then `[proxy] header_timeout` from that byte to the end of
+//! its head (408 beyond, however slowly the bytes trickle in).
 //!
 //! The engine also serves HTTPS/1.1 (a TLS stream from [`super::front`]:
 //! the scheme is then `https`), tunnels `Upgrade` (WebSocket) after a 101,
@@ -20,14 +27,13 @@
 //! here: the connection, with the bytes read so far to be read again, is
 //! handed to the Pingora engine, whose connectors speak those protocols.
 
-mod body;
 mod head;
 mod pool;
 mod upstream;
 mod wire;
 
+use std::borrow::Cow;
 use std::io;
-use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::Arc;
@@ -45,9 +51,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{debug, info};
 
-use self::body::{ChunkTracker, Framing};
 use self::head::*;
 use self::wire::*;
+use super::http1::{self, ChunkError, ChunkedDecoder, Framing, Reject, RequestHead};
 use super::pingora_engine::body_too_large;
 use super::plan::{self, LocalResponse, Plan};
 use super::ProxySettings;
@@ -55,9 +61,8 @@ use crate::routing::lanes::LaneSource;
 use crate::routing::snapshot::{LaneView, Snapshot, Target};
 use crate::telemetry::{Metrics, ACCESS_LOG_TARGET};
 
-/// Largest request or response head accepted.
-const MAX_HEAD: usize = 64 * 1024;
-const MAX_HEADERS: usize = 128;
+/// The body of a 408.
+const HEADER_TIMEOUT: &str = "laneway: request head not received within [proxy] header_timeout\n";
 const READ_CHUNK: usize = 16 * 1024;
 /// Read size while streaming a body: a 64 KiB response moves in one or two
 /// reads and writes rather than four or more.
@@ -193,23 +198,34 @@ struct Client {
 struct Scratch {
     out: Vec<u8>,
     up_buf: BytesMut,
-    fields: Vec<(Range<usize>, Range<usize>)>,
 }
 
-/// A parsed request head: offsets into the head bytes.
+/// A request head and what [`http1::parse_request_head`] found in it.
 struct ReqHead {
     head: bytes::Bytes,
-    method: Range<usize>,
-    target: Range<usize>,
-    minor: u8,
+    parsed: RequestHead,
 }
 
 impl ReqHead {
     fn method(&self) -> &[u8] {
-        &self.head[self.method.clone()]
+        self.parsed.method.of(&self.head)
     }
-    fn target(&self) -> &str {
-        std::str::from_utf8(&self.head[self.target.clone()]).unwrap_or("/")
+
+    /// The target in origin-form (`/path?query`; an absolute-form
+    /// target's path and query), as routing sees it.
+    fn target(&self) -> Cow<'_, str> {
+        match self.parsed.origin_form(&self.head) {
+            (false, t) => Cow::Borrowed(std::str::from_utf8(t).unwrap_or("/")),
+            (true, t) => Cow::Owned(format!("/{}", String::from_utf8_lossy(t))),
+        }
+    }
+
+    /// The request's host: an absolute-form target's authority, else Host.
+    fn host(&self) -> &str {
+        self.parsed
+            .host
+            .and_then(|h| std::str::from_utf8(h.of(&self.head)).ok())
+            .unwrap_or("")
     }
 }
 
@@ -243,129 +259,71 @@ impl H1App {
         s: &mut Scratch,
         shutdown: &ShutdownWatch,
     ) -> io::Result<bool> {
-        let Some(head_len) = read_client_head(c, self.settings.client_keepalive, shutdown).await?
-        else {
-            return Ok(false);
+        let head_len = match read_client_head(
+            c,
+            self.settings.client_keepalive,
+            self.settings.header_timeout,
+            shutdown,
+        )
+        .await?
+        {
+            ClientHead::Head(n) => n,
+            ClientHead::Closed => return Ok(false),
+            ClientHead::Refused(r) => return self.refuse(c, r).await,
+            ClientHead::TimedOut => {
+                self.metrics.local_response("bad_request").inc();
+                debug!(timeout = ?self.settings.header_timeout, "request head not received in time");
+                refuse_and_close(c, 408, HEADER_TIMEOUT).await?;
+                return Ok(false);
+            }
         };
         let started = Instant::now();
         let _in_flight = self.settings.health.request();
         let head_bytes = c.buf.split_to(head_len).freeze();
-        // Left uninitialised: filling 128 empty headers per request cost
-        // more than parsing the head.
-        let mut headers_arr = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut []);
-        let parsed = req.parse_with_uninit_headers(&head_bytes, &mut headers_arr);
-        if !matches!(parsed, Ok(httparse::Status::Complete(_))) {
-            write_simple(c, 400, "laneway: malformed request head\n").await?;
-            return Ok(false);
-        }
-        let base = head_bytes.as_ptr() as usize;
-        let off = |sl: &[u8]| {
-            let start = sl.as_ptr() as usize - base;
-            start..start + sl.len()
+        let parsed = match http1::parse_request_head(&head_bytes) {
+            Ok(p) => p,
+            Err(r) => return self.refuse(c, r).await,
         };
-        let method = off(req.method.unwrap_or("GET").as_bytes());
-        let target = off(req.path.unwrap_or("/").as_bytes());
-        let minor = req.version.unwrap_or(1);
-        s.fields.clear();
-        let mut headers = HeaderMap::with_capacity(req.headers.len());
-        let mut info = ReqInfo {
-            minor,
-            framing: Framing::None,
-            keep_alive: minor >= 1,
-            upgrade: false,
-            expect_continue: false,
-            is_head: false,
-            idempotent: true,
-        };
-        let mut chunked = false;
-        let mut length: Option<u64> = None;
-        for h in req.headers.iter() {
-            let (nr, vr) = (off(h.name.as_bytes()), off(h.value));
-            let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
-                write_simple(c, 400, "laneway: invalid header name\n").await?;
-                return Ok(false);
+        let mut headers = HeaderMap::with_capacity(parsed.fields.len());
+        for f in parsed.fields.as_slice() {
+            // the parser checked names and values; these cannot fail
+            let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(f.name.of(&head_bytes)),
+                HeaderValue::from_maybe_shared(head_bytes.slice(f.value.range())),
+            ) else {
+                return self
+                    .refuse(c, Reject::new(400, "invalid header field"))
+                    .await;
             };
-            let Ok(value) = HeaderValue::from_maybe_shared(head_bytes.slice(vr.clone())) else {
-                write_simple(c, 400, "laneway: invalid header value\n").await?;
-                return Ok(false);
-            };
-            match name.as_str() {
-                "content-length" => {
-                    let parsed = std::str::from_utf8(h.value)
-                        .ok()
-                        .and_then(|v| v.trim().parse::<u64>().ok());
-                    match (parsed, length) {
-                        (Some(n), None) => length = Some(n),
-                        (Some(n), Some(m)) if n == m => {}
-                        _ => {
-                            write_simple(c, 400, "laneway: invalid Content-Length\n").await?;
-                            return Ok(false);
-                        }
-                    }
-                }
-                "transfer-encoding" => {
-                    chunked = h
-                        .value
-                        .split(|&b| b == b',')
-                        .next_back()
-                        .is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-                    if !chunked {
-                        write_simple(c, 501, "laneway: unsupported Transfer-Encoding\n").await?;
-                        return Ok(false);
-                    }
-                }
-                "connection" => {
-                    for token in h.value.split(|&b| b == b',') {
-                        let token = token.trim_ascii();
-                        if token.eq_ignore_ascii_case(b"close") {
-                            info.keep_alive = false;
-                        } else if token.eq_ignore_ascii_case(b"keep-alive") && minor == 0 {
-                            info.keep_alive = true;
-                        } else if token.eq_ignore_ascii_case(b"upgrade") {
-                            info.upgrade = true;
-                        }
-                    }
-                }
-                "expect" => info.expect_continue = h.value.eq_ignore_ascii_case(b"100-continue"),
-                _ => {}
-            }
             headers.append(name, value);
-            s.fields.push((nr, vr));
         }
-        info.upgrade &= headers.contains_key(http::header::UPGRADE);
-        info.framing = if chunked {
-            Framing::Chunked
-        } else {
-            match length {
-                Some(0) | None => Framing::None,
-                Some(n) => Framing::Length(n),
-            }
-        };
         let head = ReqHead {
-            head: head_bytes.clone(),
-            method,
-            target,
-            minor,
+            head: head_bytes,
+            parsed,
         };
-        info.is_head = head.method() == b"HEAD";
-        info.idempotent = matches!(
-            head.method(),
-            b"GET" | b"HEAD" | b"OPTIONS" | b"PUT" | b"DELETE" | b"TRACE"
-        );
-        let host = headers
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("");
+        let mut info = ReqInfo {
+            minor: head.parsed.minor,
+            framing: head.parsed.framing,
+            keep_alive: head.parsed.keep_alive,
+            upgrade: head.parsed.upgrade,
+            expect_continue: head.parsed.expect_continue,
+            is_head: head.method() == b"HEAD",
+            idempotent: matches!(
+                head.method(),
+                b"GET" | b"HEAD" | b"OPTIONS" | b"PUT" | b"DELETE" | b"TRACE"
+            ),
+        };
+        let target = head.target();
+        let host = head.host();
         if let (Some(max), Framing::Length(n)) = (self.settings.max_body_size, info.framing) {
             if n > max {
                 self.metrics.local_response("body_too_large").inc();
-                write_simple(c, 413, &body_too_large(max)).await?;
+                refuse_and_close(c, 413, &body_too_large(max)).await?;
                 return Ok(false);
             }
         }
 
-        if head.target() == self.settings.health_path {
+        if target == self.settings.health_path {
             let resp = super::pingora_engine::health_response(&self.settings);
             let log = Log {
                 req: AccessInfo::of(&head, &headers, c.peer),
@@ -389,7 +347,7 @@ impl H1App {
         let snap = self.snapshot.load_full();
         let incoming = plan::Incoming {
             host,
-            target: head.target(),
+            target: &target,
             scheme: if c.https { "https" } else { "http" },
             headers: &headers,
             dst: c.local,
@@ -407,7 +365,7 @@ impl H1App {
             if self.settings.services.contains_key(&*t.service) || plan.intercept.is_some() {
                 // TLS or HTTP/2 upstream: the Pingora engine serves this
                 // request and the rest of the connection.
-                let mut replay = BytesMut::from(&head_bytes[..]);
+                let mut replay = BytesMut::from(&head.head[..]);
                 replay.extend_from_slice(&c.buf);
                 c.buf.clear();
                 c.handoff = Some(replay.freeze());
@@ -443,18 +401,27 @@ impl H1App {
                         // Nothing will read the body: don't invite it.
                         info.keep_alive = false;
                     } else if info.framing != Framing::None {
-                        let mut tracker = ChunkTracker::default();
+                        let mut decoder = ChunkedDecoder::new(self.settings.max_body_size);
                         let mut sink = tokio::io::sink();
-                        transfer(
+                        if let Err(e) = transfer(
                             &mut c.io,
                             &mut c.buf,
                             info.framing,
-                            &mut tracker,
+                            &mut decoder,
                             &mut sink,
                             self.settings.read_timeout,
                             &[],
                         )
-                        .await?;
+                        .await
+                        {
+                            let Cause::Framing(bad) = e.cause else {
+                                self.finish(&log);
+                                return Err(e.into());
+                            };
+                            log.status = bad.status();
+                            self.finish(&log);
+                            return self.refuse_body(c, bad).await;
+                        }
                     }
                     log.status = resp.status;
                     self.write_local(c, s, &resp, &log, &info).await?;
@@ -498,6 +465,17 @@ impl H1App {
                         self.write_local(c, s, &resp, &log, &info).await?;
                         false
                     }
+                    Err(Failure::Status(400, what)) => {
+                        // the request body broke the framing rules
+                        let resp =
+                            LocalResponse::text(400, "bad_request", format!("laneway: {what}\n"));
+                        log.local = Some(resp.reason);
+                        log.status = 400;
+                        self.metrics.local_response(resp.reason).inc();
+                        info.keep_alive = false;
+                        self.write_local(c, s, &resp, &log, &info).await?;
+                        false
+                    }
                     Err(Failure::Status(status, what)) => {
                         log.local = Some("upstream_error");
                         log.status = status;
@@ -522,6 +500,28 @@ impl H1App {
         };
         self.finish(&log);
         Ok(keep)
+    }
+
+    /// Answers a request refused by the framing rules and ends the
+    /// connection: nothing of it goes upstream.
+    async fn refuse(&self, c: &mut Client, r: Reject) -> io::Result<bool> {
+        self.metrics.local_response("bad_request").inc();
+        debug!(status = r.status(), problem = %r, "request refused");
+        refuse_and_close(c, r.status(), &format!("laneway: {r}\n")).await?;
+        Ok(false)
+    }
+
+    /// Answers a request whose chunked body was refused before anything
+    /// was sent to the client, and ends the connection.
+    async fn refuse_body(&self, c: &mut Client, e: ChunkError) -> io::Result<bool> {
+        let reason = match e {
+            ChunkError::TooLarge(_) => "body_too_large",
+            ChunkError::Malformed(_) => "bad_request",
+        };
+        self.metrics.local_response(reason).inc();
+        debug!(status = e.status(), problem = %e, "request body refused");
+        refuse_and_close(c, e.status(), &format!("laneway: {e}\n")).await?;
+        Ok(false)
     }
 
     /// Metrics and the access log of one request.
@@ -589,8 +589,8 @@ impl AccessInfo {
     fn of(head: &ReqHead, headers: &HeaderMap, client: Option<SocketAddr>) -> AccessInfo {
         AccessInfo {
             head: head.head.clone(),
-            method: head.method.clone(),
-            target: head.target.clone(),
+            method: head.parsed.method.range(),
+            target: head.parsed.target.range(),
             host: headers.get(http::header::HOST).cloned(),
             client,
         }

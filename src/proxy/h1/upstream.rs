@@ -1,7 +1,15 @@
 //! The upstream half of a proxied request: picking an instance, sending
 //! the request on a pooled or new connection (with a retry on another
 //! instance when connecting fails, and on a fresh connection when a pooled
-//! one turns out stale), and forwarding the response. Request path.
+//! one turns out stale), and forwarding the response, whose head
+//! [`http1::parse_response_head`] checks (502 when it breaks the framing
+//! rules). Request path.
+//!
+//! Pooled connections: one that has bytes to read or was closed while idle
+//! is not reused ([`pool::take`]). One that fails anyway (the upstream
+//! closed it as the request went out: a write error, or a close or reset
+//! before any answer byte) gets the request again on a fresh connection,
+//! whatever the method, when the request went out whole with its head.
 //!
 //! Read retries: when the upstream closes or resets before the first
 //! response byte, an idempotent request (GET, HEAD, OPTIONS, PUT, DELETE,
@@ -57,8 +65,9 @@ impl H1App {
                 .map_err(Failure::Abort)?;
         }
         self.build_upstream_head(s, head, headers, info, plan, &log.lane, &c.peer_ip, c.https);
-        // Body bytes already received go out with the head in one write.
-        let mut tracker = ChunkTracker::with_limit(self.settings.max_body_size);
+        // Body bytes already received go out with the head in one write;
+        // of a chunked body, only bytes the decoder accepted.
+        let mut decoder = ChunkedDecoder::new(self.settings.max_body_size);
         let rest = if let Some(body) = replay.as_ref() {
             // sent again after an intercepted answer: the body kept then
             s.out.extend_from_slice(body);
@@ -67,20 +76,14 @@ impl H1App {
             let buffered = match info.framing {
                 Framing::None | Framing::Close => 0,
                 Framing::Length(n) => c.buf.len().min(usize::try_from(n).unwrap_or(usize::MAX)),
-                Framing::Chunked => tracker.feed(&c.buf).map_err(|e| {
-                    if body::is_too_large(&e) {
-                        Failure::Status(413, "request body too large")
-                    } else {
-                        Failure::Status(400, "malformed chunked request body")
-                    }
-                })?,
+                Framing::Chunked => decoder.feed(&c.buf).map_err(body_refused)?,
             };
             let rest = match info.framing {
                 Framing::Length(n) => match n - buffered as u64 {
                     0 => Framing::None,
                     left => Framing::Length(left),
                 },
-                Framing::Chunked if !tracker.done() => Framing::Chunked,
+                Framing::Chunked if !decoder.done() => Framing::Chunked,
                 _ => Framing::None,
             };
             if plan.intercept.is_some() && rest == Framing::None && !info.upgrade {
@@ -123,7 +126,7 @@ impl H1App {
             log.upstream_started = Some(Instant::now());
             let state = &pool.instances[idx].state;
             match self
-                .exchange(c, s, addr, plan, info, rest, &mut tracker, replayable)
+                .exchange(c, s, addr, plan, rest, &mut decoder, replayable)
                 .await
             {
                 Ok((up, head_len)) => break (up, head_len, idx),
@@ -185,11 +188,11 @@ impl H1App {
         s: &mut Scratch,
         addr: SocketAddr,
         plan: &Plan,
-        info: &ReqInfo,
         rest: Framing,
-        tracker: &mut ChunkTracker,
+        decoder: &mut ChunkedDecoder,
         replayable: bool,
     ) -> Result<(TcpStream, usize), Exchange> {
+        // (pool::take passes over idle connections that turned readable)
         let mut pooled = pool::take(addr);
         loop {
             let reused = pooled.is_some();
@@ -199,10 +202,12 @@ impl H1App {
                     .await
                     .map_err(Exchange::Connect)?,
             };
-            // A pooled connection the upstream already closed fails here;
-            // that is retried once on a fresh connection when the request
-            // can be sent again whole.
-            let retry_stale = reused && replayable && info.idempotent;
+            // A pooled connection the upstream closed while it was idle
+            // fails here (a write error, or a close or reset before any
+            // answer byte); the request is sent again on a fresh
+            // connection when it went out whole (its body, if any, is in
+            // `s.out`), whatever its method: the upstream never saw it.
+            let retry_stale = reused && replayable;
             if let Err(e) = timed(plan.write_timeout, up.write_all(&s.out)).await {
                 if retry_stale {
                     continue;
@@ -220,7 +225,7 @@ impl H1App {
                     &mut c.io,
                     &mut c.buf,
                     rest,
-                    tracker,
+                    decoder,
                     &mut up,
                     plan.read_timeout,
                     &[],
@@ -228,16 +233,13 @@ impl H1App {
                 .await
                 {
                     debug!(error = %e, "request body transfer failed");
-                    if body::is_too_large(&e) {
-                        return Err(Exchange::Failed(
-                            Failure::Status(413, "request body too large"),
-                            false,
-                        ));
-                    }
-                    return Err(Exchange::Failed(
-                        Failure::Status(502, "sending the request body failed"),
-                        false,
-                    ));
+                    // the upstream connection is dropped: it got a
+                    // truncated request and nothing past it
+                    let failure = match e.cause {
+                        Cause::Framing(bad) => body_refused(bad),
+                        _ => Failure::Status(502, "sending the request body failed"),
+                    };
+                    return Err(Exchange::Failed(failure, false));
                 }
             }
             s.up_buf.clear();
@@ -288,21 +290,9 @@ impl H1App {
         can_intercept: bool,
     ) -> Result<bool, Failure> {
         loop {
-            let mut headers_arr =
-                [const { std::mem::MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
-            let mut resp = httparse::Response::new(&mut []);
-            if !matches!(
-                httparse::ParserConfig::default().parse_response_with_uninit_headers(
-                    &mut resp,
-                    &s.up_buf[..head_len],
-                    &mut headers_arr
-                ),
-                Ok(httparse::Status::Complete(_))
-            ) {
-                return Err(Failure::Status(502, "malformed response head"));
-            }
-            let status = resp.code.unwrap_or(502);
-            let minor = resp.version.unwrap_or(1);
+            let resp = http1::parse_response_head(&s.up_buf[..head_len])
+                .map_err(|r| Failure::Status(r.status(), r.what()))?;
+            let status = resp.status;
             if (100..200).contains(&status) && status != 101 {
                 // Interim responses go to the client as they are.
                 let interim = s.up_buf.split_to(head_len);
@@ -323,41 +313,11 @@ impl H1App {
                 debug!(upstream = %addr, status, "upstream status handed back to the rules");
                 return Err(Failure::Intercepted(status));
             }
-            let mut chunked = false;
-            let mut length = None;
-            let mut up_keep = minor >= 1;
-            for h in resp.headers.iter() {
-                if h.name.eq_ignore_ascii_case("content-length") {
-                    length = std::str::from_utf8(h.value)
-                        .ok()
-                        .and_then(|v| v.trim().parse::<u64>().ok());
-                } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                    chunked = h
-                        .value
-                        .split(|&b| b == b',')
-                        .next_back()
-                        .is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-                } else if h.name.eq_ignore_ascii_case("connection") {
-                    for t in h.value.split(|&b| b == b',') {
-                        let t = t.trim_ascii();
-                        if t.eq_ignore_ascii_case(b"close") {
-                            up_keep = false;
-                        } else if t.eq_ignore_ascii_case(b"keep-alive") && minor == 0 {
-                            up_keep = true;
-                        }
-                    }
-                }
-            }
+            let up_keep = resp.keep_alive;
             let framing = if info.is_head || status == 204 || status == 304 || status == 101 {
                 Framing::None
-            } else if chunked {
-                Framing::Chunked
             } else {
-                match length {
-                    Some(0) => Framing::None,
-                    Some(n) => Framing::Length(n),
-                    None => Framing::Close,
-                }
+                resp.framing
             };
             let upgrade = status == 101 && info.upgrade;
             let mut client_keep = info.keep_alive && framing != Framing::Close && !upgrade;
@@ -376,17 +336,20 @@ impl H1App {
                 }
                 _ => {
                     s.out.extend_from_slice(b"HTTP/1.1 ");
-                    s.out
-                        .extend_from_slice(&s.up_buf[9..head_line_end(&s.up_buf[..head_len])]);
+                    s.out.extend_from_slice(resp.status_text.of(&s.up_buf));
                     s.out.extend_from_slice(b"\r\n");
                 }
             }
-            for h in resp.headers.iter() {
-                let n = h.name.as_bytes();
+            for (n, v) in resp.fields.iter(&s.up_buf) {
                 if is_hop_by_hop(n) && !(upgrade && n.eq_ignore_ascii_case(b"upgrade")) {
                     continue;
                 }
-                push_header(&mut s.out, n, h.value);
+                if resp.drop_content_length && n.eq_ignore_ascii_case(b"content-length") {
+                    // Transfer-Encoding frames the response: the client
+                    // gets one framing, not two
+                    continue;
+                }
+                push_header(&mut s.out, n, v);
             }
             if self.settings.response_headers {
                 push_header(
@@ -430,12 +393,12 @@ impl H1App {
                 return Ok(false);
             }
 
-            let mut tracker = ChunkTracker::default();
+            let mut decoder = ChunkedDecoder::new(None);
             if let Err(e) = transfer(
                 &mut up,
                 &mut s.up_buf,
                 framing,
-                &mut tracker,
+                &mut decoder,
                 &mut c.io,
                 plan.read_timeout,
                 &s.out,
@@ -443,7 +406,13 @@ impl H1App {
             .await
             {
                 debug!(upstream = %addr, error = %e, "response transfer failed");
-                return Err(Failure::Abort(e));
+                return Err(match e.cause {
+                    // refused before a byte reached the client
+                    Cause::Framing(_) if !e.started => {
+                        Failure::Status(502, "malformed chunked response body")
+                    }
+                    _ => Failure::Abort(e.into()),
+                });
             }
             if framing == Framing::Close {
                 client_keep = false;
@@ -470,14 +439,15 @@ async fn buffer_small_body(c: &mut Client, info: &ReqInfo, timeout: Duration) ->
             }
         }
         Framing::Chunked => {
-            let mut tracker = ChunkTracker::default();
+            // only finds the end: the body is decoded again as it goes up
+            let mut decoder = ChunkedDecoder::new(None);
             let mut fed = 0;
             loop {
-                match tracker.feed(&c.buf[fed..]) {
+                match decoder.feed(&c.buf[fed..]) {
                     Ok(n) => fed += n,
-                    Err(_) => return Ok(()), // answered 400 when forwarded
+                    Err(_) => return Ok(()), // refused when forwarded
                 }
-                if tracker.done() || c.buf.len() > REPLAY_LIMIT {
+                if decoder.done() || c.buf.len() > REPLAY_LIMIT {
                     return Ok(());
                 }
                 c.buf.reserve(READ_CHUNK);
@@ -502,7 +472,19 @@ enum Exchange {
     Failed(Failure, bool),
 }
 
+/// The answer to a request whose chunked body was refused (400, or 413
+/// past `[proxy] max_body_size`).
+fn body_refused(e: ChunkError) -> Failure {
+    match e {
+        ChunkError::TooLarge(_) => Failure::Status(413, "request body too large"),
+        ChunkError::Malformed(what) => Failure::Status(400, what),
+    }
+}
+
 pub(super) fn io_failure(e: &io::Error, what: &'static str) -> Failure {
+    if let Some(r) = rejected(e) {
+        return Failure::Status(r.status(), r.what());
+    }
     if e.kind() == io::ErrorKind::TimedOut {
         Failure::Status(504, "upstream timed out")
     } else {
