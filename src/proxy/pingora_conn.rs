@@ -41,12 +41,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use tracing::debug;
 
+use super::http1::{parse_request_head, HeadScanner, Reject};
 use super::pingora_engine::Laneway;
 use super::ProxySettings;
 use crate::telemetry::Metrics;
 
-/// Largest request head accepted: Pingora's own limit.
-const MAX_HEAD: usize = 1_048_575;
 const READ_CHUNK: usize = 4096;
 /// How long an answer to a client that broke the rules may take to write
 /// before the connection is dropped anyway.
@@ -166,11 +165,10 @@ pub async fn serve(
                 }
                 return;
             }
-            Head::TooLarge => {
-                debug!(limit = MAX_HEAD, "request head too large; closing");
+            Head::Refused(r) => {
+                debug!(status = r.status(), problem = %r, "request head refused; closing");
                 count(metrics, "bad_request");
-                let body = format!("laneway: request head larger than {MAX_HEAD} bytes\n");
-                farewell(&mut stream, 431, &body).await;
+                farewell(&mut stream, r.status(), &format!("laneway: {r}\n")).await;
                 return;
             }
         };
@@ -223,10 +221,10 @@ enum Head {
     /// shutting down: close without an answer.
     Closed,
     /// `header_timeout` passed; `partial`: some of the head had arrived.
-    TimedOut {
-        partial: bool,
-    },
-    TooLarge,
+    TimedOut { partial: bool },
+    /// The head breaks the framing rules ([`super::http1`]): answered
+    /// with the status the h1 engine answers, then closed.
+    Refused(Reject),
 }
 
 /// Reads one request head: on a `fresh` connection within `t.head` of now;
@@ -263,13 +261,20 @@ async fn read_head(
         }
     }
     let deadline = Instant::now() + t.head;
-    let mut scan = HeadScan::default();
+    let mut scan = HeadScanner::request();
     loop {
-        if scan.end(&buf).is_some() {
-            return Head::Ready(buf);
-        }
-        if buf.len() > MAX_HEAD {
-            return Head::TooLarge;
+        match scan.scan(&buf) {
+            // The head as the h1 engine checks it (version, lengths, Host,
+            // codings): Pingora's own parser answers some of these cases
+            // differently or not at all.
+            Ok(Some(end)) => {
+                return match parse_request_head(&buf[..end]) {
+                    Ok(_) => Head::Ready(buf),
+                    Err(r) => Head::Refused(r),
+                }
+            }
+            Ok(None) => {}
+            Err(r) => return Head::Refused(r),
         }
         buf.reserve(READ_CHUNK);
         match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
@@ -285,43 +290,6 @@ async fn read_head(
                 }
             }
         }
-    }
-}
-
-/// Finds the end of a request head in a buffer that only grows, resuming
-/// where the last call stopped. The head ends at its first empty line
-/// (`\r\n\r\n`, or a bare `\n` on either side, as httparse accepts);
-/// empty lines before the request line are skipped, as httparse does.
-#[derive(Debug, Default)]
-struct HeadScan {
-    /// A byte other than CR/LF has been seen: the request line started.
-    started: bool,
-    /// The next byte to look at.
-    pos: usize,
-}
-
-impl HeadScan {
-    /// The head's length in `buf` once it is complete.
-    fn end(&mut self, buf: &[u8]) -> Option<usize> {
-        while self.pos < buf.len() {
-            let b = buf[self.pos];
-            if !self.started {
-                self.started = b != b'\r' && b != b'\n';
-            } else if b == b'\n' {
-                match buf.get(self.pos + 1) {
-                    None => return None, // look again with more bytes
-                    Some(b'\n') => return Some(self.pos + 2),
-                    Some(b'\r') => match buf.get(self.pos + 2) {
-                        None => return None,
-                        Some(b'\n') => return Some(self.pos + 3),
-                        Some(_) => {}
-                    },
-                    Some(_) => {}
-                }
-            }
-            self.pos += 1;
-        }
-        None
     }
 }
 
@@ -369,66 +337,5 @@ mod tests {
         assert!(!carries_pipelined_request(&p));
         p.set_pipelined_prefix(BytesMut::from(&b"GET /two HTTP/1.1\r\n"[..]));
         assert!(carries_pipelined_request(&p));
-    }
-
-    /// The head length found when `input` arrives split at every byte
-    /// position (and whole).
-    fn ends_at_every_split(input: &[u8]) -> Vec<Option<usize>> {
-        (0..=input.len())
-            .map(|split| {
-                let mut scan = HeadScan::default();
-                let first = scan.end(&input[..split]);
-                first.or_else(|| scan.end(input))
-            })
-            .collect()
-    }
-
-    #[test]
-    fn head_end_is_found_whatever_the_split() {
-        let cases: [(&[u8], Option<usize>); 7] = [
-            (b"GET / HTTP/1.1\r\nhost: a\r\n\r\n", Some(27)),
-            (b"GET / HTTP/1.1\r\nhost: a\r\n\r\nbody", Some(27)),
-            (b"GET / HTTP/1.1\nhost: a\n\n", Some(24)),
-            (b"GET / HTTP/1.1\nhost: a\n\r\n", Some(25)),
-            (b"\r\n\r\nGET / HTTP/1.1\r\n\r\n", Some(22)),
-            (b"GET / HTTP/1.1\r\nhost: a\r\n", None),
-            (b"GET / HTTP/1.1\r\nhost: a\r\n\r", None),
-        ];
-        for (input, want) in cases {
-            for (split, got) in ends_at_every_split(input).into_iter().enumerate() {
-                assert_eq!(
-                    got,
-                    want,
-                    "{:?} split at {split}",
-                    String::from_utf8_lossy(input)
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn a_head_found_is_parsed_whole_by_httparse() {
-        for input in [
-            &b"GET /a HTTP/1.1\r\nhost: a\r\nx: 1\r\n\r\n"[..],
-            b"GET /a HTTP/1.1\nhost: a\n\n",
-            b"\r\nGET /a HTTP/1.1\r\nhost: a\r\n\r\n",
-        ] {
-            let end = HeadScan::default().end(input).expect("complete");
-            let mut headers = [httparse::EMPTY_HEADER; 8];
-            let mut req = httparse::Request::new(&mut headers);
-            assert_eq!(
-                req.parse(&input[..end]).ok(),
-                Some(httparse::Status::Complete(end)),
-                "{:?}",
-                String::from_utf8_lossy(input)
-            );
-        }
-    }
-
-    #[test]
-    fn leading_empty_lines_do_not_end_the_head() {
-        let mut scan = HeadScan::default();
-        assert_eq!(scan.end(b"\r\n\r\n\n"), None);
-        assert_eq!(scan.end(b"\r\n\r\n\nG"), None);
     }
 }

@@ -153,7 +153,7 @@ impl ProxyHttp for Laneway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         ctx._in_flight = Some(crate::health::InFlightOwned::new(&self.settings.health));
-        if let Some(r) = refused_head(session) {
+        if let Err(r) = check_head(session) {
             // the framing rules the h1 engine applies, so that both answer
             // the same status
             ctx.local = Some("bad_request");
@@ -388,12 +388,15 @@ impl ProxyHttp for Laneway {
                 .parse::<http::Uri>()
                 .map_err(|e| Error::because(ErrorType::InternalError, "rewritten URI", e))?;
             req.set_uri(uri);
-        } else if req.uri.authority().is_some() && !session.is_http2() {
-            // an HTTP/1 absolute-form target goes up in origin-form, its
-            // authority being the Host (kept above), as the h1 engine sends it
-            let origin = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
-            let uri = http::Uri::try_from(origin)
-                .map_err(|e| Error::because(ErrorType::InternalError, "origin-form URI", e))?;
+        } else if !session.is_http2()
+            && req.method != http::Method::CONNECT
+            && !matches!(req.raw_path().first(), Some(b'/' | b'*') | None)
+        {
+            // An HTTP/1 absolute-form target: Pingora keeps it as received
+            // for the wire and its Uri holds the path and query; the
+            // upstream gets those in origin-form, the authority being the
+            // Host, as from the h1 engine.
+            let uri = req.uri.clone();
             req.set_uri(uri);
         }
         if plan.as_get && req.method != http::Method::HEAD {
@@ -719,14 +722,31 @@ fn failure_of(e: &Error, ctx: &Ctx) -> Option<UpstreamFailure> {
     })
 }
 
-/// Why an HTTP/1 request head breaks laneway's framing rules
-/// ([`super::http1`]), checked on the raw head Pingora read. Pingora's
-/// server refuses several cases itself (with 400); this catches the rest
-/// (a missing Host, both Content-Length and Transfer-Encoding, codings
-/// other than `chunked`, the limits, ...).
-fn refused_head(session: &Session) -> Option<super::http1::Reject> {
-    let h1 = session.as_downstream().as_http1()?;
-    super::http1::parse_request_head(&h1.get_headers_raw_bytes()).err()
+/// Checks an HTTP/1 request head against laneway's framing rules
+/// ([`super::http1`]) on the raw head Pingora read. Pingora's server
+/// refuses several cases itself (with 400); this catches the rest (a
+/// missing Host, both Content-Length and Transfer-Encoding, codings other
+/// than `chunked`, the limits, ...). An HTTP/1.0 absolute-form request
+/// without Host gets the target's authority as its Host, as on the h1
+/// engine, so that routing and the upstream see it.
+fn check_head(session: &mut Session) -> std::result::Result<(), super::http1::Reject> {
+    let Some(h1) = session.as_downstream().as_http1() else {
+        return Ok(());
+    };
+    let raw = h1.get_headers_raw_bytes();
+    let head = super::http1::parse_request_head(&raw)?;
+    if let (false, Some(authority)) = (head.has_host_field, head.host) {
+        let added = http::HeaderValue::from_bytes(authority.of(&raw))
+            .ok()
+            .and_then(|v| session.req_header_mut().insert_header(HOST, v).ok());
+        if added.is_none() {
+            return Err(super::http1::Reject::new(
+                400,
+                "invalid authority in the request target",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The request's host (the Host header, else the URI's authority; `""`
