@@ -27,6 +27,7 @@ pub mod server;
 pub mod services;
 pub mod stream;
 pub mod tls;
+pub mod upstream_fields;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,9 +37,6 @@ use http::header::HeaderName;
 use crate::health::InstanceHealth;
 use crate::routing::lanes::LaneSettings;
 
-pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub(crate) static X_LANEWAY_VERSION: HeaderName = HeaderName::from_static("x-laneway-version");
 
 /// Static settings of the data plane, from the configuration.

@@ -34,9 +34,9 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use tracing::{debug, info};
 
 use super::exchange::{self, UpstreamFailure};
-use super::hops::X_LANEWAY_VIA;
 use super::plan::{self, LocalResponse, Plan};
-use super::{ProxySettings, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_LANEWAY_VERSION, X_REQUEST_ID};
+use super::upstream_fields;
+use super::{ProxySettings, X_LANEWAY_VERSION};
 use crate::routing::lanes::LaneSource;
 use crate::routing::snapshot::{LaneView, Snapshot, Target};
 use crate::telemetry::{Metrics, ACCESS_LOG_TARGET};
@@ -375,13 +375,9 @@ impl ProxyHttp for Laneway {
         let Some(plan) = ctx.plan.as_mut() else {
             return Ok(());
         };
-        if !req.headers.contains_key(HOST) {
-            // HTTP/2 clients send the authority in the URI, which a rewrite
-            // replaces: keep it as Host (HTTP/2 upstreams take it back).
-            if let Some(authority) = req.uri.authority().map(|a| a.as_str().to_string()) {
-                req.insert_header(HOST, authority)?;
-            }
-        }
+        // An HTTP/2 request's authority is in its URI, which a rewrite
+        // replaces: it goes up as Host when there is none.
+        let authority = req.uri.authority().map(|a| a.as_str().to_string());
         // (not taken from the plan: a resend runs this filter again)
         if let Some(target) = &plan.upstream_target {
             let uri = target
@@ -403,53 +399,58 @@ impl ProxyHttp for Laneway {
             // an error page redirected the request: nginx sends it as GET
             req.set_method(http::Method::GET);
         }
-        if let Some(host) = &plan.production_host {
-            req.insert_header(HOST, host.as_str())?;
-        }
-        // answered by laneway itself (request_filter)
-        req.remove_header(&http::header::EXPECT);
-        for name in &plan.remove_headers {
+        // The fields, as the h1 engine sends them (proxy::upstream_fields).
+        let incoming = session.req_header();
+        let upgrade = upstream_fields::is_websocket_upgrade(
+            incoming.version == http::Version::HTTP_11,
+            incoming.method.as_str().as_bytes(),
+            incoming
+                .headers
+                .iter()
+                .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
+        );
+        let expect_continue = incoming
+            .headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        let client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map_or_else(|| "-".to_string(), |a| a.ip().to_string());
+        let received: Vec<(http::HeaderName, http::HeaderValue)> = req
+            .headers
+            .iter()
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect();
+        for (name, _) in &received {
             req.remove_header(name);
         }
-        for (name, value) in &plan.set_headers {
-            if value.is_empty() {
-                req.remove_header(name);
-            } else {
-                req.insert_header(name.clone(), value.as_str())?;
-            }
+        let edits = upstream_fields::Edits {
+            settings: &self.settings,
+            plan,
+            lane: ctx.lane.as_ref().map_or("-", |l| &l.name),
+            client_ip: client_ip.as_bytes(),
+            https: ctx.https,
+            upgrade,
+            expect_continue,
+            authority: authority.as_deref().map(str::as_bytes),
+            http2_upstream: ctx
+                .target
+                .as_ref()
+                .and_then(|t| self.settings.services.get(&*t.service))
+                .is_some_and(|p| p.h2),
+        };
+        let mut sink = HeaderSink { req, error: None };
+        edits.write(
+            received
+                .iter()
+                .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
+            &mut sink,
+        );
+        match sink.error {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
-        if let Some(client) = session.client_addr().and_then(|a| a.as_inet()) {
-            let ip = client.ip().to_string();
-            let forwarded = match req.headers.get(&X_FORWARDED_FOR) {
-                Some(prev) => format!("{}, {ip}", String::from_utf8_lossy(prev.as_bytes())),
-                None => ip,
-            };
-            req.insert_header(X_FORWARDED_FOR.clone(), forwarded)?;
-        }
-        req.insert_header(
-            X_FORWARDED_PROTO.clone(),
-            if ctx.https { "https" } else { "http" },
-        )?;
-        if req.headers.get(&X_REQUEST_ID).is_none() {
-            req.insert_header(X_REQUEST_ID.clone(), plan::new_request_id())?;
-        }
-        // the hop marker: this instance after those already listed
-        req.append_header(X_LANEWAY_VIA.clone(), &*self.settings.instance_id)?;
-        if let Some(lane) = &ctx.lane {
-            req.insert_header(self.settings.lanes.header.clone(), &*lane.name)?;
-            let baggage = crate::routing::lanes::baggage_with_lane(
-                req.headers
-                    .get_all(&crate::routing::lanes::BAGGAGE)
-                    .iter()
-                    .map(|v| v.as_bytes()),
-                &self.settings.lanes.baggage_key,
-                &lane.name,
-            );
-            let value = http::HeaderValue::from_bytes(&baggage)
-                .map_err(|e| Error::because(ErrorType::InternalError, "baggage header", e))?;
-            req.insert_header(crate::routing::lanes::BAGGAGE.clone(), value)?;
-        }
-        Ok(())
     }
 
     async fn upstream_response_filter(
@@ -675,6 +676,36 @@ impl ProxyHttp for Laneway {
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             error = e.map(|e| e.etype().as_str()).unwrap_or("-"),
         );
+    }
+}
+
+/// Pingora's upstream request header as a [`upstream_fields::FieldSink`].
+struct HeaderSink<'a> {
+    req: &'a mut RequestHeader,
+    error: Option<Box<Error>>,
+}
+
+impl upstream_fields::FieldSink for HeaderSink<'_> {
+    fn field(&mut self, name: &[u8], value: &[u8]) {
+        let field = http::HeaderName::from_bytes(name)
+            .map_err(|e| Error::because(ErrorType::InternalError, "upstream field name", e))
+            .and_then(|n| {
+                http::HeaderValue::from_bytes(value)
+                    .map(|v| (n, v))
+                    .map_err(|e| {
+                        Error::because(ErrorType::InternalError, "upstream field value", e)
+                    })
+            })
+            .and_then(|(n, v)| self.req.append_header(n, v).map(|_| ()));
+        if let (Err(e), None) = (field, &self.error) {
+            self.error = Some(e);
+        }
+    }
+
+    fn field_with(&mut self, name: &[u8], write: impl FnOnce(&mut Vec<u8>)) {
+        let mut value = Vec::with_capacity(64);
+        write(&mut value);
+        self.field(name, &value);
     }
 }
 

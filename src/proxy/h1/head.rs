@@ -43,94 +43,24 @@ impl H1App {
         } else {
             b" HTTP/1.1\r\n"
         });
-        let lane_header = &self.settings.lanes.header;
-        let mut forwarded_for: Option<&[u8]> = None;
-        let mut request_id = false;
-        let mut baggage = false;
-        for (name, value) in head.parsed.fields.iter(&head.head) {
-            if is_hop_by_hop(name) && !(info.upgrade && name.eq_ignore_ascii_case(b"upgrade")) {
-                continue;
-            }
-            if name.eq_ignore_ascii_case(b"expect") && info.expect_continue {
-                continue;
-            }
-            if name.eq_ignore_ascii_case(b"x-forwarded-for") {
-                forwarded_for = Some(value);
-                continue;
-            }
-            if name.eq_ignore_ascii_case(b"x-request-id") {
-                request_id = true;
-            }
-            if name.eq_ignore_ascii_case(b"baggage") {
-                baggage = true; // merged with the lane below
-                continue;
-            }
-            if name.eq_ignore_ascii_case(b"x-forwarded-proto")
-                || name.eq_ignore_ascii_case(lane_header.as_str().as_bytes())
-                || (plan.production_host.is_some() && name.eq_ignore_ascii_case(b"host"))
-                || plan
-                    .remove_headers
-                    .iter()
-                    .any(|r| name.eq_ignore_ascii_case(r.as_str().as_bytes()))
-                || plan
-                    .set_headers
-                    .iter()
-                    .any(|(n, _)| name.eq_ignore_ascii_case(n.as_str().as_bytes()))
-            {
-                continue;
-            }
-            push_header(out, name, value);
-        }
-        if let Some(host) = &plan.production_host {
-            push_header(out, b"host", host.as_bytes());
-        } else if let (false, Some(host)) = (head.parsed.has_host_field, head.parsed.host) {
-            // HTTP/1.0 in absolute-form without Host: the authority
-            push_header(out, b"host", host.of(&head.head));
-        }
-        for (name, value) in &plan.set_headers {
-            if !value.is_empty() {
-                push_header(out, name.as_str().as_bytes(), value.as_bytes());
-            }
-        }
-        out.extend_from_slice(b"x-forwarded-for: ");
-        if let Some(prev) = forwarded_for {
-            out.extend_from_slice(prev);
-            out.extend_from_slice(b", ");
-        }
-        out.extend_from_slice(peer_ip);
-        out.extend_from_slice(if https {
-            &b"\r\nx-forwarded-proto: https\r\n"[..]
-        } else {
-            &b"\r\nx-forwarded-proto: http\r\n"[..]
-        });
-        if !request_id {
-            let mut id = [0u8; 32];
-            plan::fill_request_id(&mut id);
-            push_header(out, b"x-request-id", &id);
-        }
-        push_header(out, lane_header.as_str().as_bytes(), lane.name.as_bytes());
-        // the hop marker (proxy::hops): this instance after those listed
-        push_header(out, b"x-laneway-via", self.settings.instance_id.as_bytes());
-        // The lane also goes in W3C baggage, other members kept.
-        out.extend_from_slice(b"baggage: ");
-        let existing = head
-            .parsed
-            .fields
-            .iter(&head.head)
-            .filter(|_| baggage)
-            .filter(|(n, _)| n.eq_ignore_ascii_case(b"baggage"))
-            .map(|(_, v)| v);
-        crate::routing::lanes::write_baggage(
-            out,
-            existing,
-            &self.settings.lanes.baggage_key,
-            &lane.name,
-        );
-        out.extend_from_slice(b"\r\n");
-        if info.upgrade {
-            out.extend_from_slice(b"connection: upgrade\r\n");
-        } else {
-            out.extend_from_slice(b"connection: keep-alive\r\n");
+        let edits = crate::proxy::upstream_fields::Edits {
+            settings: &self.settings,
+            plan,
+            lane: &lane.name,
+            client_ip: peer_ip,
+            https,
+            upgrade: info.upgrade,
+            expect_continue: info.expect_continue,
+            authority: match (head.parsed.has_host_field, head.parsed.host) {
+                (false, Some(host)) => Some(host.of(&head.head)),
+                _ => None,
+            },
+            http2_upstream: false,
+        };
+        edits.write(head.parsed.fields.iter(&head.head), out);
+        if info.framing == Framing::Chunked {
+            // the body goes up as the decoder accepted it
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
         }
         out.extend_from_slice(b"\r\n");
         let _ = headers; // the parsed map served routing; the raw fields are forwarded

@@ -251,6 +251,14 @@ enum Failure {
     Abort(io::Error),
 }
 
+impl Failure {
+    /// A failure named the way both engines name it
+    /// ([`crate::proxy::exchange::UpstreamFailure`]).
+    fn of(f: crate::proxy::exchange::UpstreamFailure) -> Failure {
+        Failure::Status(f.status(), f.what())
+    }
+}
+
 impl H1App {
     /// Serves one request; `Ok(true)` when the connection can take another.
     async fn one_request(
@@ -305,7 +313,13 @@ impl H1App {
             minor: head.parsed.minor,
             framing: head.parsed.framing,
             keep_alive: head.parsed.keep_alive,
-            upgrade: head.parsed.upgrade,
+            // only a WebSocket upgrade is tunnelled (proxy::upstream_fields)
+            upgrade: head.parsed.upgrade
+                && crate::proxy::upstream_fields::is_websocket_upgrade(
+                    head.parsed.minor >= 1,
+                    head.method(),
+                    head.parsed.fields.iter(&head.head),
+                ),
             expect_continue: head.parsed.expect_continue,
             is_head: head.method() == b"HEAD",
             idempotent: matches!(

@@ -31,6 +31,7 @@
 //! sent twice, so the upstream's response to it is passed on as it is.
 
 use super::*;
+use crate::proxy::exchange::UpstreamFailure;
 
 /// Largest request body kept to send again after an intercepted upstream
 /// status (Pingora's retry buffer holds as much).
@@ -114,7 +115,7 @@ impl H1App {
                 .pick(skip)
                 .or_else(|| resending.then(|| pool.pick(|_| false)).flatten());
             let Some(idx) = picked else {
-                return Err(Failure::Status(502, "every instance failed to connect"));
+                return Err(Failure::of(UpstreamFailure::NoInstanceConnected));
             };
             let addr = pool.instances[idx].addr;
             if tries < tried.len() {
@@ -139,9 +140,9 @@ impl H1App {
                         || tries >= pool.instances.len()
                     {
                         return Err(if e.kind() == io::ErrorKind::TimedOut {
-                            Failure::Status(504, "connect timed out")
+                            Failure::of(UpstreamFailure::ConnectTimedOut)
                         } else {
-                            Failure::Status(502, "connect failed")
+                            Failure::of(UpstreamFailure::ConnectFailed)
                         });
                     }
                     self.metrics.retry(0).inc();
@@ -215,9 +216,9 @@ impl H1App {
                 // nothing of the answer read yet: a resend is safe when
                 // the request is idempotent and whole
                 return Err(if e.kind() == io::ErrorKind::TimedOut {
-                    Exchange::Failed(io_failure(&e, "sending the request failed"), true)
+                    Exchange::Failed(io_failure(&e, UpstreamFailure::SendFailed), true)
                 } else {
-                    Exchange::Reset(Failure::Status(502, "sending the request failed"))
+                    Exchange::Reset(Failure::of(UpstreamFailure::SendFailed))
                 });
             }
             if rest != Framing::None {
@@ -237,7 +238,7 @@ impl H1App {
                     // truncated request and nothing past it
                     let failure = match e.cause {
                         Cause::Framing(bad) => body_refused(bad),
-                        _ => Failure::Status(502, "sending the request body failed"),
+                        _ => Failure::of(UpstreamFailure::SendBodyFailed),
                     };
                     return Err(Exchange::Failed(failure, false));
                 }
@@ -254,20 +255,18 @@ impl H1App {
                     continue
                 }
                 Ok(None) => {
-                    return Err(Exchange::Reset(Failure::Status(
-                        502,
-                        "upstream closed the connection before answering",
+                    return Err(Exchange::Reset(Failure::of(
+                        UpstreamFailure::ClosedBeforeAnswer,
                     )))
                 }
                 Err(e) if s.up_buf.is_empty() && e.kind() != io::ErrorKind::TimedOut => {
-                    return Err(Exchange::Reset(Failure::Status(
-                        502,
-                        "upstream reset the connection before answering",
+                    return Err(Exchange::Reset(Failure::of(
+                        UpstreamFailure::ResetBeforeAnswer,
                     )))
                 }
                 Err(e) => {
                     return Err(Exchange::Failed(
-                        io_failure(&e, "reading the response failed"),
+                        io_failure(&e, UpstreamFailure::ReadFailed),
                         true,
                     ))
                 }
@@ -320,9 +319,14 @@ impl H1App {
                 resp.framing
             };
             let upgrade = status == 101 && info.upgrade;
-            let mut client_keep = info.keep_alive && framing != Framing::Close && !upgrade;
+            // A body that ends with the upstream's close goes to an HTTP/1.1
+            // client chunked, so its connection stays (as nginx and the
+            // Pingora engine send it); HTTP/1.0 clients get it close-delimited.
+            let rechunk = framing == Framing::Close && info.minor >= 1;
+            let mut client_keep =
+                info.keep_alive && (framing != Framing::Close || rechunk) && !upgrade;
             if status == 101 && !info.upgrade {
-                return Err(Failure::Status(502, "unexpected 101 response"));
+                return Err(Failure::of(UpstreamFailure::UnexpectedSwitch));
             }
 
             // The client's head: status line and headers as received, minus
@@ -364,6 +368,9 @@ impl H1App {
             for (name, value) in &plan.add_response_headers {
                 push_header(&mut s.out, name.as_str().as_bytes(), value.as_bytes());
             }
+            if rechunk {
+                s.out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            }
             if upgrade {
                 s.out.extend_from_slice(b"connection: upgrade\r\n");
             } else if !client_keep {
@@ -393,6 +400,16 @@ impl H1App {
                 return Ok(false);
             }
 
+            if rechunk {
+                if let Err(e) =
+                    transfer_rechunked(&mut up, &mut s.up_buf, &mut c.io, plan.read_timeout, &s.out)
+                        .await
+                {
+                    debug!(upstream = %addr, error = %e, "response transfer failed");
+                    return Err(Failure::Abort(e));
+                }
+                return Ok(client_keep);
+            }
             let mut decoder = ChunkedDecoder::new(None);
             if let Err(e) = transfer(
                 &mut up,
@@ -476,18 +493,18 @@ enum Exchange {
 /// past `[proxy] max_body_size`).
 fn body_refused(e: ChunkError) -> Failure {
     match e {
-        ChunkError::TooLarge(_) => Failure::Status(413, "request body too large"),
+        ChunkError::TooLarge(_) => Failure::of(UpstreamFailure::BodyTooLarge),
         ChunkError::Malformed(what) => Failure::Status(400, what),
     }
 }
 
-pub(super) fn io_failure(e: &io::Error, what: &'static str) -> Failure {
+pub(super) fn io_failure(e: &io::Error, otherwise: UpstreamFailure) -> Failure {
     if let Some(r) = rejected(e) {
         return Failure::Status(r.status(), r.what());
     }
     if e.kind() == io::ErrorKind::TimedOut {
-        Failure::Status(504, "upstream timed out")
+        Failure::of(UpstreamFailure::TimedOut)
     } else {
-        Failure::Status(502, what)
+        Failure::of(otherwise)
     }
 }

@@ -136,6 +136,43 @@ impl From<TransferError> for io::Error {
 /// Streams a body from `src` (with `buf` holding bytes already read) to
 /// `dst`, writing `prefix` together with the first body bytes. Of a chunked
 /// body, only bytes `decoder` accepted are written.
+/// Streams a body that ends when `src` closes to `dst` in chunked coding
+/// (each read one chunk, then the last chunk), writing `prefix` (the head)
+/// first.
+pub(super) async fn transfer_rechunked<R, W>(
+    src: &mut R,
+    buf: &mut BytesMut,
+    dst: &mut W,
+    timeout: Duration,
+    prefix: &[u8],
+) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut out = Vec::with_capacity(prefix.len() + buf.len() + 16);
+    out.extend_from_slice(prefix);
+    loop {
+        if !buf.is_empty() {
+            use std::io::Write;
+            let _ = write!(out, "{:x}\r\n", buf.len()); // Vec write cannot fail
+            out.extend_from_slice(buf);
+            out.extend_from_slice(b"\r\n");
+            buf.clear();
+        }
+        if !out.is_empty() {
+            timed(timeout, dst.write_all(&out)).await?;
+            out.clear();
+        }
+        buf.reserve(BODY_CHUNK);
+        if timed(timeout, src.read_buf(buf)).await? == 0 {
+            break;
+        }
+    }
+    timed(timeout, dst.write_all(b"0\r\n\r\n")).await?;
+    timed(timeout, dst.flush()).await
+}
+
 pub(super) async fn transfer<R, W>(
     src: &mut R,
     buf: &mut BytesMut,

@@ -104,7 +104,10 @@ impl Fields {
     }
 
     /// `(name, value)` of each field, against `buf`.
-    pub fn iter<'a>(&'a self, buf: &'a [u8]) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
+    pub fn iter<'a>(
+        &'a self,
+        buf: &'a [u8],
+    ) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + Clone + 'a {
         self.as_slice()
             .iter()
             .map(move |f| (f.name.of(buf), f.value.of(buf)))
