@@ -43,7 +43,7 @@ use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tracing::{debug, info};
+use tracing::debug;
 
 use self::body::{ChunkTracker, Framing};
 use self::head::*;
@@ -53,7 +53,8 @@ use super::plan::{self, LocalResponse, Plan};
 use super::ProxySettings;
 use crate::routing::lanes::LaneSource;
 use crate::routing::snapshot::{LaneView, Snapshot, Target};
-use crate::telemetry::{Metrics, ACCESS_LOG_TARGET};
+use crate::telemetry::access::{self, AccessRecord};
+use crate::telemetry::Metrics;
 
 /// Largest request or response head accepted.
 const MAX_HEAD: usize = 64 * 1024;
@@ -520,33 +521,33 @@ impl H1App {
     /// Metrics and the access log of one request.
     fn finish(&self, log: &Log) {
         let elapsed = log.started.elapsed();
+        let upstream_elapsed = log.upstream_started.map(|u| u.elapsed());
         log.lane.duration.observe(elapsed.as_secs_f64());
         log.lane.requests.inc(log.status);
-        if let (Some(t), Some(up)) = (&log.target, log.upstream_started) {
+        if let (Some(t), Some(up)) = (&log.target, upstream_elapsed) {
             if let Ok(pool) = &t.pool {
                 pool.metrics().requests.inc(log.status);
-                pool.metrics().duration.observe(up.elapsed().as_secs_f64());
+                pool.metrics().duration.observe(up.as_secs_f64());
             }
         }
-        let dash: &dyn std::fmt::Display = &"-";
         let r = &log.req;
-        info!(
-            target: ACCESS_LOG_TARGET,
-            client = %r.client.as_ref().map_or(dash, |a| a as &dyn std::fmt::Display),
-            method = r.method(),
-            host = r.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("-"),
-            uri = r.uri(),
-            lane = &*log.lane.name,
-            lane_source = log.lane_source.as_str(),
-            service = log.target.as_ref().map_or("-", |t| &*t.service),
-            version = log.target.as_ref().map_or("-", |t| &*t.version),
-            upstream = %log.upstream.as_ref().map_or(dash, |a| a as &dyn std::fmt::Display),
-            tries = log.tries,
-            local = log.local.unwrap_or("-"),
-            status = log.status,
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            upstream_ms = log.upstream_started.map_or(0.0, |u| u.elapsed().as_secs_f64() * 1000.0),
-        );
+        access::log(&AccessRecord {
+            client: r.client,
+            method: r.method(),
+            host: r.host.as_ref().and_then(|h| h.to_str().ok()),
+            uri: r.uri(),
+            lane: &log.lane.name,
+            lane_source: log.lane_source.as_str(),
+            service: log.target.as_ref().map(|t| &*t.service),
+            version: log.target.as_ref().map(|t| &*t.version),
+            upstream: log.upstream,
+            tries: u32::from(log.tries),
+            local: log.local,
+            status: log.status,
+            duration: elapsed,
+            upstream_duration: upstream_elapsed,
+            error: None,
+        });
     }
 }
 
