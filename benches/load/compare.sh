@@ -89,13 +89,15 @@ if [ "$ACCESS_LOGS" = 1 ]; then
   CPU_PID[nginx-log]="$PROXY_NGINX_PID"
   ACCESS_FILE[nginx-log]="$LW_TMP/nginx-access.log"
   if [ "$NGINX_ONLY" != 1 ]; then
-    # laneway's default access log (text), to a file
-    start_laneway "$LW_LOG_PORT" "$LW_LOG_ADMIN" "$THREADS" 'access_file = "access.log"' laneway-log
+    # laneway's default access log (text), to a file beside nginx's (not in
+    # laneway's config directory, whose watcher would wake for every write)
+    start_laneway "$LW_LOG_PORT" "$LW_LOG_ADMIN" "$THREADS" \
+      "access_file = \"$LW_TMP/laneway-access.log\"" laneway-log
     register_instances "$LW_LOG_ADMIN"
     TARGETS+=(laneway-log)
     URL_BASE[laneway-log]="http://127.0.0.1:$LW_LOG_PORT"
     CPU_PID[laneway-log]="$LANEWAY_PID"
-    ACCESS_FILE[laneway-log]="$LW_TMP/laneway-log/access.log"
+    ACCESS_FILE[laneway-log]="$LW_TMP/laneway-access.log"
   fi
 fi
 
