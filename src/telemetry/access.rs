@@ -16,6 +16,7 @@
 //! Hostile values (a `Host` or request target with quotes, control bytes
 //! or bytes outside ASCII) are escaped, so one request is always one line.
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
@@ -415,10 +416,34 @@ fn write_addr(out: &mut Vec<u8>, addr: SocketAddr) {
 /// `2025-06-01T12:00:00.123456Z` (UTC): with `digits` 6 all 27 bytes are
 /// used, with 3 the first 24 (`….123Z`).
 fn timestamp(now: SystemTime, digits: u32) -> [u8; 27] {
+    thread_local! {
+        /// The last second formatted on this thread, and its text.
+        static SECOND: Cell<(u64, [u8; 27])> = const { Cell::new((u64::MAX, [0; 27])) };
+    }
     let since = now
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
     let secs = since.as_secs();
+    let mut t = match SECOND.get() {
+        (cached, t) if cached == secs => t,
+        _ => {
+            let t = whole_second(secs);
+            SECOND.set((secs, t));
+            t
+        }
+    };
+    let digits = digits.clamp(1, 6) as usize;
+    let mut frac = since.subsec_micros() / 10u32.pow(6 - digits as u32);
+    for i in (20..20 + digits).rev() {
+        t[i] = b'0' + (frac % 10) as u8;
+        frac /= 10;
+    }
+    t[20 + digits] = b'Z';
+    t
+}
+
+/// `2025-06-01T12:00:00.` and room for the fraction.
+fn whole_second(secs: u64) -> [u8; 27] {
     let (year, month, day) = civil_from_days(secs / 86_400);
     let sod = secs % 86_400;
     let mut t = *b"0000-00-00T00:00:00.000000Z";
@@ -433,13 +458,6 @@ fn timestamp(now: SystemTime, digits: u32) -> [u8; 27] {
     put2(11, sod / 3600);
     put2(14, sod / 60 % 60);
     put2(17, sod % 60);
-    let digits = digits.clamp(1, 6) as usize;
-    let mut frac = since.subsec_micros() / 10u32.pow(6 - digits as u32);
-    for i in (20..20 + digits).rev() {
-        t[i] = b'0' + (frac % 10) as u8;
-        frac /= 10;
-    }
-    t[20 + digits] = b'Z';
     t
 }
 
