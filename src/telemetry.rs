@@ -44,10 +44,10 @@ static ACCESS_LOG_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
 /// Why logging could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
-    #[error("cannot open [log] access_file {path}: {source}; check that its directory exists and laneway may write there")]
+    #[error("cannot open [log] access_file {path}: {error}; check that its directory exists and laneway may write there")]
     AccessFile {
         path: std::path::PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("cannot start the access-log writer thread: {0}")]
     Thread(std::io::Error),
@@ -123,9 +123,9 @@ fn start_access_log(cfg: &LogConfig) -> Result<(), LogError> {
     };
     let dest = match &cfg.access_file {
         Some(path) => access_writer::Destination::File {
-            file: access_writer::open(path).map_err(|source| LogError::AccessFile {
+            file: access_writer::open(path).map_err(|error| LogError::AccessFile {
                 path: path.clone(),
-                source,
+                error,
             })?,
             path: path.clone(),
         },
