@@ -266,7 +266,9 @@ fn ports_summary(cfg: &Config, rules: &RuleSet) -> String {
 
 fn run(config_path: PathBuf, upgrade: bool) -> anyhow::Result<()> {
     let config = Config::load(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
-    telemetry::init_logging(&config.log);
+    // (lines of the access log still queued at exit are written out by
+    // an exit hook, whichever way the process ends)
+    telemetry::init_logging(&config.log)?;
     laneway::proxy::limits::raise_open_file_limit(&config);
     let metrics = Arc::new(Metrics::new());
     let control = Control::open(config, metrics).context("cannot start")?;

@@ -1,10 +1,15 @@
-//! Logging (`tracing`) set-up and the Prometheus registry with every laneway
+//! Logging (`tracing`) set-up, the access log ([`access`], written by
+//! [`access_writer`]) and the Prometheus registry with every laneway
 //! metric. Metric families are created once here; the snapshot compiler
 //! resolves their label children ahead of time so the request path only
-//! increments atomics.
+//! increments atomics. Control plane, except [`access::log`].
 
-mod access;
+pub mod access;
+pub mod access_writer;
 pub mod instance_health;
+
+use std::sync::LazyLock;
+use std::time::Duration;
 
 use prometheus::{
     Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -14,22 +19,55 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-pub use access::{ACCESS_FIELDS, ACCESS_FIELDS_DEFAULT};
+pub use access::{AccessRecord, ACCESS_FIELDS, ACCESS_FIELDS_DEFAULT};
 pub use instance_health::{InstanceHealthGauge, InstanceHealthSource};
 
 use crate::config::{LogConfig, LogFormat};
 
-/// The `tracing` target of the access log; filter it with `laneway::access=off`.
+/// The name of the access log in log filters: `laneway::access=off` in
+/// `RUST_LOG` or `[log] level` turns it off, like `[log] access_log = false`.
 pub const ACCESS_LOG_TARGET: &str = "laneway::access";
 
-/// Installs the global `tracing` subscriber. `RUST_LOG` overrides the
-/// configured level. The access log is turned off with `[log] access_log = false`.
-pub fn init_logging(cfg: &LogConfig) {
-    let mut filter = std::env::var("RUST_LOG").unwrap_or_else(|_| cfg.level.clone());
-    if !cfg.access_log {
-        filter.push_str(",laneway::access=off");
-    }
-    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|e| {
+/// How long exit waits for queued access-log lines to be written.
+const EXIT_FLUSH: Duration = Duration::from_secs(2);
+
+/// Access-log lines dropped because the writer fell behind; one counter
+/// for the process, registered in every [`Metrics`].
+static ACCESS_LOG_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
+    IntCounter::new(
+        "laneway_access_log_dropped_total",
+        "Access-log lines dropped because the writer fell behind",
+    )
+    .expect("metric definition")
+});
+
+/// Why logging could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("cannot open [log] access_file {path}: {error}; check that its directory exists and laneway may write there")]
+    AccessFile {
+        path: std::path::PathBuf,
+        error: std::io::Error,
+    },
+    #[error("cannot start the access-log writer thread: {0}")]
+    Thread(std::io::Error),
+    #[error("cannot install the SIGUSR1 handler that reopens the access log: {0}")]
+    Signal(std::io::Error),
+}
+
+/// Installs the global `tracing` subscriber (the main log, on standard
+/// error) and the access log. `RUST_LOG` overrides the configured level.
+///
+/// The access log is on unless `[log] access_log = false` or the filter
+/// says `laneway::access=off`; it goes to `[log] access_file` (appended to,
+/// reopened on SIGUSR1) or else to standard error. Its lines are text, or
+/// JSON of `[log] access_fields` with `[log] access_format = "json"` (and
+/// JSON of every field when the main log is JSON). Lines still queued at
+/// exit are written out first.
+pub fn init_logging(cfg: &LogConfig) -> Result<(), LogError> {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| cfg.level.clone());
+    let access_on = cfg.access_log && !filter_turns_off_access(&filter);
+    let env_filter = EnvFilter::try_new(&filter).unwrap_or_else(|e| {
         eprintln!("laneway: invalid log filter {filter:?} ({e}); using \"info\"");
         EnvFilter::new("info")
     });
@@ -40,20 +78,85 @@ pub fn init_logging(cfg: &LogConfig) {
         LogFormat::Text => fmt.boxed(),
         LogFormat::Json => fmt.json().flatten_event(true).boxed(),
     };
-    // With `[log] access_format = "json"` the access log has its own layer
-    // writing JSON lines of the configured fields; the main log skips it.
-    let json_access = cfg.access_log && cfg.access_format == LogFormat::Json;
-    let fmt = fmt.with_filter(tracing_subscriber::filter::filter_fn(move |m| {
-        !(json_access && m.target() == ACCESS_LOG_TARGET)
-    }));
-    let access = json_access.then(|| access::JsonAccessLayer::new(&cfg.access_fields));
     let result = tracing_subscriber::registry()
-        .with(filter)
+        .with(env_filter)
         .with(fmt)
-        .with(access)
         .try_init();
     if let Err(e) = result {
         eprintln!("laneway: logging already initialised: {e}");
+    }
+    if access_on {
+        start_access_log(cfg)?;
+    }
+    Ok(())
+}
+
+/// Whether a `tracing` filter has `laneway::access=off` (or a level that
+/// leaves out `info`) as its last word on the access log's target.
+fn filter_turns_off_access(filter: &str) -> bool {
+    filter
+        .split(',')
+        .filter_map(|d| d.split_once('='))
+        .rfind(|(target, _)| target.trim() == ACCESS_LOG_TARGET)
+        .is_some_and(|(_, level)| {
+            matches!(
+                level.trim().to_ascii_lowercase().as_str(),
+                "off" | "error" | "warn"
+            )
+        })
+}
+
+fn start_access_log(cfg: &LogConfig) -> Result<(), LogError> {
+    let fields = |names: &[&str]| -> Box<[access::Field]> {
+        names
+            .iter()
+            .filter_map(|n| access::Field::from_name(n))
+            .collect()
+    };
+    let format = if cfg.access_format == LogFormat::Json {
+        let names: Vec<&str> = cfg.access_fields.iter().map(String::as_str).collect();
+        access::Format::Json(fields(&names))
+    } else if cfg.format == LogFormat::Json {
+        access::Format::Json(fields(&ACCESS_FIELDS))
+    } else {
+        access::Format::Text
+    };
+    let dest = match &cfg.access_file {
+        Some(path) => access_writer::Destination::File {
+            file: access_writer::open(path).map_err(|error| LogError::AccessFile {
+                path: path.clone(),
+                error,
+            })?,
+            path: path.clone(),
+        },
+        None => access_writer::Destination::Stderr,
+    };
+    let writer = access_writer::AccessWriter::start(dest, ACCESS_LOG_DROPPED.clone())
+        .map_err(LogError::Thread)?;
+    // SAFETY: the action only adds to an atomic counter, which is
+    // async-signal-safe.
+    unsafe { signal_hook_registry::register(libc::SIGUSR1, access_writer::request_reopen) }
+        .map_err(LogError::Signal)?;
+    access::install(format, writer);
+    // SAFETY: registering a plain `extern "C" fn` with no arguments.
+    if unsafe { libc::atexit(flush_access_log_at_exit) } != 0 {
+        tracing::warn!(
+            "cannot register the exit hook; access-log lines queued at exit may be lost"
+        );
+    }
+    Ok(())
+}
+
+/// Writes out the access-log lines still queued when the process exits
+/// (`std::process::exit` at the end of a SIGTERM drain, or `main` returning).
+extern "C" fn flush_access_log_at_exit() {
+    if !access::flush(EXIT_FLUSH) {
+        use std::io::Write;
+        // (standard error gone: nowhere to say it)
+        let _ = writeln!(
+            std::io::stderr(),
+            "laneway: the access log was not written out within {EXIT_FLUSH:?} at exit; its last lines may be lost"
+        );
     }
 }
 
@@ -135,6 +238,8 @@ pub struct Metrics {
     pub discovery_staleness: Gauge,
     /// HTTPS listeners and certificates.
     pub tls: TlsMetrics,
+    /// Access-log lines dropped because the writer fell behind.
+    pub access_log_dropped: IntCounter,
 }
 
 /// What TLS termination counts: handshakes by negotiated protocol, failed
@@ -357,6 +462,7 @@ impl Metrics {
             )
             .expect("metric definition"),
             tls: TlsMetrics::new(),
+            access_log_dropped: ACCESS_LOG_DROPPED.clone(),
             registry,
         };
         m.register_all();
@@ -418,6 +524,7 @@ impl Metrics {
             Box::new(self.tls.cert_reloads.clone()),
             Box::new(self.tls.cert_errors.clone()),
             Box::new(self.tls.certificates.clone()),
+            Box::new(self.access_log_dropped.clone()),
         ];
         for c in collectors {
             r.register(c).expect("metric names are unique");
@@ -466,5 +573,45 @@ impl ClassCounters {
 
     pub fn inc(&self, status: u16) {
         self.0[class_index(status)].inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_directive_for_the_access_target_turns_it_off() {
+        for on in [
+            "info",
+            "warn",
+            "error",
+            "off",
+            "laneway=warn",
+            "laneway::access=info",
+        ] {
+            assert!(!filter_turns_off_access(on), "{on}");
+        }
+        for off in [
+            "laneway::access=off",
+            "info,laneway::access=OFF",
+            "debug, laneway::access = warn",
+            "laneway::access=info,laneway::access=off",
+        ] {
+            assert!(filter_turns_off_access(off), "{off}");
+        }
+        assert!(!filter_turns_off_access(
+            "laneway::access=off,laneway::access=info"
+        ));
+    }
+
+    #[test]
+    fn the_dropped_lines_counter_is_in_every_registry() {
+        let (a, b) = (Metrics::new(), Metrics::new());
+        a.access_log_dropped.inc();
+        for m in [&a, &b] {
+            assert!(m.render().contains("laneway_access_log_dropped_total"));
+        }
+        assert_eq!(a.access_log_dropped.get(), b.access_log_dropped.get());
     }
 }

@@ -193,16 +193,20 @@ write_upstreams_conf() {
   mv -f "$LW_TMP/upstreams.conf.new" "$LW_TMP/upstreams.conf"
 }
 
-# start_proxy_nginx PORT WORKERS BASELINE_PORT LANE_PORT
+# start_proxy_nginx PORT WORKERS BASELINE_PORT LANE_PORT [NAME] [ACCESS_LOG]
+#   NAME (default proxy): the files $LW_TMP/NAME.nginx.conf, NAME.pid,
+#   NAME-error.log and NAME-tmp/, so that two instances can run side by side
+#   ACCESS_LOG (default off): the arguments of nginx's access_log directive
 start_proxy_nginx() {
-  mkdir -p "$LW_TMP/proxy-tmp"
+  local name="${5:-proxy}" access="${6:-off}"
+  mkdir -p "$LW_TMP/$name-tmp"
   write_upstreams_conf "$3" "$4"
-  render "$TEMPLATES/proxy.nginx.conf" "$LW_TMP/proxy.nginx.conf" \
-    DIR="$LW_TMP" PORT="$1" WORKERS="$2"
-  "$NGINX" -t -q -e "$LW_TMP/proxy-error.log" -c "$LW_TMP/proxy.nginx.conf" \
-    || die "nginx-under-test config rejected (see $LW_TMP/proxy-error.log)"
-  start_bg "nginx-under-test" "$LW_TMP/proxy.out" \
-    "$NGINX" -e "$LW_TMP/proxy-error.log" -c "$LW_TMP/proxy.nginx.conf"
+  render "$TEMPLATES/proxy.nginx.conf" "$LW_TMP/$name.nginx.conf" \
+    DIR="$LW_TMP" PORT="$1" WORKERS="$2" NAME="$name" ACCESS_LOG="$access"
+  "$NGINX" -t -q -e "$LW_TMP/$name-error.log" -c "$LW_TMP/$name.nginx.conf" \
+    || die "nginx-under-test config rejected (see $LW_TMP/$name-error.log)"
+  start_bg "nginx-under-test ($name)" "$LW_TMP/$name.out" \
+    "$NGINX" -e "$LW_TMP/$name-error.log" -c "$LW_TMP/$name.nginx.conf"
   PROXY_NGINX_PID="${LW_PIDS[-1]}"
   wait_http "http://127.0.0.1:$1/" 10 "$PROXY_NGINX_PID" -H "Host: www.example.com" \
     || die "nginx under test did not start"
@@ -213,16 +217,20 @@ reload_proxy_nginx() {
   "$NGINX" -e "$LW_TMP/proxy-error.log" -c "$LW_TMP/proxy.nginx.conf" -s reload
 }
 
-# start_laneway PORT ADMIN_PORT THREADS: config + routes in $LW_TMP/laneway/.
+# start_laneway PORT ADMIN_PORT THREADS [LOG_KEYS] [NAME]: config + routes in
+# $LW_TMP/NAME/ (default laneway/); LOG_KEYS (default "access_log = false")
+# are appended to the [log] section, e.g. 'access_file = "access.log"'.
 start_laneway() {
-  local d="$LW_TMP/laneway"
+  local name="${5:-laneway}"
+  local d="$LW_TMP/$name"
   mkdir -p "$d"
   render "$TEMPLATES/laneway.toml" "$d/laneway.toml" PORT="$1" ADMIN_PORT="$2" THREADS="$3"
+  printf '%s\n' "${4:-access_log = false}" >>"$d/laneway.toml"
   cp "$TEMPLATES/routes.toml" "$d/routes.toml"
-  start_bg "laneway" "$d/laneway.log" "$LANEWAY_BIN" run --config "$d/laneway.toml"
+  start_bg "$name" "$d/laneway.log" "$LANEWAY_BIN" run --config "$d/laneway.toml"
   LANEWAY_PID="${LW_PIDS[-1]}"
   wait_http "http://127.0.0.1:$2/healthz" 60 "$LANEWAY_PID" \
-    || { tail -n 30 "$d/laneway.log" >&2 || true; die "laneway did not become ready"; }
+    || { tail -n 30 "$d/laneway.log" >&2 || true; die "$name did not become ready"; }
 }
 
 # admin METHOD ADMIN_PORT PATH [JSON]: calls the admin API, fails on non-2xx.

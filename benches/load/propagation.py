@@ -216,6 +216,8 @@ def run(procs, tmp):
     os.makedirs(d)
     render(os.path.join(HERE, "templates", "laneway.toml"), os.path.join(d, "laneway.toml"),
            PORT=lw_port, ADMIN_PORT=admin_port, THREADS=threads)
+    with open(os.path.join(d, "laneway.toml"), "a") as f:
+        f.write("access_log = false\n")  # appended to [log], which comes last
     shutil.copy(os.path.join(HERE, "templates", "routes.toml"), os.path.join(d, "routes.toml"))
     cmd = [binary, "run", "--config", os.path.join(d, "laneway.toml")]
     lw_log = open(os.path.join(d, "laneway.log"), "w")

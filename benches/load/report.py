@@ -70,6 +70,11 @@ def _errors(r):
     return r["err_connect"] + r["err_read"] + r["err_write"] + r["err_status"] + r["err_timeout"]
 
 
+# What each target is compared with in the ratio columns.
+PAIRS = {"laneway": "nginx", "laneway-log": "nginx-log"}
+TARGETS = ["direct", "nginx", "laneway", "nginx-log", "laneway-log"]
+
+
 def compare(path):
     rows = _load(path)
     tick = os.sysconf("SC_CLK_TCK")
@@ -77,12 +82,17 @@ def compare(path):
     for r in rows:
         if r["case"] not in cases:
             cases.append(r["case"])
-    targets = ["direct", "nginx", "laneway"]
-    print("| case | target | req/s | p50 ms | p99 ms | errors | proxy CPU ms / 1k req | rounds | req/s laneway/nginx | p99 laneway/nginx |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    with_logs = any(r.get("log_lines") is not None for r in rows)
+    head = "| case | target | req/s | p50 ms | p99 ms | errors | proxy CPU ms / 1k req | rounds | req/s laneway/nginx | p99 laneway/nginx |"
+    rule = "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    if with_logs:
+        head += " log lines/req |"
+        rule += "---:|"
+    print(head)
+    print(rule)
     for case in cases:
         med = {}
-        for t in targets:
+        for t in TARGETS:
             rs = [r for r in rows if r["case"] == case and r["target"] == t]
             if not rs:
                 continue
@@ -92,33 +102,44 @@ def compare(path):
                 for r in rs
                 if r.get("cpu_ticks") is not None and r["requests"]
             ]
+            lines = [
+                r["log_lines"] / r["requests"]
+                for r in rs
+                if r.get("log_lines") is not None and r["requests"]
+            ]
             med[t] = {
                 "rps": statistics.median(rps),
                 "p50": statistics.median(r["p50_us"] for r in rs),
                 "p99": statistics.median(r["p99_us"] for r in rs),
                 "errors": sum(_errors(r) for r in rs),
                 "cpu": statistics.median(cpu) if cpu else None,
+                "lines": statistics.median(lines) if lines else None,
                 "n": len(rs),
                 "all_rps": rps,
             }
-        for t in targets:
+        for t in TARGETS:
             if t not in med:
                 continue
             m = med[t]
             ratio_rps = ratio_p99 = ""
-            if t == "laneway" and "nginx" in med:
-                ratio_rps = f"{m['rps'] / med['nginx']['rps']:.2f}"
-                ratio_p99 = f"{m['p99'] / med['nginx']['p99']:.2f}"
+            other = PAIRS.get(t)
+            if other in med:
+                ratio_rps = f"{m['rps'] / med[other]['rps']:.2f}"
+                ratio_p99 = f"{m['p99'] / med[other]['p99']:.2f}"
             cpu = "" if m["cpu"] is None else f"{m['cpu']:.1f}"
-            print(
+            row = (
                 f"| {case} | {t} | {m['rps']:.0f} | {_ms(m['p50'])} | {_ms(m['p99'])} | "
                 f"{m['errors']} | {cpu} | {m['n']} | {ratio_rps} | {ratio_p99} |"
             )
+            if with_logs:
+                row += "" if m["lines"] is None else f" {m['lines']:.3f}"
+                row += " |"
+            print(row)
     print()
     print("Per-round req/s (in run order):")
     print()
     for case in cases:
-        for t in targets:
+        for t in TARGETS:
             rs = [r for r in rows if r["case"] == case and r["target"] == t]
             if rs:
                 vals = ", ".join(f"{r['requests'] / (r['duration_us'] / 1e6):.0f}" for r in rs)

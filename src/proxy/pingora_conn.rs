@@ -153,10 +153,23 @@ pub async fn serve(
         let head = match read_head(&mut stream, fresh, t, shutdown).await {
             Head::Ready(head) => head,
             Head::Closed => return,
-            Head::TimedOut { partial } => {
+            Head::TimedOut {
+                partial,
+                head: partial_head,
+            } => {
                 debug!(partial, timeout = ?t.head, "request head not complete in time; closing");
                 if partial {
                     count(metrics, "header_timeout");
+                    let client = stream
+                        .get_socket_digest()
+                        .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
+                    crate::telemetry::access::log_refused(
+                        &partial_head,
+                        client,
+                        408,
+                        "header_timeout",
+                        std::time::Instant::now(),
+                    );
                     let body = format!(
                         "laneway: request head not received within [proxy] header_timeout ({})\n",
                         humantime::format_duration(t.head)
@@ -165,9 +178,19 @@ pub async fn serve(
                 }
                 return;
             }
-            Head::Refused(r) => {
+            Head::Refused(r, raw) => {
                 debug!(status = r.status(), problem = %r, "request head refused; closing");
                 count(metrics, "bad_request");
+                let client = stream
+                    .get_socket_digest()
+                    .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
+                crate::telemetry::access::log_refused(
+                    &raw,
+                    client,
+                    r.status(),
+                    r.what(),
+                    std::time::Instant::now(),
+                );
                 farewell(&mut stream, r.status(), &format!("laneway: {r}\n")).await;
                 return;
             }
@@ -221,10 +244,14 @@ enum Head {
     /// shutting down: close without an answer.
     Closed,
     /// `header_timeout` passed; `partial`: some of the head had arrived.
-    TimedOut { partial: bool },
+    TimedOut {
+        partial: bool,
+        /// The bytes of the head that arrived.
+        head: BytesMut,
+    },
     /// The head breaks the framing rules ([`super::http1`]): answered
     /// with the status the h1 engine answers, then closed.
-    Refused(Reject),
+    Refused(Reject, BytesMut),
 }
 
 /// Reads one request head: on a `fresh` connection within `t.head` of now;
@@ -270,11 +297,11 @@ async fn read_head(
             Ok(Some(end)) => {
                 return match parse_request_head(&buf[..end]) {
                     Ok(_) => Head::Ready(buf),
-                    Err(r) => Head::Refused(r),
+                    Err(r) => Head::Refused(r, buf),
                 }
             }
             Ok(None) => {}
-            Err(r) => return Head::Refused(r),
+            Err(r) => return Head::Refused(r, buf),
         }
         buf.reserve(READ_CHUNK);
         match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
@@ -287,6 +314,7 @@ async fn read_head(
             Err(_) => {
                 return Head::TimedOut {
                     partial: !buf.is_empty(),
+                    head: buf,
                 }
             }
         }

@@ -31,7 +31,7 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
-use tracing::{debug, info};
+use tracing::debug;
 
 use super::exchange::{self, UpstreamFailure};
 use super::plan::{self, LocalResponse, Plan};
@@ -39,7 +39,8 @@ use super::upstream_fields;
 use super::{ProxySettings, X_LANEWAY_VERSION};
 use crate::routing::lanes::LaneSource;
 use crate::routing::snapshot::{LaneView, Snapshot, Target};
-use crate::telemetry::{Metrics, ACCESS_LOG_TARGET};
+use crate::telemetry::access::{self, AccessRecord};
+use crate::telemetry::Metrics;
 
 /// The laneway proxy service on Pingora's framework.
 pub struct Laneway {
@@ -633,17 +634,26 @@ impl ProxyHttp for Laneway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if ctx.local == Some("health") {
+            // LVS health checks are neither logged nor counted, as on the
+            // h1 engine
+            return;
+        }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let elapsed = ctx.started.elapsed();
-        if let Some(lane) = &ctx.lane {
-            lane.requests.inc(status);
-            lane.duration.observe(elapsed.as_secs_f64());
-        } else {
-            self.metrics
-                .request_duration
-                .with_label_values(&[crate::allocation::lanes::BASELINE])
-                .observe(elapsed.as_secs_f64());
-        }
+        let upstream_elapsed = ctx.upstream_started.map(|u| u.elapsed());
+        // a request that failed before a lane was chosen counts for the
+        // baseline
+        let baseline;
+        let lane = match &ctx.lane {
+            Some(lane) => lane,
+            None => {
+                baseline = self.snapshot.load().baseline().clone();
+                &baseline
+            }
+        };
+        lane.requests.inc(status);
+        lane.duration.observe(elapsed.as_secs_f64());
         if status != 0 && ctx.upstream_started.is_some() && ctx.local.is_none() {
             if let Some(state) = ctx.last_state() {
                 state.record_status(if ctx.upstream_status != 0 {
@@ -653,29 +663,43 @@ impl ProxyHttp for Laneway {
                 });
             }
         }
-        if let (Some(plan), Some(up)) = (&ctx.plan, ctx.upstream_started) {
+        if let (Some(plan), Some(up)) = (&ctx.plan, upstream_elapsed) {
             plan.pool.metrics().requests.inc(status);
-            plan.pool
-                .metrics()
-                .duration
-                .observe(up.elapsed().as_secs_f64());
+            plan.pool.metrics().duration.observe(up.as_secs_f64());
         }
+        // An error before any upstream head arrived was answered by
+        // `fail_to_proxy` itself.
+        let local = ctx.local.or_else(|| {
+            (e.is_some() && status != 0 && ctx.upstream_status == 0).then_some("upstream_error")
+        });
         let req = session.req_header();
-        info!(
-            target: ACCESS_LOG_TARGET,
-            method = %req.method,
-            host = req.headers.get(HOST).and_then(|h| h.to_str().ok()).unwrap_or("-"),
-            uri = %req.uri,
-            lane = ctx.lane_name(),
-            lane_source = ctx.lane_source.as_str(),
-            service = ctx.target.as_ref().map_or("-", |t| &*t.service),
-            version = ctx.target.as_ref().map_or("-", |t| &*t.version),
-            upstream = ?ctx.upstream_addr,
-            local = ctx.local.unwrap_or("-"),
+        let (host, target) = host_and_target(req);
+        // the target as the client sent it: HTTP/2 sends the authority
+        // apart (logged as `host`); an HTTP/1 absolute-form target is kept
+        let absolute;
+        let uri = if req.version != http::Version::HTTP_2 && req.uri.authority().is_some() {
+            absolute = req.uri.to_string();
+            &absolute
+        } else {
+            target
+        };
+        access::log(&AccessRecord {
+            client: session.client_addr().and_then(|a| a.as_inet()).copied(),
+            method: req.method.as_str(),
+            host: (!host.is_empty()).then_some(host),
+            uri,
+            lane: &lane.name,
+            lane_source: ctx.lane_source.as_str(),
+            service: ctx.target.as_ref().map(|t| &*t.service),
+            version: ctx.target.as_ref().map(|t| &*t.version),
+            upstream: ctx.upstream_addr,
+            tries: u32::try_from(ctx.tries).unwrap_or(u32::MAX),
+            local,
             status,
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            error = e.map(|e| e.etype().as_str()).unwrap_or("-"),
-        );
+            duration: elapsed,
+            upstream_duration: upstream_elapsed,
+            error: e.map(|e| e.etype().as_str()),
+        });
     }
 }
 

@@ -49,7 +49,7 @@ use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tracing::{debug, info};
+use tracing::debug;
 
 use self::head::*;
 use self::wire::*;
@@ -59,7 +59,8 @@ use super::plan::{self, LocalResponse, Plan};
 use super::ProxySettings;
 use crate::routing::lanes::LaneSource;
 use crate::routing::snapshot::{LaneView, Snapshot, Target};
-use crate::telemetry::{Metrics, ACCESS_LOG_TARGET};
+use crate::telemetry::access::{self, AccessRecord};
+use crate::telemetry::Metrics;
 
 /// The body of a 408.
 const HEADER_TIMEOUT: &str = "laneway: request head not received within [proxy] header_timeout\n";
@@ -277,10 +278,11 @@ impl H1App {
         {
             ClientHead::Head(n) => n,
             ClientHead::Closed => return Ok(false),
-            ClientHead::Refused(r) => return self.refuse(c, r).await,
+            ClientHead::Refused(r) => return self.refuse(c, r, None).await,
             ClientHead::TimedOut => {
-                self.metrics.local_response("bad_request").inc();
+                self.metrics.local_response("header_timeout").inc();
                 debug!(timeout = ?self.settings.header_timeout, "request head not received in time");
+                access::log_refused(&c.buf, c.peer, 408, "header_timeout", Instant::now());
                 refuse_and_close(c, 408, HEADER_TIMEOUT).await?;
                 return Ok(false);
             }
@@ -290,7 +292,7 @@ impl H1App {
         let head_bytes = c.buf.split_to(head_len).freeze();
         let parsed = match http1::parse_request_head(&head_bytes) {
             Ok(p) => p,
-            Err(r) => return self.refuse(c, r).await,
+            Err(r) => return self.refuse(c, r, Some(&head_bytes)).await,
         };
         let mut headers = HeaderMap::with_capacity(parsed.fields.len());
         for f in parsed.fields.as_slice() {
@@ -300,7 +302,11 @@ impl H1App {
                 HeaderValue::from_maybe_shared(head_bytes.slice(f.value.range())),
             ) else {
                 return self
-                    .refuse(c, Reject::new(400, "invalid header field"))
+                    .refuse(
+                        c,
+                        Reject::new(400, "invalid header field"),
+                        Some(&head_bytes),
+                    )
                     .await;
             };
             headers.append(name, value);
@@ -518,9 +524,11 @@ impl H1App {
 
     /// Answers a request refused by the framing rules and ends the
     /// connection: nothing of it goes upstream.
-    async fn refuse(&self, c: &mut Client, r: Reject) -> io::Result<bool> {
+    async fn refuse(&self, c: &mut Client, r: Reject, head: Option<&[u8]>) -> io::Result<bool> {
         self.metrics.local_response("bad_request").inc();
         debug!(status = r.status(), problem = %r, "request refused");
+        let raw = head.unwrap_or(&c.buf);
+        access::log_refused(raw, c.peer, r.status(), r.what(), Instant::now());
         refuse_and_close(c, r.status(), &format!("laneway: {r}\n")).await?;
         Ok(false)
     }
@@ -541,33 +549,33 @@ impl H1App {
     /// Metrics and the access log of one request.
     fn finish(&self, log: &Log) {
         let elapsed = log.started.elapsed();
+        let upstream_elapsed = log.upstream_started.map(|u| u.elapsed());
         log.lane.duration.observe(elapsed.as_secs_f64());
         log.lane.requests.inc(log.status);
-        if let (Some(t), Some(up)) = (&log.target, log.upstream_started) {
+        if let (Some(t), Some(up)) = (&log.target, upstream_elapsed) {
             if let Ok(pool) = &t.pool {
                 pool.metrics().requests.inc(log.status);
-                pool.metrics().duration.observe(up.elapsed().as_secs_f64());
+                pool.metrics().duration.observe(up.as_secs_f64());
             }
         }
-        let dash: &dyn std::fmt::Display = &"-";
         let r = &log.req;
-        info!(
-            target: ACCESS_LOG_TARGET,
-            client = %r.client.as_ref().map_or(dash, |a| a as &dyn std::fmt::Display),
-            method = r.method(),
-            host = r.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("-"),
-            uri = r.uri(),
-            lane = &*log.lane.name,
-            lane_source = log.lane_source.as_str(),
-            service = log.target.as_ref().map_or("-", |t| &*t.service),
-            version = log.target.as_ref().map_or("-", |t| &*t.version),
-            upstream = %log.upstream.as_ref().map_or(dash, |a| a as &dyn std::fmt::Display),
-            tries = log.tries,
-            local = log.local.unwrap_or("-"),
-            status = log.status,
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            upstream_ms = log.upstream_started.map_or(0.0, |u| u.elapsed().as_secs_f64() * 1000.0),
-        );
+        access::log(&AccessRecord {
+            client: r.client,
+            method: r.method(),
+            host: r.host.as_ref().and_then(|h| h.to_str().ok()),
+            uri: r.uri(),
+            lane: &log.lane.name,
+            lane_source: log.lane_source.as_str(),
+            service: log.target.as_ref().map(|t| &*t.service),
+            version: log.target.as_ref().map(|t| &*t.version),
+            upstream: log.upstream,
+            tries: u32::from(log.tries),
+            local: log.local,
+            status: log.status,
+            duration: elapsed,
+            upstream_duration: upstream_elapsed,
+            error: None,
+        });
     }
 }
 
