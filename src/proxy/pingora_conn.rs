@@ -22,7 +22,18 @@
 //!
 //! The head goes to Pingora as the session's pipelined prefix, which it
 //! parses before reading the socket: Pingora never waits on the socket for a
-//! head. HTTP/2 connections (ALPN `h2`, h2c) are served whole by Pingora's
+//! head. The body is read by Pingora through a guard (`guard.rs`), wrapped
+//! around the connection once and set for each request from its head: a
+//! chunked body reaches Pingora only as far as laneway's strict chunk
+//! decoder accepts it (a body off the grammar is answered 400 and the
+//! connection closed, as on the h1 engine; the 413 past `[proxy]
+//! max_body_size` stays the engine's `request_body_filter`), and bytes past
+//! the request's end are kept for the next head read here, so a pipelined
+//! request is checked like any other. The one exception is the request
+//! after an upgrade request (`Upgrade`, `CONNECT`) that was not switched:
+//! the guard lets an upgrade's bytes pass unbounded, so Pingora may read
+//! the next request itself and parse it from its own prefix, unguarded.
+//! HTTP/2 connections (ALPN `h2`, h2c) are served whole by Pingora's
 //! HTTP/2 server, with `client_keepalive` as their idle timeout; the time
 //! to receive one stream's headers is not limited there.
 

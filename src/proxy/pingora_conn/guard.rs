@@ -35,8 +35,8 @@ use bytes::{Buf, BytesMut};
 use pingora_core::protocols::raw_connect::ProxyDigest;
 use pingora_core::protocols::tls::SslDigest;
 use pingora_core::protocols::{
-    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
-    Stream, TimingDigest, UniqueID, UniqueIDType, ALPN,
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
+    TimingDigest, UniqueID, UniqueIDType, ALPN,
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -113,7 +113,7 @@ impl Guarded {
     }
 }
 
-/// The chunk error a read of a [`Guarded`] stream failed with, if `e` is
+/// The chunk error a read of a guarded client stream failed with, if `e` is
 /// one.
 pub fn chunk_error(e: &io::Error) -> Option<ChunkError> {
     e.get_ref()?.downcast_ref::<ChunkError>().copied()
@@ -311,7 +311,9 @@ mod tests {
         let (mut g, mut c) = pipe();
         // the head's read brought the first chunk along
         g.expect(Expect::Chunked, b"3\r\nabc\r\n");
-        c.write_all(b"0\r\n\r\nGET /next HTTP/1.1\r\n").await.unwrap();
+        c.write_all(b"0\r\n\r\nGET /next HTTP/1.1\r\n")
+            .await
+            .unwrap();
         assert_eq!(read_now(&mut g).await.unwrap().unwrap(), b"3\r\nabc\r\n");
         // the body ends in the middle of this read
         assert_eq!(read_now(&mut g).await.unwrap().unwrap(), b"0\r\n\r\n");
