@@ -22,26 +22,43 @@
 //!
 //! The head goes to Pingora as the session's pipelined prefix, which it
 //! parses before reading the socket: Pingora never waits on the socket for a
-//! head. HTTP/2 connections (ALPN `h2`, h2c) are served whole by Pingora's
+//! head. The body is read by Pingora through a guard (`guard.rs`), wrapped
+//! around the connection once and set for each request from its head: a
+//! chunked body reaches Pingora only as far as laneway's strict chunk
+//! decoder accepts it (a body off the grammar is answered 400 and the
+//! connection closed, as on the h1 engine; the 413 past `[proxy]
+//! max_body_size` stays the engine's `request_body_filter`), and bytes past
+//! the request's end are kept for the next head read here, so a pipelined
+//! request is checked like any other. The one exception is the request
+//! after an upgrade request (`Upgrade`, `CONNECT`) that was not switched:
+//! the guard lets an upgrade's bytes pass unbounded, so Pingora may read
+//! the next request itself and parse it from its own prefix, unguarded.
+//! HTTP/2 connections (ALPN `h2`, h2c) are served whole by Pingora's
 //! HTTP/2 server, with `client_keepalive` as their idle timeout; the time
 //! to receive one stream's headers is not limited there.
+
+mod guard;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::BytesMut;
-use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ServerApp};
+use pingora_core::apps::{
+    HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp,
+};
 use pingora_core::protocols::http::ServerSession;
-use pingora_core::protocols::{Stream, ALPN};
+use pingora_core::protocols::{GetSocketDigest, Stream, ALPN};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::http1::{parse_request_head, HeadScanner, Reject};
+pub use self::guard::chunk_error;
+use self::guard::{Expect, Guarded};
+use super::http1::{parse_request_head, Framing, HeadScanner, Reject, RequestHead};
 use super::pingora_engine::Laneway;
 use super::ProxySettings;
 use crate::telemetry::Metrics;
@@ -129,29 +146,36 @@ pub async fn serve(
         }
         return;
     }
-    let mut stream = stream;
+    // Wrapped once: the same stream comes back from Pingora after each
+    // request and is guarded again for the next.
+    let mut stream = Box::new(Guarded::new(stream));
     let mut persisted: Option<HttpPersistentSettings> = None;
     let mut fresh = true;
     loop {
+        stream.open();
         if persisted.as_ref().is_some_and(carries_pipelined_request) {
-            // The client pipelined: Pingora read the next request's first
-            // bytes with the last one and parses them itself.
+            // Pingora read the next request's first bytes with the last
+            // one and parses them itself, unguarded. Only after an upgrade
+            // request answered without a switch: the guard keeps every
+            // other request's next bytes from Pingora.
             let mut session = ServerSession::new_http1(stream);
             if let Some(p) = persisted.take() {
                 p.apply_to_session(&mut session);
             }
             match app.process_new_http(session, shutdown).await {
-                Some(reused) => {
-                    let (s, p) = reused.consume();
-                    stream = s;
-                    persisted = p;
-                    continue;
-                }
+                Some(reused) => match take_back(reused) {
+                    Some((s, p)) => {
+                        stream = s;
+                        persisted = p;
+                        continue;
+                    }
+                    None => return,
+                },
                 None => return,
             }
         }
-        let head = match read_head(&mut stream, fresh, t, shutdown).await {
-            Head::Ready(head) => head,
+        let (head, body) = match read_head(&mut *stream, fresh, t, shutdown).await {
+            Head::Ready(head, body) => (head, body),
             Head::Closed => return,
             Head::TimedOut {
                 partial,
@@ -195,6 +219,11 @@ pub async fn serve(
                 return;
             }
         };
+        // Pingora gets the head; the bytes after it are read again through
+        // the guard, bounded to this request's body.
+        let mut head = head;
+        let rest = head.split_off(body.head_len);
+        stream.expect(body.expect, &rest);
         let mut session = ServerSession::new_http1(stream);
         match persisted.take() {
             Some(p) => p.apply_to_session(&mut session),
@@ -211,18 +240,65 @@ pub async fn serve(
             session.set_keepalive(Some(t.idle.as_secs().max(1)));
         }
         // Pipelined requests are served in order (RFC 9112 §9.3.2), as the
-        // h1 engine serves them; bytes past this request come back in the
-        // persisted settings.
+        // h1 engine serves them: the guard keeps bytes past this request
+        // for the next `read_head`, or, past an upgrade request, Pingora
+        // hands them back in the persisted settings.
         session.set_pipelining_enabled(true);
         session.set_pipelined_prefix(head);
         match app.process_new_http(session, shutdown).await {
-            Some(reused) => {
-                let (s, p) = reused.consume();
-                stream = s;
-                persisted = p;
-                fresh = false;
-            }
+            Some(reused) => match take_back(reused) {
+                Some((s, p)) => {
+                    stream = s;
+                    persisted = p;
+                    fresh = false;
+                }
+                None => return,
+            },
             None => return,
+        }
+    }
+}
+
+/// The guarded stream and settings of a connection Pingora hands back for
+/// its next request; `None` (the connection is dropped) if the stream is
+/// not the one [`serve`] gave it, which Pingora never does.
+fn take_back(reused: ReusedHttpStream) -> Option<(Box<Guarded>, Option<HttpPersistentSettings>)> {
+    let (s, p) = reused.consume();
+    match s.into_any().downcast::<Guarded>() {
+        Ok(s) => Some((s, p)),
+        Err(_) => {
+            debug!("connection came back from Pingora without its guard; closing");
+            None
+        }
+    }
+}
+
+/// Where a request head ends and what follows it.
+#[derive(Debug, Clone, Copy)]
+struct Body {
+    head_len: usize,
+    expect: Expect,
+}
+
+impl Body {
+    fn of(head: &RequestHead, buf: &[u8]) -> Body {
+        let unbounded = head.upgrade
+            || head.method.of(buf) == b"CONNECT"
+            || head
+                .fields
+                .iter(buf)
+                .any(|(name, _)| name.eq_ignore_ascii_case(b"upgrade"));
+        let expect = match head.framing {
+            // Pingora switches to reading until close on a 101
+            _ if unbounded => Expect::Unbounded,
+            Framing::None => Expect::Nothing,
+            Framing::Length(n) => Expect::Length(n),
+            Framing::Chunked => Expect::Chunked,
+            Framing::Close => Expect::Unbounded,
+        };
+        Body {
+            head_len: head.len,
+            expect,
         }
     }
 }
@@ -238,8 +314,9 @@ fn carries_pipelined_request(p: &HttpPersistentSettings) -> bool {
 /// The outcome of reading one request head.
 #[derive(Debug)]
 enum Head {
-    /// The complete head, possibly followed by body bytes.
-    Ready(BytesMut),
+    /// The complete head, possibly followed by body bytes, and where it
+    /// ends.
+    Ready(BytesMut, Body),
     /// The client closed, went quiet between requests, or laneway is
     /// shutting down: close without an answer.
     Closed,
@@ -257,8 +334,8 @@ enum Head {
 /// Reads one request head: on a `fresh` connection within `t.head` of now;
 /// on a reused one, first waiting up to `t.idle` (or until shutdown) for
 /// its first byte, then within `t.head` of that byte.
-async fn read_head(
-    stream: &mut Stream,
+async fn read_head<S: AsyncRead + Unpin + ?Sized>(
+    stream: &mut S,
     fresh: bool,
     t: ConnTimeouts,
     shutdown: &ShutdownWatch,
@@ -296,7 +373,10 @@ async fn read_head(
             // differently or not at all.
             Ok(Some(end)) => {
                 return match parse_request_head(&buf[..end]) {
-                    Ok(_) => Head::Ready(buf),
+                    Ok(head) => {
+                        let body = Body::of(&head, &buf);
+                        Head::Ready(buf, body)
+                    }
                     Err(r) => Head::Refused(r, buf),
                 }
             }
@@ -329,7 +409,7 @@ fn count(metrics: Option<&Metrics>, reason: &str) {
 
 /// Writes a last plain-text answer with `Connection: close`, giving up
 /// after [`FAREWELL_WRITE`]; the caller then drops the connection.
-async fn farewell(stream: &mut Stream, status: u16, body: &str) {
+async fn farewell<S: AsyncWrite + Unpin + ?Sized>(stream: &mut S, status: u16, body: &str) {
     let reason = http::StatusCode::from_u16(status)
         .ok()
         .and_then(|s| s.canonical_reason())

@@ -597,14 +597,23 @@ impl ProxyHttp for Laneway {
             (None, _) => 500,
         };
         if code > 0 && session.response_written().is_none() {
-            let resp = match failure {
-                Some(f) => f.response(
+            let resp = match (failure, refused_body(e)) {
+                // answered as the h1 engine answers it
+                (Some(_), Some(c)) => Some(LocalResponse::text(
+                    c.status(),
+                    match c {
+                        super::http1::ChunkError::TooLarge(_) => "body_too_large",
+                        super::http1::ChunkError::Malformed(_) => "bad_request",
+                    },
+                    format!("laneway: {c}\n"),
+                )),
+                (Some(f), None) => f.response(
                     &self.settings,
                     ctx.lane_name(),
                     ctx.target.as_deref(),
                     ctx.upstream_addr,
                 ),
-                None => Some(LocalResponse::text(
+                (None, _) => Some(LocalResponse::text(
                     code,
                     if code == 400 {
                         "bad_request"
@@ -739,6 +748,12 @@ fn failure_of(e: &Error, ctx: &Ctx) -> Option<UpstreamFailure> {
     use pingora_error::ErrorSource;
     let upstream = e.esource() == &ErrorSource::Upstream;
     let answered = ctx.upstream_status != 0;
+    if let Some(refused) = refused_body(e) {
+        return Some(match refused {
+            super::http1::ChunkError::TooLarge(_) => UpstreamFailure::BodyTooLarge,
+            super::http1::ChunkError::Malformed(_) => UpstreamFailure::MalformedRequestBody,
+        });
+    }
     Some(match e.etype() {
         ErrorType::HTTPStatus(413) => UpstreamFailure::BodyTooLarge,
         ErrorType::ConnectTimedout => UpstreamFailure::ConnectTimedOut,
@@ -775,6 +790,15 @@ fn failure_of(e: &Error, ctx: &Ctx) -> Option<UpstreamFailure> {
         }
         _ => return None,
     })
+}
+
+/// The refusal of a chunked request body that `e` carries: the client
+/// stream's guard ([`super::pingora_conn`]) fails Pingora's read with it.
+fn refused_body(e: &Error) -> Option<super::http1::ChunkError> {
+    let root = e.root_cause();
+    root.downcast_ref::<std::io::Error>()
+        .and_then(super::pingora_conn::chunk_error)
+        .or_else(|| root.downcast_ref::<super::http1::ChunkError>().copied())
 }
 
 /// Checks an HTTP/1 request head against laneway's framing rules
