@@ -30,7 +30,7 @@ use tracing::debug;
 
 use super::h1::H1App;
 use super::pingora_conn::{self, ConnTimeouts};
-use super::pingora_engine::Laneway;
+use super::pingora_engine::PingoraProxy;
 use super::stream::Wrapped;
 use super::tls::Terminator;
 use crate::config::Engine;
@@ -42,7 +42,7 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// One worker's front for TLS or h2c listeners.
 pub struct Front {
     pub h1: Arc<H1App>,
-    pub pingora: Arc<HttpProxy<Laneway>>,
+    pub pingora: Arc<HttpProxy<PingoraProxy>>,
     pub engine: Engine,
     /// `Some` on HTTPS listeners.
     pub tls: Option<Arc<Terminator>>,

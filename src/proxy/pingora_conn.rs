@@ -59,7 +59,7 @@ use tracing::debug;
 pub use self::guard::chunk_error;
 use self::guard::{Expect, Guarded};
 use super::http1::{parse_request_head, Framing, HeadScanner, Reject, RequestHead};
-use super::pingora_engine::Laneway;
+use super::pingora_engine::PingoraProxy;
 use super::ProxySettings;
 use crate::telemetry::Metrics;
 
@@ -90,7 +90,11 @@ impl ConnTimeouts {
 
 /// Pingora's proxy around `laneway`, with `idle` (`[proxy]
 /// client_keepalive`) as the idle timeout of HTTP/2 connections.
-pub fn proxy(conf: &Arc<ServerConf>, laneway: Laneway, idle: Duration) -> HttpProxy<Laneway> {
+pub fn proxy(
+    conf: &Arc<ServerConf>,
+    laneway: PingoraProxy,
+    idle: Duration,
+) -> HttpProxy<PingoraProxy> {
     let mut proxy = pingora_proxy::http_proxy(conf, laneway);
     let mut options = HttpServerOptions::default();
     options.h2_idle_timeout = Some(idle);
@@ -100,7 +104,7 @@ pub fn proxy(conf: &Arc<ServerConf>, laneway: Laneway, idle: Duration) -> HttpPr
 
 /// The Pingora engine as the app of a listening service.
 pub struct PingoraConn {
-    pub proxy: Arc<HttpProxy<Laneway>>,
+    pub proxy: Arc<HttpProxy<PingoraProxy>>,
     pub timeouts: ConnTimeouts,
     pub metrics: Arc<Metrics>,
 }
@@ -133,7 +137,7 @@ impl ServerApp for PingoraConn {
 /// every HTTP/1.x request head under `t` (see the module doc); local
 /// answers (408, 431) are counted in `metrics` when given.
 pub async fn serve(
-    app: &Arc<HttpProxy<Laneway>>,
+    app: &Arc<HttpProxy<PingoraProxy>>,
     stream: Stream,
     shutdown: &ShutdownWatch,
     t: ConnTimeouts,

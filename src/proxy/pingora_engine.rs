@@ -42,20 +42,20 @@ use crate::routing::snapshot::{LaneView, Snapshot, Target};
 use crate::telemetry::access::{self, AccessRecord};
 use crate::telemetry::Metrics;
 
-/// The laneway proxy service on Pingora's framework.
-pub struct Laneway {
+/// The Pingora engine: laneway's proxy service on Pingora's `ProxyHttp` framework
+pub struct PingoraProxy {
     snapshot: Arc<ArcSwap<Snapshot>>,
     settings: ProxySettings,
     metrics: Arc<Metrics>,
 }
 
-impl Laneway {
+impl PingoraProxy {
     pub fn new(
         snapshot: Arc<ArcSwap<Snapshot>>,
         settings: ProxySettings,
         metrics: Arc<Metrics>,
-    ) -> Laneway {
-        Laneway {
+    ) -> PingoraProxy {
+        PingoraProxy {
             snapshot,
             settings,
             metrics,
@@ -124,7 +124,7 @@ impl Ctx {
 }
 
 #[async_trait]
-impl ProxyHttp for Laneway {
+impl ProxyHttp for PingoraProxy {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
@@ -348,13 +348,21 @@ impl ProxyHttp for Laneway {
             e.etype(),
             ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
         ) && e.esource() == &pingora_error::ErrorSource::Upstream;
+        let body_whole = !session.as_ref().retry_buffer_truncated();
+        if closed_early && client_reused && body_whole && session.response_written().is_none() {
+            // A pooled connection the upstream closed while it was idle: sent
+            // again on a fresh one, whatever the method, as the h1 engine
+            // does; not the instance's fault.
+            debug!(peer = %peer, "pooled upstream connection was closed; sending again");
+            e.set_retry(true);
+            return e;
+        }
         if closed_early {
             if let Some(state) = ctx.last_state() {
                 state.record_failure();
             }
         }
-        let whole = session.req_header().method.is_idempotent()
-            && !session.as_ref().retry_buffer_truncated();
+        let whole = session.req_header().method.is_idempotent() && body_whole;
         if !whole {
             e.set_retry(false);
         } else if closed_early && ctx.read_retries > 0 && session.response_written().is_none() {

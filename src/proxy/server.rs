@@ -14,7 +14,7 @@ use super::front::Front;
 use super::h1::H1App;
 use super::limits::{ConnLimit, Limited};
 use super::pingora_conn::{self, ConnTimeouts, PingoraConn};
-use super::pingora_engine::Laneway;
+use super::pingora_engine::PingoraProxy;
 use super::tls::{CertStore, Terminator};
 use super::ProxySettings;
 use crate::config::Config;
@@ -160,7 +160,7 @@ pub fn build(control: &Arc<Control>, upgrade: bool) -> Result<Server, ServerErro
         // engine and the fronts.
         let pingora = Arc::new(pingora_conn::proxy(
             &server.configuration,
-            Laneway::new(snapshot.clone(), settings.clone(), metrics.clone()),
+            PingoraProxy::new(snapshot.clone(), settings.clone(), metrics.clone()),
             timeouts.idle,
         ));
         let h1 = || {
@@ -206,7 +206,7 @@ pub fn build(control: &Arc<Control>, upgrade: bool) -> Result<Server, ServerErro
             Engine::Pingora => {
                 let proxy = pingora_conn::proxy(
                     &server.configuration,
-                    Laneway::new(snapshot, settings, metrics.clone()),
+                    PingoraProxy::new(snapshot, settings, metrics.clone()),
                     timeouts.idle,
                 );
                 let app = PingoraConn {

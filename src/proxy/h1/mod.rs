@@ -75,7 +75,7 @@ pub struct H1App {
     settings: ProxySettings,
     metrics: Arc<Metrics>,
     /// Serves connections whose requests go to TLS or HTTP/2 upstreams.
-    handoff: Option<Arc<pingora_proxy::HttpProxy<super::pingora_engine::Laneway>>>,
+    handoff: Option<Arc<pingora_proxy::HttpProxy<super::pingora_engine::PingoraProxy>>>,
 }
 
 impl H1App {
@@ -96,7 +96,7 @@ impl H1App {
     /// services in `[services.<name>]` (TLS or HTTP/2 upstream).
     pub fn with_handoff(
         mut self,
-        pingora: Arc<pingora_proxy::HttpProxy<super::pingora_engine::Laneway>>,
+        pingora: Arc<pingora_proxy::HttpProxy<super::pingora_engine::PingoraProxy>>,
     ) -> H1App {
         self.handoff = Some(pingora);
         self
