@@ -229,7 +229,9 @@ start_laneway() {
   cp "$TEMPLATES/routes.toml" "$d/routes.toml"
   start_bg "$name" "$d/laneway.log" "$LANEWAY_BIN" run --config "$d/laneway.toml"
   LANEWAY_PID="${LW_PIDS[-1]}"
-  wait_http "http://127.0.0.1:$2/healthz" 60 "$LANEWAY_PID" \
+  # ready: the admin API answers and the data listener serves its health path
+  { wait_http "http://127.0.0.1:$2/healthz" 60 "$LANEWAY_PID" \
+    && wait_http "http://127.0.0.1:$1/__laneway/health" 60 "$LANEWAY_PID"; } \
     || { tail -n 30 "$d/laneway.log" >&2 || true; die "$name did not become ready"; }
 }
 
