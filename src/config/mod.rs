@@ -93,8 +93,9 @@ pub struct ProxyConfig {
 /// Default of `[proxy] header_timeout`, in seconds (nginx's
 /// `client_header_timeout` is 60 s; Pingora and HAProxy use less).
 pub const DEFAULT_HEADER_TIMEOUT_SECS: u64 = 10;
-/// Default of `[proxy] max_connections`.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
+/// Default of `[proxy] max_connections`: with an upstream connection per
+/// client, it fits a common 20,000-descriptor limit without a warning.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 8_192;
 /// Default of `[proxy] max_hops`.
 pub const DEFAULT_MAX_HOPS: u8 = 8;
 
