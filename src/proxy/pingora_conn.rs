@@ -155,9 +155,13 @@ pub async fn serve(
     let mut stream = Box::new(Guarded::new(stream));
     let mut persisted: Option<HttpPersistentSettings> = None;
     let mut fresh = true;
+    // The last request's bytes passed the guard unbounded (an upgrade or
+    // CONNECT answered without a switch): only then can Pingora hold the
+    // next request, so only then are its settings looked into.
+    let mut unguarded = false;
     loop {
         stream.open();
-        if persisted.as_ref().is_some_and(carries_pipelined_request) {
+        if unguarded && persisted.as_ref().is_some_and(carries_pipelined_request) {
             // Pingora read the next request's first bytes with the last
             // one and parses them itself, unguarded. Only after an upgrade
             // request answered without a switch: the guard keeps every
@@ -228,6 +232,7 @@ pub async fn serve(
         let mut head = head;
         let rest = head.split_off(body.head_len);
         stream.expect(body.expect, &rest);
+        unguarded = body.expect == Expect::Unbounded;
         let mut session = ServerSession::new_http1(stream);
         match persisted.take() {
             Some(p) => p.apply_to_session(&mut session),
