@@ -136,9 +136,14 @@ impl Edits<'_> {
     {
         let plan = self.plan;
         let lane_header = self.settings.lanes.header.as_str().as_bytes();
-        let has_connection = fields
+        // `Connection: keep-alive` (what browsers send) nominates no other
+        // field: the per-field look at `Connection` is only for the rest.
+        let nominates_fields = fields
             .clone()
-            .any(|(n, _)| n.eq_ignore_ascii_case(b"connection"));
+            .filter(|(n, _)| n.eq_ignore_ascii_case(b"connection"))
+            .flat_map(|(_, v)| v.split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .any(|t| !t.is_empty() && !is_hop_by_hop(t) && !t.eq_ignore_ascii_case(b"close"));
         let mut forwarded_for: Option<&[u8]> = None;
         let mut request_id = false;
         let mut baggage = false;
@@ -155,7 +160,7 @@ impl Edits<'_> {
                 }
                 continue;
             }
-            if has_connection && nominated(name, fields.clone()) {
+            if nominates_fields && nominated(name, fields.clone()) {
                 continue;
             }
             if self.expect_continue && name.eq_ignore_ascii_case(b"expect") {
