@@ -330,6 +330,21 @@ impl HostTable {
         self.default.map_or(HostMatch::None, HostMatch::Server)
     }
 
+    /// The server whose names match a normalised host, the default server
+    /// left out: `None` when only the default server would take it.
+    pub fn find_named(&self, host: &str) -> Option<usize> {
+        if let Some(&s) = self.exact.get(host) {
+            return Some(s);
+        }
+        if host.is_empty() {
+            return None;
+        }
+        match self.find_wildcard_or_regex(host)? {
+            HostMatch::Server(s) | HostMatch::Regex { server: s, .. } => Some(s),
+            HostMatch::None => None,
+        }
+    }
+
     fn find_wildcard_or_regex(&self, host: &str) -> Option<HostMatch> {
         if !self.head.is_empty() {
             let head_lengths = self.head_lengths;

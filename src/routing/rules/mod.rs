@@ -30,6 +30,7 @@ mod exec;
 mod explain;
 mod host;
 mod location;
+mod names;
 mod pattern;
 mod script;
 mod template;
@@ -59,6 +60,7 @@ use uri::Escape;
 pub use errpage::{ErrorCodes, ErrorPages};
 pub use explain::{LocationBy, RuleMatch, ServerBy};
 pub use location::LocationKind;
+pub use names::ServedName;
 pub use template::Template;
 
 /// The compiled route rules of one file. Immutable, `Send + Sync`.
