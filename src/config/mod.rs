@@ -138,7 +138,15 @@ pub struct LanesConfig {
     pub auto_lane_grace: Duration,
     /// The W3C `baggage` member naming the lane.
     pub baggage_key: String,
+    /// `Max-Age` of the lane cookie set by `/__laneway/lane?use=`.
+    pub cookie_max_age: Duration,
+    /// Extra domains a lane's PAC file sends to the lane (beside the rules'
+    /// server names), lowercased, without a leading dot.
+    pub pac_domains: Vec<String>,
 }
+
+/// `[lanes] cookie_max_age` when unset: a working week.
+pub const DEFAULT_COOKIE_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
@@ -391,6 +399,8 @@ struct RawLanes {
     auto_lanes: Option<bool>,
     auto_lane_grace: Option<Spanned<String>>,
     baggage_key: Option<Spanned<String>>,
+    cookie_max_age: Option<Spanned<String>>,
+    pac_domains: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -635,6 +645,10 @@ impl Config {
                 .lanes_duration(raw.lanes.auto_lane_grace, "auto_lane_grace", true)
                 .unwrap_or(Duration::from_secs(600)),
             baggage_key: v.baggage_key(raw.lanes.baggage_key),
+            cookie_max_age: v
+                .lanes_duration(raw.lanes.cookie_max_age, "cookie_max_age", false)
+                .unwrap_or(DEFAULT_COOKIE_MAX_AGE),
+            pac_domains: v.pac_domains(raw.lanes.pac_domains),
         };
 
         let discovery = v.discovery(raw.discovery, base);
@@ -909,6 +923,37 @@ impl Validator<'_> {
         }
     }
 
+    /// `[lanes] pac_domains`: domain names (`example.com`, `.example.com`),
+    /// lowercased and without the leading dot.
+    fn pac_domains(&mut self, items: Option<Vec<Spanned<String>>>) -> Vec<String> {
+        let mut out = Vec::new();
+        for item in items.unwrap_or_default() {
+            let d = item
+                .get_ref()
+                .trim()
+                .trim_start_matches('.')
+                .to_ascii_lowercase();
+            let valid = !d.is_empty()
+                && d.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                });
+            if valid {
+                out.push(d);
+            } else {
+                self.err(
+                    item.span().start,
+                    format!(
+                        "[lanes] pac_domains: {:?} is not a domain name (e.g. \"example.com\")",
+                        item.get_ref()
+                    ),
+                );
+            }
+        }
+        out
+    }
+
     /// `[lanes] vip_pool`: every entry valid, no two overlapping, and no
     /// address laneway itself listens on (a VIP equal to a listen address
     /// would put every request to that listener in one lane).
@@ -1082,6 +1127,24 @@ file = "routes.toml"
         let lines: Vec<usize> = err.0.iter().map(|e| e.line).collect();
         assert_eq!(lines, vec![2, 3, 5, 7], "{err}");
         assert!(err.to_string().contains("zookeeper"));
+    }
+
+    #[test]
+    fn lane_cookie_age_and_pac_domains() {
+        let c = parse(
+            "[lanes]\ncookie_max_age = \"12h\"\npac_domains = [\".Example.COM\", \"cdn.test\"]\n",
+        )
+        .expect("valid config");
+        assert_eq!(c.lanes.cookie_max_age, Duration::from_secs(12 * 3600));
+        assert_eq!(c.lanes.pac_domains, ["example.com", "cdn.test"]);
+        let d = parse("").expect("valid config");
+        assert_eq!(d.lanes.cookie_max_age, DEFAULT_COOKIE_MAX_AGE);
+        assert!(d.lanes.pac_domains.is_empty());
+        let err =
+            parse("[lanes]\ncookie_max_age = \"never\"\npac_domains = [\"a b\"]\n").unwrap_err();
+        let lines: Vec<usize> = err.0.iter().map(|e| e.line).collect();
+        assert_eq!(lines, vec![2, 3], "{err}");
+        assert!(err.to_string().contains("pac_domains"), "{err}");
     }
 
     #[test]
