@@ -6,8 +6,12 @@ set -euo pipefail
 need=()
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
+# Each extra is a command, or command:package when Debian names the package
+# otherwise (chromedriver:chromium-driver).
 for extra in "$@"; do
-  command -v "$extra" >/dev/null 2>&1 || [ -x "/usr/sbin/$extra" ] || need+=("$extra")
+  cmd="${extra%%:*}"
+  pkg="${extra#*:}"
+  command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need+=("$pkg")
 done
 
 if ((${#need[@]})); then

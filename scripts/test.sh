@@ -3,7 +3,9 @@
 # end-to-end tests on loopback. Installs what is missing first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/setup.sh nginx   # nginx: the differential conformance tests run it
+# nginx: the differential conformance tests run it; chromium + chromedriver:
+# the browser tests (tests/browser)
+./scripts/setup.sh nginx chromium chromedriver:chromium-driver
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 log="$(mktemp)"
