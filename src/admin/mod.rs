@@ -3,6 +3,8 @@
 //! `/metrics` and `/healthz`. Control plane only; it changes state through
 //! [`Control`] and never touches the request path.
 
+#[allow(dead_code)] // until the admin handlers record changes
+mod audit;
 #[allow(dead_code)] // until the admin middleware uses it
 mod auth;
 mod error;
