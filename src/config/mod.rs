@@ -111,6 +111,18 @@ pub enum Engine {
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// `[admin] tokens_file`: the admin tokens and their scopes
+    /// (`admin::auth`); `None`: no authentication.
+    pub tokens_file: Option<PathBuf>,
+    /// `[admin] anonymous`: scopes granted without a token when
+    /// `tokens_file` is set (e.g. `["read"]`).
+    pub anonymous: Vec<String>,
+    /// `[admin] allow_unauthenticated`: serve a non-loopback admin listener
+    /// without `tokens_file`.
+    pub allow_unauthenticated: bool,
+    /// `[admin] hostnames`: the names the admin listener answers to, beside
+    /// its own address, `localhost` and loopback addresses (DNS rebinding).
+    pub hostnames: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -382,6 +394,10 @@ struct RawProxy {
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     listen: Option<Spanned<String>>,
+    tokens_file: Option<String>,
+    anonymous: Option<Vec<Spanned<String>>>,
+    allow_unauthenticated: Option<bool>,
+    hostnames: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -444,7 +460,7 @@ impl Config {
     /// Parses configuration text; `path` names the file in errors and anchors
     /// relative paths.
     pub fn parse(source: &str, path: &Path) -> Result<Config, ConfigErrors> {
-        let raw: RawConfig =
+        let mut raw: RawConfig =
             toml::from_str(source).map_err(|e| ConfigError::from_toml(path, source, &e))?;
         let mut v = Validator {
             path,
@@ -560,7 +576,32 @@ impl Config {
                 .as_ref()
                 .and_then(|a| v.socket_addr(a, "[admin] listen"))
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9900))),
+            tokens_file: raw.admin.tokens_file.as_ref().map(|f| base.join(f)),
+            anonymous: v.admin_scopes(raw.admin.anonymous.take()),
+            allow_unauthenticated: raw.admin.allow_unauthenticated.unwrap_or(false),
+            hostnames: v.admin_hostnames(raw.admin.hostnames.take()),
         };
+        if admin.tokens_file.is_none()
+            && !admin.allow_unauthenticated
+            && !admin.listen.ip().is_loopback()
+        {
+            v.err(
+                raw.admin.listen.as_ref().map_or(0, |l| l.span().start),
+                format!(
+                    "[admin] listen {} is reachable from other machines but no tokens_file is set: \
+                     anyone could change lanes and routing. Set [admin] tokens_file (see the README's \
+                     \"Admin API\" section), listen on a loopback address, or set \
+                     allow_unauthenticated = true to accept that risk",
+                    admin.listen
+                ),
+            );
+        }
+        if admin.tokens_file.is_none() && !admin.anonymous.is_empty() {
+            v.err(
+                0,
+                "[admin] anonymous only applies with tokens_file (without it every request is allowed)",
+            );
+        }
 
         let domain = match raw.lanes.domain {
             Some(d) => {
@@ -923,6 +964,50 @@ impl Validator<'_> {
         }
     }
 
+    /// `[admin] anonymous`: scope names.
+    fn admin_scopes(&mut self, items: Option<Vec<Spanned<String>>>) -> Vec<String> {
+        let mut out = Vec::new();
+        for item in items.unwrap_or_default() {
+            let s = item.get_ref().trim();
+            if ["read", "register", "lanes", "admin"].contains(&s) {
+                out.push(s.to_string());
+            } else {
+                self.err(
+                    item.span().start,
+                    format!(
+                        "[admin] anonymous: unknown scope {:?} (scopes: read, register, lanes, admin)",
+                        item.get_ref()
+                    ),
+                );
+            }
+        }
+        out
+    }
+
+    /// `[admin] hostnames`: host names or addresses, lowercased.
+    fn admin_hostnames(&mut self, items: Option<Vec<Spanned<String>>>) -> Vec<String> {
+        let mut out = Vec::new();
+        for item in items.unwrap_or_default() {
+            let h = item
+                .get_ref()
+                .trim()
+                .trim_end_matches('.')
+                .to_ascii_lowercase();
+            if is_hostname(&h) || h.parse::<std::net::IpAddr>().is_ok() {
+                out.push(h);
+            } else {
+                self.err(
+                    item.span().start,
+                    format!(
+                        "[admin] hostnames: {:?} is not a host name or address (no port, no scheme)",
+                        item.get_ref()
+                    ),
+                );
+            }
+        }
+        out
+    }
+
     /// `[lanes] pac_domains`: domain names (`example.com`, `.example.com`),
     /// lowercased and without the leading dot.
     fn pac_domains(&mut self, items: Option<Vec<Spanned<String>>>) -> Vec<String> {
@@ -1127,6 +1212,34 @@ file = "routes.toml"
         let lines: Vec<usize> = err.0.iter().map(|e| e.line).collect();
         assert_eq!(lines, vec![2, 3, 5, 7], "{err}");
         assert!(err.to_string().contains("zookeeper"));
+    }
+
+    #[test]
+    fn an_admin_listener_off_loopback_needs_tokens() {
+        let msg = parse("[admin]\nlisten = \"0.0.0.0:9900\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains(":2:") && msg.contains("tokens_file"), "{msg}");
+        let c =
+            parse("[admin]\nlisten = \"0.0.0.0:9900\"\nallow_unauthenticated = true\n").unwrap();
+        assert!(c.admin.allow_unauthenticated && c.admin.tokens_file.is_none());
+        let c = parse(
+            "[admin]\nlisten = \"0.0.0.0:9900\"\ntokens_file = \"tokens.toml\"\nanonymous = [\"read\"]\nhostnames = [\"Laneway.QA.corp.\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.admin.tokens_file.as_deref(),
+            Some(Path::new("/etc/laneway/tokens.toml"))
+        );
+        assert_eq!(c.admin.anonymous, ["read"]);
+        assert_eq!(c.admin.hostnames, ["laneway.qa.corp"]);
+        // loopback without tokens: the embedded demo
+        assert!(parse("").unwrap().admin.tokens_file.is_none());
+        let msg =
+            parse("[admin]\ntokens_file = \"t\"\nanonymous = [\"root\"]\nhostnames = [\"a:80\"]\n")
+                .unwrap_err()
+                .to_string();
+        assert!(msg.contains("root") && msg.contains("a:80"), "{msg}");
     }
 
     #[test]
