@@ -450,3 +450,60 @@ async fn connect_without_tls_certs_names_the_missing_section() {
     let body = rest_of(tcp).await;
     assert!(body.contains("[tls] certs"), "{body}");
 }
+
+/// Production nginx often redirects port 80 to HTTPS and serves the site on
+/// `listen 443 ssl`: requests through a CONNECT tunnel are routed among the
+/// servers of the CONNECT port, not those of the plain listener (which
+/// would redirect the browser to HTTPS again, forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_through_a_tunnel_are_routed_among_the_servers_of_the_connect_port() {
+    let routes = r#"
+[[server]]
+names = ["shop.example.com"]
+ports = [80]
+
+[[server.location]]
+match = "/"
+redirect = { status = 301, to = "https://$host$request_uri" }
+
+[[server]]
+names = ["shop.example.com"]
+ports = [443]
+ssl_ports = [443]
+
+[[server.location]]
+match = "/"
+service = "web"
+"#;
+    let certs = certs();
+    let net = vip_net();
+    let tls = format!("[tls]\nlisten = []\ncerts = \"{}\"\n", certs.dir.display());
+    let lw = Laneway::start_with_lanes(routes, &format!("vip_pool = [\"{net}.2-{net}.9\"]"), &tls);
+    let stable = Upstream::start("stable");
+    let v2 = Upstream::start("v2");
+    lw.register("web-1", "web", None, stable.port());
+    lw.register("web-2", "web", Some("v2"), v2.port());
+    let (status, lane) = lw.create_lane(r#"{"name":"t-2","services":{"web":"v2"}}"#);
+    assert_eq!(status, 201, "{lane}");
+    let vip: IpAddr = lane["entries"]["vip"].as_str().unwrap().parse().unwrap();
+    let vip = SocketAddr::new(vip, lw.proxy.port());
+    assert!(eventually(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(vip).is_ok()
+    }));
+
+    // Plain HTTP at the VIP: the port-80 server redirects.
+    let resp = get(vip, "shop.example.com", "/cart", &[]);
+    assert_eq!(resp.status, 301, "{}", resp.body);
+
+    // Through CONNECT :443: the port-443 server proxies, in the lane.
+    let (status, head, tcp) = connect(vip, "shop.example.com:443").await;
+    assert_eq!(status, 200, "{head}");
+    let io = client(&certs.ca_pem, &[b"http/1.1"])
+        .connect(ServerName::try_from("shop.example.com").unwrap(), tcp)
+        .await
+        .unwrap();
+    let raw = two_gets(io, "shop.example.com").await;
+    let echoes = bodies(&raw);
+    assert_eq!(echoes.len(), 2, "{raw}");
+    assert!(echoes.iter().all(|e| e["upstream"] == "v2"), "{raw}");
+}
