@@ -19,7 +19,8 @@
 //! listener ([`nginx_port`]).
 //!
 //! Refused, each answered with `Connection: close`, counted in
-//! `laneway_connect_total{result}` and access-logged:
+//! `laneway_connect_total{result}` and access-logged (local reason
+//! `connect`, the result as the error):
 //!
 //! | CONNECT                                                   | status | result |
 //! |-----------------------------------------------------------|--------|--------|
@@ -205,6 +206,7 @@ pub async fn answer<S: AsyncWrite + Unpin + ?Sized>(
     local: Option<SocketAddr>,
     tls: bool,
 ) -> Option<Accepted> {
+    let started = std::time::Instant::now();
     let snap = tunnels.snapshot.load();
     let checked = check(
         &snap,
@@ -214,12 +216,11 @@ pub async fn answer<S: AsyncWrite + Unpin + ?Sized>(
         tls,
         target,
     );
-    let started = std::time::Instant::now();
     match checked {
         Ok(accepted) => {
             tunnels.metrics.tls.connect("tunnel").inc();
             debug!(host = %accepted.host, port = accepted.port, local = ?local, "CONNECT accepted; terminating TLS");
-            crate::telemetry::access::log_refused(head, peer, 200, "connect_tunnel", started);
+            log(&snap, head, target, peer, local, 200, None, started);
             let write = async {
                 io.write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
                     .await?;
@@ -236,7 +237,16 @@ pub async fn answer<S: AsyncWrite + Unpin + ?Sized>(
         Err(r) => {
             tunnels.metrics.tls.connect(r.result()).inc();
             debug!(target, local = ?local, result = r.result(), "CONNECT refused");
-            crate::telemetry::access::log_refused(head, peer, r.status(), r.result(), started);
+            log(
+                &snap,
+                head,
+                target,
+                peer,
+                local,
+                r.status(),
+                Some(r.result()),
+                started,
+            );
             let body = r.message();
             let reason = http::StatusCode::from_u16(r.status())
                 .ok()
@@ -257,6 +267,58 @@ pub async fn answer<S: AsyncWrite + Unpin + ?Sized>(
             None
         }
     }
+}
+
+/// The access line of a CONNECT: the entry's lane, local reason
+/// `connect`, and the refusal's `result` as its error.
+#[allow(clippy::too_many_arguments)]
+fn log(
+    snap: &Snapshot,
+    head: &[u8],
+    target: &str,
+    peer: Option<SocketAddr>,
+    local: Option<SocketAddr>,
+    status: u16,
+    refused: Option<&str>,
+    started: std::time::Instant,
+) {
+    let entry = local.and_then(|l| {
+        snap.lane_by_port(l.port())
+            .map(|v| (v, "port"))
+            .or_else(|| snap.lane_by_vip(l.ip()).map(|v| (v, "vip")))
+    });
+    let (lane, lane_source) = entry
+        .map_or((crate::allocation::lanes::BASELINE, "default"), |(v, s)| {
+            (&*v.name, s)
+        });
+    let host = head
+        .split(|&b| b == b'\n')
+        .skip(1)
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .find_map(|l| {
+            let colon = l.iter().position(|&b| b == b':')?;
+            l[..colon]
+                .eq_ignore_ascii_case(b"host")
+                .then(|| l[colon + 1..].trim_ascii())
+        })
+        .and_then(|h| std::str::from_utf8(h).ok());
+    crate::telemetry::access::log(&crate::telemetry::access::AccessRecord {
+        client: peer,
+        method: "CONNECT",
+        host,
+        uri: target,
+        lane,
+        lane_source,
+        service: None,
+        version: None,
+        upstream: None,
+        tries: 0,
+        local: Some("connect"),
+        status,
+        duration: started.elapsed(),
+        upstream_duration: None,
+        error: refused,
+    });
 }
 
 /// After [`answer`] accepted: terminates TLS on `stream` (`rest`: bytes the

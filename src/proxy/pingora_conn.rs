@@ -30,9 +30,11 @@
 //! max_body_size` stays the engine's `request_body_filter`), and bytes past
 //! the request's end are kept for the next head read here, so a pipelined
 //! request is checked like any other. The one exception is the request
-//! after an upgrade request (`Upgrade`, `CONNECT`) that was not switched:
+//! after an upgrade request (`Upgrade`) that was not switched:
 //! the guard lets an upgrade's bytes pass unbounded, so Pingora may read
 //! the next request itself and parse it from its own prefix, unguarded.
+//! `CONNECT` never reaches Pingora: [`super::connect`] answers it (a TLS
+//! tunnel laneway terminates and serves here again, or a refusal).
 //! HTTP/2 connections (ALPN `h2`, h2c) are served whole by Pingora's
 //! HTTP/2 server, with `client_keepalive` as their idle timeout; the time
 //! to receive one stream's headers is not limited there.

@@ -20,8 +20,9 @@
 //! of a request, then `[proxy] header_timeout` from that byte to the end of
 //! its head (408 beyond, however slowly the bytes trickle in).
 //!
-//! The engine also serves HTTPS/1.1 (a TLS stream from [`super::front`]:
-//! the scheme is then `https`), tunnels `Upgrade` (WebSocket) after a 101,
+//! The engine also serves HTTPS/1.1 (a TLS stream from [`super::front`],
+//! or from a `CONNECT` on a lane entry, [`super::connect`]: the scheme is
+//! then `https`), tunnels `Upgrade` (WebSocket) after a 101,
 //! and limits request bodies (`[proxy] max_body_size`, 413). A request to a
 //! service reached with TLS or HTTP/2 (`[services.<name>]`) is not proxied
 //! here: the connection, with the bytes read so far to be read again, is
