@@ -75,9 +75,11 @@ fn start(certs: Option<&Path>, lanes_extra: &str) -> (Laneway, Upstream, Upstrea
         "vip_pool = [\"{net}.2-{net}.9\"]\nport_pool = \"{base}-{}\"\n{lanes_extra}",
         base + 3
     );
+    // `[log] access_file` (the section the harness writes last), then `[tls]`.
     let tls = certs.map_or(String::new(), |d| {
         format!("[tls]\nlisten = []\ncerts = \"{}\"\n", d.display())
     });
+    let tls = format!("access_file = \"access.log\"\n{tls}");
     let lw = Laneway::start_with_lanes(ROUTES, &lanes, &tls);
     let stable = Upstream::start("stable");
     let v2 = Upstream::start("v2");
@@ -438,6 +440,30 @@ async fn connect_is_refused_off_entries_to_unserved_hosts_other_ports_and_hosts_
             &format!("laneway_connect_total{{result=\"{result}\"}}"),
         );
         assert_eq!(counted, 1.0, "{result}");
+    }
+    // Access-logged in the entry's lane, the refusal as the error.
+    let path = lw.path("access.log");
+    let line = || {
+        std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.contains("CONNECT") && l.contains("evil.test:443"))
+            .map(str::to_string)
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || line().is_some()),
+        "no access line for the refused CONNECT:\n{}",
+        std::fs::read_to_string(&path).unwrap_or_default()
+    );
+    let line = line().unwrap();
+    for field in [
+        "status=403",
+        "lane=t-1",
+        "lane_source=vip",
+        "local=connect",
+        "not_served",
+    ] {
+        assert!(line.contains(field), "{field} in {line}");
     }
 }
 
