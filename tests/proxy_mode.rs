@@ -533,3 +533,62 @@ service = "web"
     assert_eq!(echoes.len(), 2, "{raw}");
     assert!(echoes.iter().all(|e| e["upstream"] == "v2"), "{raw}");
 }
+
+/// The DOM Chromium (headless, with `pac` as its proxy auto-config) shows
+/// for `url`; `None` when Chromium is not installed.
+fn chromium_dom(pac: &str, url: &str) -> Option<String> {
+    let bin = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .into_iter()
+        .find(|b| Path::new(b).exists())?;
+    let profile = tempfile::tempdir().unwrap();
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let mut child = std::process::Command::new(bin)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            // the page's certificate is checked against the test CA by the
+            // CONNECT tests above; the browser only has to get through
+            "--ignore-certificate-errors",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("--proxy-pac-url={pac}"))
+        .args(["--dump-dom", url])
+        .stdout(out.reopen().unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start chromium");
+    let exited = eventually(Duration::from_secs(60), || {
+        child.try_wait().is_ok_and(|s| s.is_some())
+    });
+    if !exited {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("chromium did not finish loading {url} within 60 s");
+    }
+    Some(std::fs::read_to_string(out.path()).unwrap_or_default())
+}
+
+#[test]
+fn a_browser_with_the_lanes_pac_opens_production_urls_in_the_lane() {
+    let certs = certs();
+    let (lw, _stable, _v2, _lane) = start(Some(&certs.dir), "");
+    let pac = format!("http://{}/api/v1/lanes/t-1/pac", lw.admin);
+    // plain HTTP (absolute form to the VIP), then HTTPS (CONNECT, TLS by laneway)
+    for url in [
+        "http://shop.example.com/browse",
+        "https://bj.city.test/browse",
+    ] {
+        let Some(dom) = chromium_dom(&pac, url) else {
+            eprintln!("chromium is not installed: the browser check is skipped");
+            return;
+        };
+        assert!(dom.contains("\"upstream\":\"v2\""), "{url}: {dom}");
+        assert!(dom.contains("\"target\":\"/browse\""), "{url}: {dom}");
+    }
+}

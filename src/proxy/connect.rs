@@ -390,6 +390,20 @@ mod tests {
     }
 
     #[test]
+    fn a_tunnels_port_is_the_nginx_port_of_its_requests() {
+        let ports = ListenPorts::default();
+        let entry: SocketAddr = "127.0.0.2:8080".parse().unwrap();
+        let digest = SocketDigest::from_raw_fd(-1);
+        assert_eq!(nginx_port(&ports, Some(entry), Some(&digest)), 0);
+        assert!(digest.original_dst.get().is_none(), "no kernel query");
+        digest
+            .original_dst
+            .set(Some(DigestAddr::Inet("127.0.0.2:443".parse().unwrap())))
+            .unwrap();
+        assert_eq!(nginx_port(&ports, Some(entry), Some(&digest)), 443);
+    }
+
+    #[test]
     fn refusals_name_the_problem_and_the_fix() {
         let r = Refusal::NotServed("evil.test".into());
         assert_eq!(r.status(), 403);
