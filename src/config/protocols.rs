@@ -303,6 +303,9 @@ h2 = true
         assert_eq!(u.sni.as_deref(), Some("user.internal"));
         assert_eq!(u.ca_file.as_deref(), Some(Path::new("/etc/laneway/ca.pem")));
         assert!(!c.services["grpc-echo"].tls);
+        // certificates for CONNECT tunnels only, no HTTPS listener
+        let only_certs = parse("[tls]\nlisten = []\ncerts = \"certs\"\n").expect("valid");
+        assert!(only_certs.tls.expect("tls").listen.is_empty());
         let d = parse("").unwrap();
         assert!(d.tls.is_none() && d.services.is_empty() && d.proxy.h2c_listen.is_empty());
         assert_eq!(d.proxy.max_body_size, Some(100 << 20));
