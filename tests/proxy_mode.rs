@@ -271,11 +271,19 @@ fn absolute_form_requests_at_lane_entries_are_served_in_the_lane_with_keep_alive
 /// Sends `CONNECT target` on a new connection to `addr`; the status and
 /// the response head, and the connection.
 async fn connect(addr: SocketAddr, target: &str) -> (u16, String, TcpStream) {
+    connect_then(addr, target, b"").await
+}
+
+/// As [`connect`], with `early` sent right after the head, before the
+/// answer (as a client that does not wait for it sends its ClientHello).
+async fn connect_then(addr: SocketAddr, target: &str, early: &[u8]) -> (u16, String, TcpStream) {
     let mut tcp = TcpStream::connect(addr).await.unwrap();
     let req = format!(
         "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Connection: keep-alive\r\nUser-Agent: laneway-test\r\n\r\n"
     );
-    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(early);
+    tcp.write_all(&bytes).await.unwrap();
     // Read the head byte by byte: nothing after it may be consumed.
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
@@ -441,6 +449,10 @@ async fn connect_is_refused_off_entries_to_unserved_hosts_other_ports_and_hosts_
         );
         assert_eq!(counted, 1.0, "{result}");
     }
+    // Bytes sent before the answer do not cost the client its refusal.
+    let (status, head, tcp) = connect_then(vip, "evil.test:443", &[0x16; 4096]).await;
+    assert_eq!(status, 403, "{head}");
+    assert!(rest_of(tcp).await.contains("not an open proxy"));
     // Access-logged in the entry's lane, the refusal as the error.
     let path = lw.path("access.log");
     let line = || {

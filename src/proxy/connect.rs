@@ -38,7 +38,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use pingora_core::protocols::l4::socket::SocketAddr as DigestAddr;
 use pingora_core::protocols::{SocketDigest, Stream};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::debug;
 
 use super::ports::ListenPorts;
@@ -49,6 +49,10 @@ use crate::telemetry::Metrics;
 
 /// The port browsers CONNECT to for HTTPS, accepted whatever the rules say.
 const HTTPS_PORT: u16 = 443;
+/// How long a refusal may take to write, and how long the client's
+/// remaining bytes are then read before the connection closes.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+const LINGER_BYTES: usize = 64 * 1024;
 
 /// What the connection loops need to answer `CONNECT`: the routing
 /// snapshot (entries, rules) and the certificates. One per process.
@@ -197,7 +201,7 @@ pub fn check(
 /// on `io`: `200 Connection Established` when accepted (the caller then
 /// calls [`terminate`]), else the refusal, with `Connection: close` (the
 /// caller then closes). Counted and access-logged either way.
-pub async fn answer<S: AsyncWrite + Unpin + ?Sized>(
+pub async fn answer<S: AsyncRead + AsyncWrite + Unpin + ?Sized>(
     tunnels: &Tunnels,
     io: &mut S,
     head: &[u8],
@@ -259,12 +263,30 @@ pub async fn answer<S: AsyncWrite + Unpin + ?Sized>(
             );
             let write = async {
                 io.write_all(resp.as_bytes()).await?;
-                io.flush().await
+                io.shutdown().await
             };
-            if let Err(e) = tokio::time::timeout(std::time::Duration::from_secs(1), write).await {
-                debug!(error = %e, "cannot write the CONNECT refusal");
+            match tokio::time::timeout(LINGER, write).await {
+                Ok(Ok(())) => linger(io).await,
+                Ok(Err(e)) => debug!(error = %e, "cannot write the CONNECT refusal"),
+                Err(_) => debug!("client does not read the CONNECT refusal; closing"),
             }
             None
+        }
+    }
+}
+
+/// Reads what the client still sends (a TLS ClientHello sent without
+/// waiting for the answer) for up to [`LINGER`] after a refusal, so that
+/// closing with unread bytes does not reset the connection before the
+/// client has read the refusal.
+async fn linger<S: AsyncRead + Unpin + ?Sized>(io: &mut S) {
+    let deadline = tokio::time::Instant::now() + LINGER;
+    let mut drained = 0;
+    let mut scratch = [0u8; 4096];
+    while drained < LINGER_BYTES {
+        match tokio::time::timeout_at(deadline, io.read(&mut scratch)).await {
+            Ok(Ok(n)) if n > 0 => drained += n,
+            _ => break,
         }
     }
 }
