@@ -254,7 +254,21 @@ pub struct TlsMetrics {
     pub by_protocol: [IntCounter; 3],
     /// `laneway_tls_handshake_errors_total` children, see [`TLS_ERRORS`].
     pub by_error: [IntCounter; 4],
+    /// `CONNECT` requests on the data plane, by [`CONNECT_RESULTS`].
+    pub connects: IntCounterVec,
+    connect_by_result: [IntCounter; 6],
 }
+
+/// The `result` label of `laneway_connect_total`: `tunnel` (answered 200,
+/// TLS terminated by laneway), or why the CONNECT was refused.
+pub const CONNECT_RESULTS: [&str; 6] = [
+    "tunnel",
+    "not_entry",
+    "port",
+    "not_served",
+    "no_certificate",
+    "bad_target",
+];
 
 /// The `reason` label of `laneway_tls_handshake_errors_total`.
 pub const TLS_ERRORS: [&str; 4] = ["timeout", "protocol", "io", "no_certificate"];
@@ -277,7 +291,17 @@ impl TlsMetrics {
             &["reason"],
         )
         .expect("metric definition");
+        let connects = IntCounterVec::new(
+            Opts::new(
+                "laneway_connect_total",
+                "CONNECT requests on lane entries: tunnels opened, or why refused",
+            ),
+            &["result"],
+        )
+        .expect("metric definition");
         TlsMetrics {
+            connect_by_result: CONNECT_RESULTS.map(|r| connects.with_label_values(&[r])),
+            connects,
             by_protocol: ["h2", "http/1.1", "none"].map(|p| handshakes.with_label_values(&[p])),
             by_error: TLS_ERRORS.map(|r| handshake_errors.with_label_values(&[r])),
             handshakes,
@@ -304,6 +328,15 @@ impl TlsMetrics {
     pub fn error(&self, reason: &str) -> &IntCounter {
         let i = TLS_ERRORS.iter().position(|r| *r == reason).unwrap_or(1);
         &self.by_error[i]
+    }
+
+    /// The `CONNECT` counter for `result` (one of [`CONNECT_RESULTS`]).
+    pub fn connect(&self, result: &str) -> &IntCounter {
+        let i = CONNECT_RESULTS
+            .iter()
+            .position(|r| *r == result)
+            .unwrap_or(CONNECT_RESULTS.len() - 1);
+        &self.connect_by_result[i]
     }
 }
 
@@ -524,6 +557,7 @@ impl Metrics {
             Box::new(self.tls.cert_reloads.clone()),
             Box::new(self.tls.cert_errors.clone()),
             Box::new(self.tls.certificates.clone()),
+            Box::new(self.tls.connects.clone()),
             Box::new(self.access_log_dropped.clone()),
         ];
         for c in collectors {

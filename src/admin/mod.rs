@@ -10,6 +10,7 @@ mod auth;
 mod error;
 mod explain;
 mod lanes;
+mod pac;
 mod registry;
 
 use std::sync::Arc;
@@ -49,6 +50,7 @@ pub fn router(control: Arc<Control>) -> Router {
             get(lanes::show).patch(lanes::patch).delete(lanes::delete),
         )
         .route("/api/v1/lanes/:name/extend", post(lanes::extend))
+        .route("/api/v1/lanes/:name/pac", get(pac::pac))
         .route("/api/v1/instances", get(registry::list))
         .route("/v1/agent/service/register", put(registry::register))
         .route(

@@ -13,9 +13,11 @@ use toml::Spanned;
 
 use super::Validator;
 
-/// `[tls]`: HTTPS data-plane listeners.
+/// `[tls]`: HTTPS data-plane listeners, and the certificates laneway
+/// terminates CONNECT tunnels on lane entries with.
 #[derive(Debug, Clone)]
 pub struct TlsConfig {
+    /// Empty (`listen = []`): no HTTPS listener, certificates for CONNECT only.
     pub listen: Vec<SocketAddr>,
     /// Directory of PEM pairs `<name>.crt` + `<name>.key`.
     pub certs: PathBuf,
@@ -149,15 +151,12 @@ impl Validator<'_> {
         base: &Path,
         taken: &[(SocketAddr, &str)],
     ) -> Option<TlsConfig> {
-        let raw = raw?;
-        let at = raw.span().start;
-        let raw = raw.into_inner();
+        let raw = raw?.into_inner();
         let listen: Vec<SocketAddr> = match raw.listen {
             None => vec![SocketAddr::from(([127, 0, 0, 1], 8443))],
-            Some(list) if list.is_empty() => {
-                self.err(at, "[tls] listen must name at least one address");
-                Vec::new()
-            }
+            // No HTTPS listener: the certificates serve CONNECT tunnels on
+            // lane entries only (proxy::connect).
+            Some(list) if list.is_empty() => Vec::new(),
             Some(list) => list
                 .iter()
                 .filter_map(|a| {
@@ -304,6 +303,9 @@ h2 = true
         assert_eq!(u.sni.as_deref(), Some("user.internal"));
         assert_eq!(u.ca_file.as_deref(), Some(Path::new("/etc/laneway/ca.pem")));
         assert!(!c.services["grpc-echo"].tls);
+        // certificates for CONNECT tunnels only, no HTTPS listener
+        let only_certs = parse("[tls]\nlisten = []\ncerts = \"certs\"\n").expect("valid");
+        assert!(only_certs.tls.expect("tls").listen.is_empty());
         let d = parse("").unwrap();
         assert!(d.tls.is_none() && d.services.is_empty() && d.proxy.h2c_listen.is_empty());
         assert_eq!(d.proxy.max_body_size, Some(100 << 20));

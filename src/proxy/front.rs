@@ -28,6 +28,7 @@ use pingora_proxy::HttpProxy;
 use tokio::io::AsyncReadExt;
 use tracing::debug;
 
+use super::connect::Tunnels;
 use super::h1::H1App;
 use super::pingora_conn::{self, ConnTimeouts};
 use super::pingora_engine::PingoraProxy;
@@ -50,6 +51,8 @@ pub struct Front {
     /// also bounds the wait for a client's first bytes on an h2c listener.
     pub timeouts: ConnTimeouts,
     pub metrics: Arc<Metrics>,
+    /// Answers CONNECT on h2c listeners' lane entries.
+    pub tunnels: Arc<Tunnels>,
 }
 
 #[async_trait]
@@ -66,7 +69,15 @@ impl ServerApp for Front {
         let h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
         if h2 || self.engine == Engine::Pingora {
             let metrics = Some(&*self.metrics);
-            pingora_conn::serve(&self.pingora, stream, shutdown, self.timeouts, metrics).await;
+            pingora_conn::serve(
+                &self.pingora,
+                stream,
+                shutdown,
+                self.timeouts,
+                metrics,
+                &self.tunnels,
+            )
+            .await;
         } else {
             // The h1 engine serves the whole connection and returns nothing.
             self.h1.process_new(stream, shutdown).await;

@@ -8,11 +8,13 @@
 //!   TLS or HTTP/2 ([`services`]).
 //!
 //! [`front`] serves the HTTPS ([`tls`]) and h2c listeners and hands each
-//! connection to the engine its protocol needs. [`limits`] caps the open
+//! connection to the engine its protocol needs; [`connect`] answers
+//! `CONNECT` on lane entries by terminating TLS the same way. [`limits`] caps the open
 //! client connections of every listener; [`pingora_conn`] reads request
 //! heads for the Pingora engine under laneway's time limits; [`hops`]
 //! stops requests that loop through laneway.
 
+pub mod connect;
 pub mod exchange;
 pub mod front;
 pub mod h1;

@@ -30,9 +30,11 @@
 //! max_body_size` stays the engine's `request_body_filter`), and bytes past
 //! the request's end are kept for the next head read here, so a pipelined
 //! request is checked like any other. The one exception is the request
-//! after an upgrade request (`Upgrade`, `CONNECT`) that was not switched:
+//! after an upgrade request (`Upgrade`) that was not switched:
 //! the guard lets an upgrade's bytes pass unbounded, so Pingora may read
 //! the next request itself and parse it from its own prefix, unguarded.
+//! `CONNECT` never reaches Pingora: [`super::connect`] answers it (a TLS
+//! tunnel laneway terminates and serves here again, or a refusal).
 //! HTTP/2 connections (ALPN `h2`, h2c) are served whole by Pingora's
 //! HTTP/2 server, with `client_keepalive` as their idle timeout; the time
 //! to receive one stream's headers is not limited there.
@@ -48,7 +50,7 @@ use pingora_core::apps::{
     HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp,
 };
 use pingora_core::protocols::http::ServerSession;
-use pingora_core::protocols::{GetSocketDigest, Stream, ALPN};
+use pingora_core::protocols::{GetSocketDigest, Ssl, Stream, ALPN};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
@@ -58,6 +60,7 @@ use tracing::debug;
 
 pub use self::guard::chunk_error;
 use self::guard::{Expect, Guarded};
+use super::connect::{self, Tunnels};
 use super::http1::{parse_request_head, Framing, HeadScanner, Reject, RequestHead};
 use super::pingora_engine::PingoraProxy;
 use super::ProxySettings;
@@ -107,6 +110,7 @@ pub struct PingoraConn {
     pub proxy: Arc<HttpProxy<PingoraProxy>>,
     pub timeouts: ConnTimeouts,
     pub metrics: Arc<Metrics>,
+    pub tunnels: Arc<Tunnels>,
 }
 
 #[async_trait]
@@ -122,6 +126,7 @@ impl ServerApp for PingoraConn {
             shutdown,
             self.timeouts,
             Some(&self.metrics),
+            &self.tunnels,
         )
         .await;
         None
@@ -135,13 +140,16 @@ impl ServerApp for PingoraConn {
 
 /// Serves a connection with the Pingora engine until it closes, reading
 /// every HTTP/1.x request head under `t` (see the module doc); local
-/// answers (408, 431) are counted in `metrics` when given.
+/// answers (408, 431) are counted in `metrics` when given. A `CONNECT`
+/// is answered by `tunnels` ([`super::connect`]): refused and closed, or
+/// its TLS terminated and the decrypted stream served here.
 pub async fn serve(
     app: &Arc<HttpProxy<PingoraProxy>>,
     stream: Stream,
     shutdown: &ShutdownWatch,
     t: ConnTimeouts,
     metrics: Option<&Metrics>,
+    tunnels: &Arc<Tunnels>,
 ) {
     if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
         let mut next = Some(stream);
@@ -231,6 +239,36 @@ pub async fn serve(
         // the guard, bounded to this request's body.
         let mut head = head;
         let rest = head.split_off(body.head_len);
+        if head.starts_with(b"CONNECT ") {
+            // laneway answers CONNECT itself, on either engine.
+            let target = parse_request_head(&head)
+                .ok()
+                .and_then(|p| {
+                    std::str::from_utf8(p.target.of(&head))
+                        .ok()
+                        .map(str::to_owned)
+                })
+                .unwrap_or_default();
+            let digest = stream.get_socket_digest();
+            let addr = |a: Option<&pingora_core::protocols::l4::socket::SocketAddr>| {
+                a.and_then(|a| a.as_inet()).copied()
+            };
+            let peer = digest.as_ref().and_then(|d| addr(d.peer_addr()));
+            let local = digest.as_ref().and_then(|d| addr(d.local_addr()));
+            let tls = stream.get_ssl_digest().is_some();
+            let Some(accepted) =
+                connect::answer(tunnels, &mut *stream, &head, &target, peer, local, tls).await
+            else {
+                return;
+            };
+            stream.expect(Expect::Unbounded, &rest);
+            if let Some(tls) =
+                connect::terminate(tunnels, stream, bytes::Bytes::new(), &accepted).await
+            {
+                Box::pin(serve(app, tls, shutdown, t, metrics, tunnels)).await;
+            }
+            return;
+        }
         stream.expect(body.expect, &rest);
         unguarded = body.expect == Expect::Unbounded;
         let mut session = ServerSession::new_http1(stream);

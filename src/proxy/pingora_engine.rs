@@ -176,7 +176,11 @@ impl ProxyHttp for PingoraProxy {
         }
         let dst = session.server_addr().and_then(|a| a.as_inet()).copied();
         ctx.https = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        ctx.port = self.settings.listen_ports.port_of(dst);
+        ctx.port = super::connect::nginx_port(
+            &self.settings.listen_ports,
+            dst,
+            session.digest().and_then(|d| d.socket_digest.as_deref()),
+        );
         let decided = plan::decide(
             &snap,
             &self.settings,

@@ -10,6 +10,7 @@ use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora_core::services::listening::Service;
 
+use super::connect::Tunnels;
 use super::front::Front;
 use super::h1::H1App;
 use super::limits::{ConnLimit, Limited};
@@ -98,17 +99,28 @@ pub fn settings(control: &Control) -> ProxySettings {
 pub fn build(control: &Arc<Control>, upgrade: bool) -> Result<Server, ServerError> {
     let cfg = &control.config;
     let services = Arc::new(super::services::compile(&cfg.services)?);
-    let terminator = match &cfg.tls {
+    // The certificates serve the `[tls] listen` addresses and CONNECT
+    // tunnels on lane entries (`[tls] listen = []`: tunnels only).
+    let store = match &cfg.tls {
         None => None,
         Some(tls) => {
             let store = CertStore::open(tls, control.metrics.clone())?;
             store.watch()?;
-            Some(Arc::new(Terminator::new(
-                store.server_config()?,
-                control.metrics.clone(),
-            )))
+            Some(store)
         }
     };
+    let terminator = match &store {
+        Some(store) => Some(Arc::new(Terminator::new(
+            store.server_config()?,
+            control.metrics.clone(),
+        ))),
+        None => None,
+    };
+    let tunnels = Arc::new(Tunnels::new(
+        control.snapshot_handle(),
+        store,
+        control.metrics.clone(),
+    )?);
     let conf = ServerConf {
         threads: 1,
         work_stealing: false,
@@ -164,8 +176,13 @@ pub fn build(control: &Arc<Control>, upgrade: bool) -> Result<Server, ServerErro
             timeouts.idle,
         ));
         let h1 = || {
-            H1App::new(snapshot.clone(), settings.clone(), metrics.clone())
-                .with_handoff(pingora.clone())
+            H1App::new(
+                snapshot.clone(),
+                settings.clone(),
+                metrics.clone(),
+                tunnels.clone(),
+            )
+            .with_handoff(pingora.clone())
         };
         // TLS and h2c connections are shed without an answer: a plain
         // HTTP/1 503 means nothing to a TLS or HTTP/2 client.
@@ -177,10 +194,12 @@ pub fn build(control: &Arc<Control>, upgrade: bool) -> Result<Server, ServerErro
                 tls,
                 timeouts,
                 metrics: metrics.clone(),
+                tunnels: tunnels.clone(),
             };
             Limited::new(Arc::new(front), limit.clone(), false)
         };
-        if let (Some(tls), Some(t)) = (&cfg.tls, &terminator) {
+        let tls_listen = cfg.tls.as_ref().filter(|t| !t.listen.is_empty());
+        if let (Some(tls), Some(t)) = (tls_listen, &terminator) {
             let mut service = Service::new(format!("laneway-tls-{worker}"), front(Some(t.clone())));
             listen_on(&mut service, &vip_addresses(cfg, &tls.listen), worker);
             server.add_service(service);
@@ -213,6 +232,7 @@ pub fn build(control: &Arc<Control>, upgrade: bool) -> Result<Server, ServerErro
                     proxy: Arc::new(proxy),
                     timeouts,
                     metrics,
+                    tunnels: tunnels.clone(),
                 };
                 let app = Limited::new(Arc::new(app), limit.clone(), true);
                 let mut service = Service::new(name, app);

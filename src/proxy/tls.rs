@@ -1,4 +1,5 @@
-//! TLS termination for the `[tls] listen` addresses: certificates chosen by
+//! TLS termination for the `[tls] listen` addresses and CONNECT tunnels
+//! on lane entries ([`super::connect`]): certificates chosen by
 //! SNI from a directory of PEM pairs (`<name>.crt` + `<name>.key`, matched by
 //! the DNS names in each certificate, wildcards included), a default pair,
 //! hot reload when the files change, ALPN `h2`/`http/1.1`, and handshake
@@ -113,6 +114,16 @@ impl Certs {
             }
         }
         self.default.clone()
+    }
+
+    /// A certificate names `name` (exactly or by a one-label wildcard); the
+    /// default pair counts only through its own names.
+    fn covers(&self, name: &str) -> bool {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        self.exact.contains_key(&name)
+            || name
+                .split_once('.')
+                .is_some_and(|(_, parent)| self.wildcard.contains_key(parent))
     }
 }
 
@@ -280,6 +291,17 @@ impl CertStore {
             })
             .map_err(|e| TlsError::Config(format!("cannot start the certificate watcher: {e}")))?;
         Ok(())
+    }
+
+    /// A certificate of the directory names `host` (exactly or by a
+    /// wildcard): what a CONNECT to `host` needs ([`super::connect`]).
+    pub fn covers(&self, host: &str) -> bool {
+        self.certs.load().covers(host)
+    }
+
+    /// The certificate directory (`[tls] certs`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The rustls server configuration: this store as the resolver, ALPN
@@ -473,5 +495,10 @@ mod tests {
         ));
         assert!(same(certs.pick(Some("other.example.org")), "default"));
         assert!(same(certs.pick(None), "default"));
+        assert!(certs.covers("SHOP.example.com."));
+        assert!(certs.covers("t-42.lanes.test"));
+        assert!(certs.covers("localhost"));
+        assert!(!certs.covers("bj.example.com.t-42.lanes.test"));
+        assert!(!certs.covers("other.example.org"));
     }
 }

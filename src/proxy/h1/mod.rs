@@ -20,8 +20,9 @@
 //! of a request, then `[proxy] header_timeout` from that byte to the end of
 //! its head (408 beyond, however slowly the bytes trickle in).
 //!
-//! The engine also serves HTTPS/1.1 (a TLS stream from [`super::front`]:
-//! the scheme is then `https`), tunnels `Upgrade` (WebSocket) after a 101,
+//! The engine also serves HTTPS/1.1 (a TLS stream from [`super::front`],
+//! or from a `CONNECT` on a lane entry, [`super::connect`]: the scheme is
+//! then `https`), tunnels `Upgrade` (WebSocket) after a 101,
 //! and limits request bodies (`[proxy] max_body_size`, 413). A request to a
 //! service reached with TLS or HTTP/2 (`[services.<name>]`) is not proxied
 //! here: the connection, with the bytes read so far to be read again, is
@@ -76,6 +77,8 @@ pub struct H1App {
     metrics: Arc<Metrics>,
     /// Serves connections whose requests go to TLS or HTTP/2 upstreams.
     handoff: Option<Arc<pingora_proxy::HttpProxy<super::pingora_engine::PingoraProxy>>>,
+    /// Answers CONNECT ([`super::connect`]).
+    tunnels: Arc<super::connect::Tunnels>,
 }
 
 impl H1App {
@@ -83,12 +86,14 @@ impl H1App {
         snapshot: Arc<ArcSwap<Snapshot>>,
         settings: ProxySettings,
         metrics: Arc<Metrics>,
+        tunnels: Arc<super::connect::Tunnels>,
     ) -> H1App {
         H1App {
             snapshot,
             settings,
             metrics,
             handoff: None,
+            tunnels,
         }
     }
 
@@ -117,8 +122,10 @@ impl ServerApp for H1App {
         let local = digest
             .as_ref()
             .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied());
-        let _open = ConnGauge::open(&self.metrics.active_connections);
+        let open = ConnGauge::open(&self.metrics.active_connections);
         let https = stream.get_ssl_digest().is_some();
+        let port =
+            super::connect::nginx_port(&self.settings.listen_ports, local, digest.as_deref());
         let mut conn = Client {
             io: stream,
             buf: BytesMut::with_capacity(READ_CHUNK),
@@ -128,9 +135,10 @@ impl ServerApp for H1App {
                 |p| p.ip().to_string().into_bytes().into(),
             ),
             local,
-            port: self.settings.listen_ports.port_of(local),
+            port,
             https,
             handoff: None,
+            tunnel: None,
         };
         let mut scratch = Scratch::default();
         loop {
@@ -143,6 +151,31 @@ impl ServerApp for H1App {
                 }
             }
         }
+        if let Some(accepted) = conn.tunnel.take() {
+            let tunnels = &self.tunnels;
+            // CONNECT answered 200: serve the decrypted stream as an HTTPS
+            // listener's (HTTP/2 on the Pingora engine).
+            let rest = conn.buf.split().freeze();
+            let tls = super::connect::terminate(tunnels, conn.io, rest, &accepted).await?;
+            drop(open);
+            match (tls.selected_alpn_proto(), &self.handoff) {
+                (Some(pingora_core::protocols::ALPN::H2), Some(pingora)) => {
+                    super::pingora_conn::serve(
+                        pingora,
+                        tls,
+                        shutdown,
+                        super::pingora_conn::ConnTimeouts::of(&self.settings),
+                        Some(&self.metrics),
+                        tunnels,
+                    )
+                    .await;
+                }
+                _ => {
+                    self.process_new(tls, shutdown).await;
+                }
+            }
+            return None;
+        }
         if let (Some(replay), Some(pingora)) = (conn.handoff.take(), &self.handoff) {
             let facts = super::stream::Wrapped::new((), &*conn.io);
             let stream = super::stream::Wrapped::new(conn.io, &facts).with_prefix(replay);
@@ -152,6 +185,7 @@ impl ServerApp for H1App {
                 shutdown,
                 super::pingora_conn::ConnTimeouts::of(&self.settings),
                 Some(&self.metrics),
+                &self.tunnels,
             )
             .await;
         }
@@ -192,6 +226,8 @@ struct Client {
     /// Bytes read and not served (a request head and what followed): the
     /// connection goes to the Pingora engine, which reads them again.
     handoff: Option<bytes::Bytes>,
+    /// A CONNECT answered 200: TLS is terminated next ([`super::connect`]).
+    tunnel: Option<super::connect::Accepted>,
 }
 
 /// Buffers reused across the requests of one connection.
@@ -333,6 +369,9 @@ impl H1App {
                 b"GET" | b"HEAD" | b"OPTIONS" | b"PUT" | b"DELETE" | b"TRACE"
             ),
         };
+        if head.method() == b"CONNECT" {
+            return self.connect(c, &head).await;
+        }
         let target = head.target();
         let host = head.host();
         if let (Some(max), Framing::Length(n)) = (self.settings.max_body_size, info.framing) {
@@ -520,6 +559,23 @@ impl H1App {
         };
         self.finish(&log);
         Ok(keep)
+    }
+
+    /// Answers a CONNECT ([`super::connect`]); `Ok(false)` either way:
+    /// the connection closes, or becomes a TLS tunnel laneway terminates.
+    async fn connect(&self, c: &mut Client, head: &ReqHead) -> io::Result<bool> {
+        let target = String::from_utf8_lossy(head.parsed.target.of(&head.head)).into_owned();
+        c.tunnel = super::connect::answer(
+            &self.tunnels,
+            &mut c.io,
+            &head.head,
+            &target,
+            c.peer,
+            c.local,
+            c.https,
+        )
+        .await;
+        Ok(false)
     }
 
     /// Answers a request refused by the framing rules and ends the
