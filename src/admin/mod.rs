@@ -9,6 +9,8 @@ mod audit;
 mod auth;
 mod error;
 mod explain;
+#[allow(dead_code)] // until the admin middleware uses it
+mod guard;
 mod lanes;
 mod pac;
 mod registry;
