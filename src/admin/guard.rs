@@ -54,7 +54,7 @@ pub fn host_allowed(host: &str, hostnames: &[String]) -> bool {
         return true;
     }
     let lower = name.to_ascii_lowercase();
-    lower == "localhost" || lower.ends_with(".localhost") || hostnames.iter().any(|h| *h == lower)
+    lower == "localhost" || lower.ends_with(".localhost") || hostnames.contains(&lower)
 }
 
 /// Why a state-changing request from a browser is refused: its `Origin`
