@@ -271,6 +271,10 @@ fn run(config_path: PathBuf, upgrade: bool) -> anyhow::Result<()> {
     telemetry::init_logging(&config.log)?;
     laneway::proxy::limits::raise_open_file_limit(&config);
     let metrics = Arc::new(Metrics::new());
+    let access = Arc::new(
+        laneway::admin::Access::new(&config.admin)
+            .map_err(|e| anyhow::anyhow!("cannot start: {e}"))?,
+    );
     let control = Control::open(config, metrics).context("cannot start")?;
 
     // The control and admin planes run on their own small runtime so the
@@ -292,7 +296,7 @@ fn run(config_path: PathBuf, upgrade: bool) -> anyhow::Result<()> {
         let watcher = control.watch_rules();
         let admin_control = control.clone();
         tokio::spawn(async move {
-            if let Err(e) = laneway::admin::serve(listener, admin_control).await {
+            if let Err(e) = laneway::admin::serve(listener, admin_control, access).await {
                 tracing::error!(error = %e, "admin API stopped");
             }
         });

@@ -236,11 +236,16 @@ impl Tokens {
 
     /// The token whose secret is `presented`: its name and scopes.
     pub fn find(&self, presented: &str) -> Option<(&str, Scopes)> {
-        let d = digest(presented);
         // every token is compared, so the time does not tell which matched
+        self.find_digest(&digest(presented))
+    }
+
+    /// The token whose secret digests to `d` (a session's token, looked up
+    /// again on every request so that removing a token ends its sessions).
+    pub fn find_digest(&self, d: &[u8; 32]) -> Option<(&str, Scopes)> {
         let mut found = None;
         for t in &self.tokens {
-            if bool::from(t.digest.ct_eq(&d)) {
+            if bool::from(t.digest.ct_eq(d)) {
                 found = Some((t.name.as_str(), t.scopes));
             }
         }

@@ -3,6 +3,7 @@
 //! `/metrics` and `/healthz`. Control plane only; it changes state through
 //! [`Control`] and never touches the request path.
 
+mod access;
 #[allow(dead_code)] // until the admin handlers record changes
 mod audit;
 #[allow(dead_code)] // until the admin middleware uses it
@@ -27,6 +28,7 @@ use serde_json::json;
 
 use crate::control::Control;
 
+pub use access::{Access, Caller};
 pub use error::ApiError;
 
 /// How long a mutating call waits for the snapshot that includes its change,
@@ -66,12 +68,14 @@ pub fn router(control: Arc<Control>) -> Router {
         .with_state(control)
 }
 
-/// Serves the admin API on an already bound listener until the process ends.
+/// Serves the admin API on an already bound listener until the process
+/// ends, every request through [`access::check`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     control: Arc<Control>,
+    access: Arc<Access>,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(control)).await
+    axum::serve(listener, access::app(control, access)).await
 }
 
 async fn healthz(State(c): State<Arc<Control>>) -> Response {

@@ -433,10 +433,37 @@ impl Laneway {
     /// Starts laneway with extra `[proxy]` keys, extra `[lanes]` keys and
     /// extra sections.
     pub fn start_full(routes: &str, proxy_extra: &str, lanes: &str, extra: &str) -> Laneway {
+        Laneway::start_admin(routes, proxy_extra, "", lanes, extra)
+    }
+
+    /// As [`start_full`](Self::start_full), with extra `[admin]` keys
+    /// (tokens, host names); `admin_extra` may name files relative to the
+    /// laneway directory, which `files` writes first (name, content).
+    pub fn start_admin(
+        routes: &str,
+        proxy_extra: &str,
+        admin_extra: &str,
+        lanes: &str,
+        extra: &str,
+    ) -> Laneway {
+        Laneway::start_admin_files(routes, proxy_extra, admin_extra, lanes, extra, &[])
+    }
+
+    pub fn start_admin_files(
+        routes: &str,
+        proxy_extra: &str,
+        admin_extra: &str,
+        lanes: &str,
+        extra: &str,
+        files: &[(&str, &str)],
+    ) -> Laneway {
         let proxy_extra = &with_engine(proxy_extra);
         let tmp = tempfile::tempdir().expect("temp dir");
         let dir = tmp.path().to_path_buf();
         std::fs::write(dir.join("routes.toml"), routes).unwrap();
+        for (name, content) in files {
+            std::fs::write(dir.join(name), content).unwrap();
+        }
         let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let config = dir.join("laneway.toml");
@@ -451,6 +478,7 @@ connect_timeout = "1s"
 {proxy_extra}
 [admin]
 listen = "{admin}"
+{admin_extra}
 [lanes]
 domain = "lanes.test"
 {lanes}
