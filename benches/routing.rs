@@ -111,6 +111,7 @@ fn fixture() -> Fixture {
         settings: LaneSettings {
             header: HeaderName::from_static("x-laneway-lane"),
             cookie: "laneway_lane".into(),
+            cookie_max_age: std::time::Duration::from_secs(3600),
             baggage_key: "laneway-lane".into(),
             domain: "lanes.test".into(),
             vip_pool: None,

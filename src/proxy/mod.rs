@@ -18,6 +18,7 @@ pub mod front;
 pub mod h1;
 pub mod hops;
 pub mod http1;
+pub mod lane_pages;
 pub mod limits;
 pub mod pingora_conn;
 pub mod pingora_engine;
