@@ -45,7 +45,7 @@ pub const ACCESS_FIELDS: [&str; 17] = [
 ];
 
 /// The fields of a JSON line when `[log] access_fields` is not set.
-pub const ACCESS_FIELDS_DEFAULT: [&str; 13] = [
+pub const ACCESS_FIELDS_DEFAULT: [&str; 14] = [
     "ts",
     "client",
     "method",
@@ -53,6 +53,7 @@ pub const ACCESS_FIELDS_DEFAULT: [&str; 13] = [
     "uri",
     "lane",
     "lane_source",
+    "lane_unknown",
     "service",
     "version",
     "upstream",
