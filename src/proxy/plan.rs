@@ -1,8 +1,11 @@
 //! What to do with a request, decided once per request from one snapshot:
 //! the lane, the matched rule, the target version and its pool, and the
-//! header edits; a request that loops through laneway is answered 508
-//! instead ([`super::hops`]). Shared by both HTTP engines; request path, no
-//! I/O.
+//! header edits, request and response (a lane entered by hostname keeps
+//! redirects and cookies in it: [`crate::routing::rewrite`]); a request
+//! that loops through laneway is answered 508 instead ([`super::hops`]), a
+//! lane hostname of no lane 404 ([`super::lane_pages`]), and a lane named
+//! by a header or cookie that does not exist is reported with the answer.
+//! Shared by both HTTP engines; request path, no I/O.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -336,6 +339,21 @@ pub fn fill_request_id(out: &mut [u8; 32]) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_production_host_is_found_before_the_lane_label() {
+        let p = super::production_before;
+        assert_eq!(
+            p("bj.example.com.t-43.lanes.test", "t-43"),
+            Some("bj.example.com")
+        );
+        assert_eq!(
+            p("BJ.example.com.T-43.lanes.test", "t-43"),
+            Some("BJ.example.com")
+        );
+        assert_eq!(p("t-43.lanes.test", "t-43"), None);
+        assert_eq!(p("t-43.t-43.lanes.test", "t-43"), Some("t-43"));
+    }
+
     #[test]
     fn request_ids_are_32_lowercase_hex_digits_and_differ() {
         let a = super::new_request_id();
