@@ -261,7 +261,11 @@ fn an_unknown_lane_hostname_answers_404_listing_the_lanes() {
 fn an_unknown_lane_in_a_header_or_cookie_is_served_by_the_baseline_and_says_so() {
     let s = site();
     let lw = &s.lw;
-    let before = (unknown_count(lw, "header"), unknown_count(lw, "cookie"));
+    let before = (
+        unknown_count(lw, "header"),
+        unknown_count(lw, "cookie"),
+        unknown_count(lw, "baggage"),
+    );
     let r = lw.get("bj.example.com", "/", &[("x-laneway-lane", "t-43")]);
     assert_eq!(r.status, 200);
     assert_eq!(upstream(&r), "stable");
@@ -270,9 +274,20 @@ fn an_unknown_lane_in_a_header_or_cookie_is_served_by_the_baseline_and_says_so()
     let r = lw.get("bj.example.com", "/", &[("cookie", "laneway_lane=nope")]);
     assert_eq!(upstream(&r), "stable");
     assert_eq!(r.header("x-laneway-lane-unknown"), Some("nope"));
+    let r = lw.get(
+        "bj.example.com",
+        "/",
+        &[("baggage", "a=1,laneway-lane=t-44")],
+    );
+    assert_eq!(upstream(&r), "stable");
+    assert_eq!(r.header("x-laneway-lane-unknown"), Some("t-44"));
     assert_eq!(
-        (unknown_count(lw, "header"), unknown_count(lw, "cookie")),
-        (before.0 + 1, before.1 + 1)
+        (
+            unknown_count(lw, "header"),
+            unknown_count(lw, "cookie"),
+            unknown_count(lw, "baggage")
+        ),
+        (before.0 + 1, before.1 + 1, before.2 + 1)
     );
     // A request naming no lane carries neither header.
     let r = lw.get("bj.example.com", "/", &[]);

@@ -241,11 +241,16 @@ pub fn decide(snap: &Snapshot, settings: &ProxySettings, req: &Incoming<'_>) -> 
                         status,
                         intercept: intercept.copied(),
                         as_get,
-                        rewrite: ResponseRewrite::new(
-                            &snap.rules,
-                            into_lane.clone(),
-                            location.proxy_rewrites.clone(),
-                        ),
+                        // (checked here: a plain request clones nothing)
+                        rewrite: if into_lane.is_some() || location.proxy_rewrites.is_some() {
+                            ResponseRewrite::new(
+                                &snap.rules,
+                                into_lane.clone(),
+                                location.proxy_rewrites.clone(),
+                            )
+                        } else {
+                            None
+                        },
                     }),
                     (Err(msg), _) => Err(LocalResponse::text(
                         503,

@@ -7,7 +7,6 @@
 //! with one of the two directives): any other request carries no
 //! [`ResponseRewrite`] and its headers are not looked at.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 
 use regex::Regex;
@@ -340,11 +339,6 @@ pub fn rewrite_cookie_domain(
         return Some(format!("{}{new}{}", &value[..start], &value[end..]));
     }
     None
-}
-
-/// Borrowed unless `edit` changed it.
-pub fn or_same<'a>(value: &'a str, new: Option<String>) -> Cow<'a, str> {
-    new.map_or(Cow::Borrowed(value), Cow::Owned)
 }
 
 #[cfg(test)]
