@@ -452,6 +452,48 @@ service = "web"
     }
 
     #[test]
+    fn hostile_values_never_panic() {
+        // upstream header values are untrusted: any bytes, any shape
+        let rw = ResponseRewrite::new(
+            &rules(),
+            Some(IntoLane::new("t", "d.test", "http", "[::1")),
+            Some(Arc::new(ProxyRewrites {
+                redirect: vec![Replace::parse("~^(.*)$", "$1$9${x}").unwrap()],
+                cookie_domain: vec![Replace::parse("~(.)", "$1").unwrap()],
+            })),
+        )
+        .unwrap();
+        let pieces: [&str; 16] = [
+            "url=",
+            "'",
+            "\"",
+            ";",
+            "domain",
+            "=",
+            ".",
+            "//",
+            "http://",
+            "bj.example.com",
+            ":",
+            "[",
+            "]",
+            "@",
+            "é",
+            " ",
+        ];
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..20_000 {
+            let mut v = String::new();
+            for _ in 0..rng.usize(0..8) {
+                v.push_str(pieces[rng.usize(..pieces.len())]);
+            }
+            for name in ["location", "content-location", "refresh", "set-cookie"] {
+                let _ = rw.header(name.as_bytes(), v.as_bytes());
+            }
+        }
+    }
+
+    #[test]
     fn nginx_proxy_redirect_and_cookie_domain() {
         let p = ProxyRewrites {
             redirect: vec![
