@@ -409,6 +409,7 @@ http {{
             proxy_pass http://app/two/;
             proxy_redirect off;
         }}
+        location = /ret {{ return 302 http://$host/back; }}
         location /r/ {{
             proxy_pass http://app;
             proxy_redirect http://backend.internal/ http://bj.example.com/;
@@ -457,4 +458,33 @@ http {{
     );
     // without proxy_cookie_domain the cookie is passed unchanged
     assert_eq!(location("/one/a", "/").1, "sid=1; Domain=.backend.internal");
+
+    // Entered by hostname: proxy_redirect first, then into the lane; and
+    // nginx's own `return 302` into the lane too.
+    let (code, v) = lw.create_lane(r#"{"name":"t-1","services":{}}"#);
+    assert_eq!(code, 201, "{v}");
+    let port = listen.port();
+    let host = format!("bj.example.com.t-1.lanes.test:{port}");
+    let r = lw.get(
+        &host,
+        "/r/a",
+        &[
+            ("x-answer-location", "http://backend.internal/x"),
+            ("x-answer-set-cookie", "sid=1; Domain=backend.internal"),
+        ],
+    );
+    assert_eq!(
+        r.header("location"),
+        Some(format!("http://bj.example.com.t-1.lanes.test:{port}/x").as_str())
+    );
+    assert_eq!(
+        r.header("set-cookie"),
+        Some("sid=1; Domain=example.com.t-1.lanes.test")
+    );
+    let r = lw.get(&host, "/ret", &[]);
+    assert_eq!(r.status, 302);
+    assert_eq!(
+        r.header("location"),
+        Some(format!("http://bj.example.com.t-1.lanes.test:{port}/back").as_str())
+    );
 }

@@ -452,6 +452,37 @@ service = "web"
     }
 
     #[test]
+    fn location_keys_are_checked_with_their_line() {
+        let with = |key: &str| {
+            let toml = format!(
+                "[[server]]\nnames = [\"a.example.com\"]\n[[server.location]]\nmatch = \"/\"\nservice = \"web\"\n{key}\n"
+            );
+            RuleSet::compile(&toml, std::path::Path::new("routes.toml"))
+        };
+        let rules =
+            with(r#"proxy_redirect = [["http://b/", "/"], ['~^http://(\w+)/', "/$1/"]]"#).unwrap();
+        let loc = &rules.servers()[0].locations[0];
+        let rw = loc.proxy_rewrites.as_ref().expect("pairs compiled");
+        assert_eq!(rw.redirect("http://b/x").as_deref(), Some("/x"));
+        // a regex match replaces the whole URL, as in nginx
+        assert_eq!(rw.redirect("http://zz/y").as_deref(), Some("/zz/"));
+        let off = with(r#"proxy_redirect = "off""#).unwrap();
+        assert!(off.servers()[0].locations[0].proxy_rewrites.is_none());
+        for (bad, why) in [
+            (r#"proxy_redirect = "on""#, "write \"off\""),
+            (
+                r#"proxy_cookie_domain = [["only-one"]]"#,
+                "not a [from, to] pair",
+            ),
+            (r#"proxy_redirect = [["~(", "x"]]"#, "invalid regex"),
+        ] {
+            let errors = with(bad).expect_err(bad);
+            let text = errors[0].to_string();
+            assert!(text.contains(why) && text.contains(":6"), "{bad}: {text}");
+        }
+    }
+
+    #[test]
     fn hostile_values_never_panic() {
         // upstream header values are untrusted: any bytes, any shape
         let rw = ResponseRewrite::new(
