@@ -11,7 +11,8 @@
 //! connection to the engine its protocol needs. [`limits`] caps the open
 //! client connections of every listener; [`pingora_conn`] reads request
 //! heads for the Pingora engine under laneway's time limits; [`hops`]
-//! stops requests that loop through laneway.
+//! stops requests that loop through laneway; [`lane_pages`] answers the
+//! lane switch and the unknown-lane page.
 
 pub mod exchange;
 pub mod front;
