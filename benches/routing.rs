@@ -111,6 +111,7 @@ fn fixture() -> Fixture {
         settings: LaneSettings {
             header: HeaderName::from_static("x-laneway-lane"),
             cookie: "laneway_lane".into(),
+            cookie_max_age: std::time::Duration::from_secs(3600),
             baggage_key: "laneway-lane".into(),
             domain: "lanes.test".into(),
             vip_pool: None,
@@ -331,6 +332,63 @@ fn bench_request_path(c: &mut Criterion, f: &Fixture) {
     g.finish();
 }
 
+/// `plan::decide`, the whole per-request decision both engines make (lane,
+/// unknown-lane check, rule, target, plan with its response rewriting):
+/// a plain request naming no lane, and one entering a lane by hostname.
+fn bench_decide(c: &mut Criterion, f: &Fixture) {
+    use laneway::proxy::plan::{self, Incoming};
+    let settings = laneway::proxy::ProxySettings {
+        lanes: f.settings.clone(),
+        connect_timeout: Duration::from_secs(1),
+        read_timeout: Duration::from_secs(60),
+        write_timeout: Duration::from_secs(60),
+        connect_retries: 1,
+        read_retries: 1,
+        response_headers: true,
+        client_keepalive: Duration::from_secs(60),
+        upstream_keepalive: 64,
+        health_path: "/__laneway/health".into(),
+        health: Arc::new(laneway::health::InstanceHealth::new()),
+        max_body_size: None,
+        services: Arc::new(Default::default()),
+        listen_ports: Arc::new(Default::default()),
+        header_timeout: Duration::from_secs(10),
+        max_connections: 8192,
+        max_hops: 8,
+        instance_id: Arc::from("bench"),
+    };
+    let s = &f.snapshot;
+    let big = f.shape.servers / f.shape.big_servers;
+    let mut headers = HeaderMap::new();
+    headers.insert("user-agent", HeaderValue::from_static("bench/1.0"));
+    headers.insert("accept", HeaderValue::from_static("*/*"));
+    let plain_host = table::host_for(2 * big);
+    let lane_host = format!("{}.t-0003.lanes.test:8080", table::host_for(2 * big));
+    let target = table::path_for(big, 1);
+    let mut g = c.benchmark_group("decide");
+    for (label, host) in [("plain", &plain_host), ("hostname_lane", &lane_host)] {
+        let one = || {
+            let d = plan::decide(
+                s,
+                &settings,
+                &Incoming {
+                    host,
+                    target: &target,
+                    scheme: "http",
+                    headers: &headers,
+                    dst: None,
+                    port: 80,
+                    upstream_statuses: &[],
+                },
+            );
+            d.action.is_ok()
+        };
+        assert!(one(), "decide/{label} is proxied");
+        g.bench_function(label, |b| b.iter(|| black_box(one())));
+    }
+    g.finish();
+}
+
 fn bench_compile(c: &mut Criterion, f: &Fixture) {
     let mut g = c.benchmark_group("compile");
     g.sample_size(10)
@@ -376,6 +434,7 @@ fn benches(c: &mut Criterion) {
     bench_rules(c, &f);
     bench_targets(c, &f);
     bench_request_path(c, &f);
+    bench_decide(c, &f);
     bench_compile(c, &f);
 }
 

@@ -170,8 +170,10 @@ pub fn class_index(status: u16) -> usize {
 
 /// Why laneway answered a request itself: the `reason` label of
 /// `laneway_local_responses_total`, children resolved at start.
-pub const LOCAL_REASONS: [&str; 12] = [
+pub const LOCAL_REASONS: [&str; 14] = [
     "not_found",
+    "lane_switch",
+    "unknown_lane",
     "return",
     "redirect",
     "no_instance",
@@ -184,6 +186,10 @@ pub const LOCAL_REASONS: [&str; 12] = [
     "header_timeout",
     "other",
 ];
+
+/// Where a request named a lane that does not exist: the `source` label
+/// of `laneway_unknown_lane_total`, children resolved at start.
+pub const UNKNOWN_LANE_SOURCES: [&str; 4] = ["hostname", "header", "baggage", "cookie"];
 
 /// Why a request was sent upstream again: the `reason` label of
 /// `laneway_upstream_retries_total`, children resolved at start.
@@ -206,6 +212,10 @@ pub struct Metrics {
     /// [`LOCAL_REASONS`]; `loop` is a 508, `header_timeout` a 408).
     pub local_responses: IntCounterVec,
     local_by_reason: Vec<IntCounter>,
+    /// Requests naming a lane that does not exist, by where they named it
+    /// ([`UNKNOWN_LANE_SOURCES`]).
+    pub unknown_lanes: IntCounterVec,
+    unknown_by_source: Vec<IntCounter>,
     pub snapshot_swaps: IntCounter,
     pub snapshot_build_seconds: Histogram,
     pub snapshot_generation: IntGauge,
@@ -398,6 +408,15 @@ impl Metrics {
             )
             .expect("metric definition"),
             local_by_reason: Vec::new(),
+            unknown_lanes: IntCounterVec::new(
+                Opts::new(
+                    "laneway_unknown_lane_total",
+                    "Requests naming a lane that does not exist, by where they named it",
+                ),
+                &["source"],
+            )
+            .expect("metric definition"),
+            unknown_by_source: Vec::new(),
             snapshot_swaps: IntCounter::new(
                 "laneway_snapshot_swaps_total",
                 "Snapshots compiled and swapped in",
@@ -504,6 +523,10 @@ impl Metrics {
             .iter()
             .map(|r| m.local_responses.with_label_values(&[r]))
             .collect();
+        m.unknown_by_source = UNKNOWN_LANE_SOURCES
+            .iter()
+            .map(|r| m.unknown_lanes.with_label_values(&[r]))
+            .collect();
         m.retries_by_reason = RETRY_REASONS
             .iter()
             .map(|r| m.upstream_retries.with_label_values(&[r]))
@@ -521,6 +544,16 @@ impl Metrics {
         &self.local_by_reason[i]
     }
 
+    /// The counter of requests naming an unknown lane in `source` (one of
+    /// [`UNKNOWN_LANE_SOURCES`]; anything else counts as `cookie`).
+    pub fn unknown_lane(&self, source: &str) -> &IntCounter {
+        let i = UNKNOWN_LANE_SOURCES
+            .iter()
+            .position(|r| *r == source)
+            .unwrap_or(UNKNOWN_LANE_SOURCES.len() - 1);
+        &self.unknown_by_source[i]
+    }
+
     /// The retry counter for `reason`: 0 `connect`, 1 `read`.
     pub fn retry(&self, reason: usize) -> &IntCounter {
         &self.retries_by_reason[reason.min(RETRY_REASONS.len() - 1)]
@@ -535,6 +568,7 @@ impl Metrics {
             Box::new(self.request_duration.clone()),
             Box::new(self.upstream_connect_errors.clone()),
             Box::new(self.local_responses.clone()),
+            Box::new(self.unknown_lanes.clone()),
             Box::new(self.snapshot_swaps.clone()),
             Box::new(self.snapshot_build_seconds.clone()),
             Box::new(self.snapshot_generation.clone()),

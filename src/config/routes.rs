@@ -162,9 +162,24 @@ pub struct LocationDef {
     pub proxy_intercept_errors: Option<bool>,
     /// nginx `recursive_error_pages` (default: the enclosing level's).
     pub recursive_error_pages: Option<bool>,
+    /// nginx `proxy_redirect`: `"off"`, or `[from, to]` pairs applied to
+    /// the upstream's `Location` and `Refresh` (`from` a prefix, or a regex
+    /// after `~` / `~*` whose match is replaced whole, `$1` … allowed).
+    pub proxy_redirect: Option<Spanned<ReplaceDef>>,
+    /// nginx `proxy_cookie_domain`: `"off"`, or `[domain, replacement]`
+    /// pairs applied to the upstream's `Set-Cookie` `Domain=`.
+    pub proxy_cookie_domain: Option<Spanned<ReplaceDef>>,
     /// Nested locations.
     #[serde(default)]
     pub location: Vec<Spanned<LocationDef>>,
+}
+
+/// `"off"` or `[["from", "to"], …]` (`proxy_redirect`, `proxy_cookie_domain`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum ReplaceDef {
+    Word(String),
+    Pairs(Vec<Vec<String>>),
 }
 
 /// `return = { status = 200, body = "home", headers = { … } }`.

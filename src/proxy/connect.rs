@@ -331,6 +331,7 @@ fn log(
         uri: target,
         lane,
         lane_source,
+        lane_unknown: None,
         service: None,
         version: None,
         upstream: None,

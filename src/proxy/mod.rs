@@ -12,7 +12,8 @@
 //! `CONNECT` on lane entries by terminating TLS the same way. [`limits`] caps the open
 //! client connections of every listener; [`pingora_conn`] reads request
 //! heads for the Pingora engine under laneway's time limits; [`hops`]
-//! stops requests that loop through laneway.
+//! stops requests that loop through laneway; [`lane_pages`] answers the
+//! lane switch and the unknown-lane page.
 
 pub mod connect;
 pub mod exchange;
@@ -20,6 +21,7 @@ pub mod front;
 pub mod h1;
 pub mod hops;
 pub mod http1;
+pub mod lane_pages;
 pub mod limits;
 pub mod pingora_conn;
 pub mod pingora_engine;

@@ -34,10 +34,12 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use tracing::debug;
 
 use super::exchange::{self, UpstreamFailure};
+use super::lane_pages;
 use super::plan::{self, LocalResponse, Plan};
 use super::upstream_fields;
 use super::{ProxySettings, X_LANEWAY_VERSION};
 use crate::routing::lanes::LaneSource;
+use crate::routing::rewrite::ResponseRewrite;
 use crate::routing::snapshot::{LaneView, Snapshot, Target};
 use crate::telemetry::access::{self, AccessRecord};
 use crate::telemetry::Metrics;
@@ -102,6 +104,8 @@ pub struct Ctx {
     connect_failures: usize,
     /// Counts the request in flight (the drain waits for it).
     _in_flight: Option<crate::health::InFlightOwned>,
+    /// A lane the request named that does not exist.
+    unknown: Option<plan::UnknownLane>,
 }
 
 impl Ctx {
@@ -149,6 +153,7 @@ impl ProxyHttp for PingoraProxy {
             body_bytes: 0,
             connect_failures: 0,
             _in_flight: None,
+            unknown: None,
         }
     }
 
@@ -174,6 +179,19 @@ impl ProxyHttp for PingoraProxy {
             ctx.local = Some("health");
             return Ok(true);
         }
+        if lane_pages::is_switch(target) {
+            let resp = lane_pages::switch(
+                &snap,
+                &self.settings,
+                req.method.as_str(),
+                target,
+                &req.headers,
+            );
+            ctx.local = Some(resp.reason);
+            self.metrics.local_response(resp.reason).inc();
+            send_local(resp, session, ctx, &self.settings).await?;
+            return Ok(true);
+        }
         let dst = session.server_addr().and_then(|a| a.as_inet()).copied();
         ctx.https = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         ctx.port = super::connect::nginx_port(
@@ -194,6 +212,10 @@ impl ProxyHttp for PingoraProxy {
                 upstream_statuses: &[],
             },
         );
+        if let Some(u) = &decided.unknown {
+            self.metrics.unknown_lane(u.source.as_str()).inc();
+        }
+        ctx.unknown = decided.unknown;
         ctx.snap = Some(snap.clone());
         ctx.lane = Some(decided.lane);
         ctx.lane_source = decided.lane_source;
@@ -564,6 +586,11 @@ impl ProxyHttp for PingoraProxy {
                 resp.insert_header(X_LANEWAY_VERSION.clone(), &*t.version)?;
             }
         }
+        unknown_headers(resp, ctx, &self.settings)?;
+        if let Some(rw) = ctx.plan.as_ref().and_then(|p| p.rewrite.as_deref()) {
+            // kept in the lane, or nginx proxy_redirect / proxy_cookie_domain
+            rewrite_response(rw, resp)?;
+        }
         if let Some(plan) = ctx.plan.as_mut() {
             for (name, value) in plan.add_response_headers.drain(..) {
                 resp.append_header(name, value)?;
@@ -711,6 +738,7 @@ impl ProxyHttp for PingoraProxy {
             uri,
             lane: &lane.name,
             lane_source: ctx.lane_source.as_str(),
+            lane_unknown: ctx.unknown.as_ref().map(|u| &*u.name),
             service: ctx.target.as_ref().map(|t| &*t.service),
             version: ctx.target.as_ref().map(|t| &*t.version),
             upstream: ctx.upstream_addr,
@@ -852,6 +880,48 @@ fn host_and_target(req: &RequestHeader) -> (&str, &str) {
     (host, req.uri.path_and_query().map_or("/", |pq| pq.as_str()))
 }
 
+/// `X-Laneway-Lane-Unknown` (and the lane served, when lane headers are
+/// off) for a request that named a lane that does not exist.
+fn unknown_headers(head: &mut ResponseHeader, ctx: &Ctx, settings: &ProxySettings) -> Result<()> {
+    let Some(u) = &ctx.unknown else {
+        return Ok(());
+    };
+    if !settings.response_headers {
+        head.insert_header(settings.lanes.header.clone(), ctx.lane_name())?;
+    }
+    head.insert_header(lane_pages::X_LANEWAY_LANE_UNKNOWN.clone(), &*u.name)
+}
+
+/// Applies `rw` to the upstream's `Location`, `Content-Location`, `Refresh`
+/// and `Set-Cookie` fields.
+fn rewrite_response(rw: &ResponseRewrite, resp: &mut ResponseHeader) -> Result<()> {
+    use http::header::{CONTENT_LOCATION, LOCATION, REFRESH, SET_COOKIE};
+    for name in [LOCATION, CONTENT_LOCATION, REFRESH, SET_COOKIE] {
+        let mut changed = false;
+        let values: Vec<http::HeaderValue> = resp
+            .headers
+            .get_all(&name)
+            .iter()
+            .map(
+                |v| match rw.header(name.as_str().as_bytes(), v.as_bytes()) {
+                    Some(new) => {
+                        changed = true;
+                        http::HeaderValue::from_str(&new).unwrap_or_else(|_| v.clone())
+                    }
+                    None => v.clone(),
+                },
+            )
+            .collect();
+        if changed {
+            resp.remove_header(&name);
+            for v in values {
+                resp.append_header(name.clone(), v)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 pub use super::exchange::{body_too_large, health_response, upstream_error_body};
 
 async fn send_local(
@@ -872,6 +942,7 @@ async fn send_local(
             head.insert_header(X_LANEWAY_VERSION.clone(), &*t.version)?;
         }
     }
+    unknown_headers(&mut head, ctx, settings)?;
     head.insert_header(CONTENT_LENGTH, resp.body.len())?;
     let head_only = session.req_header().method == http::Method::HEAD;
     let empty = resp.body.is_empty() || head_only;

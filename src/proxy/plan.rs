@@ -1,8 +1,11 @@
 //! What to do with a request, decided once per request from one snapshot:
 //! the lane, the matched rule, the target version and its pool, and the
-//! header edits; a request that loops through laneway is answered 508
-//! instead ([`super::hops`]). Shared by both HTTP engines; request path, no
-//! I/O.
+//! header edits, request and response (a lane entered by hostname keeps
+//! redirects and cookies in it: [`crate::routing::rewrite`]); a request
+//! that loops through laneway is answered 508 instead ([`super::hops`]), a
+//! lane hostname of no lane 404 ([`super::lane_pages`]), and a lane named
+//! by a header or cookie that does not exist is reported with the answer.
+//! Shared by both HTTP engines; request path, no I/O.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,8 +14,9 @@ use bytes::Bytes;
 use http::header::{HeaderName, CONTENT_TYPE};
 use http::HeaderMap;
 
-use super::{hops, ProxySettings};
+use super::{hops, lane_pages, ProxySettings};
 use crate::routing::lanes::{self, LaneSource};
+use crate::routing::rewrite::{IntoLane, ResponseRewrite};
 use crate::routing::rules::{Decision, ErrorCodes, RequestInfo};
 use crate::routing::snapshot::{LaneView, Pool, Snapshot, Target};
 
@@ -40,6 +44,10 @@ pub struct Plan {
     pub intercept: Option<ErrorCodes>,
     /// Send the request as GET (unless HEAD): an `error_page` redirected it.
     pub as_get: bool,
+    /// Edits of the upstream's `Location`, `Refresh`, `Set-Cookie` ...
+    /// headers (a lane chosen by hostname, `proxy_redirect`,
+    /// `proxy_cookie_domain`); `None` for most requests.
+    pub rewrite: Option<Box<ResponseRewrite>>,
 }
 
 impl Plan {
@@ -88,12 +96,21 @@ impl LocalResponse {
     }
 }
 
+/// A lane a request named that does not exist, and where it named it.
+#[derive(Debug, Clone)]
+pub struct UnknownLane {
+    pub source: LaneSource,
+    pub name: Box<str>,
+}
+
 /// The outcome of [`decide`].
 pub struct Decided {
     pub lane: Arc<LaneView>,
     pub lane_source: LaneSource,
     pub target: Option<Arc<Target>>,
     pub action: Result<Plan, LocalResponse>,
+    /// Set when the request named a lane that does not exist.
+    pub unknown: Option<UnknownLane>,
 }
 
 /// Resolves lane, rule and target for a request.
@@ -108,6 +125,35 @@ pub fn decide(snap: &Snapshot, settings: &ProxySettings, req: &Incoming<'_>) -> 
         upstream_statuses,
     } = *req;
     let resolved = lanes::resolve(snap, &settings.lanes, headers, host, dst);
+    let unknown = resolved.unknown.map(|(source, name)| UnknownLane {
+        source,
+        name: name.to_ascii_lowercase().into(),
+    });
+    if let (Some((LaneSource::Hostname, label)), LaneSource::Default) =
+        (resolved.unknown, resolved.source)
+    {
+        // a lane hostname of no lane is never served by the baseline
+        let name = lanes::strip_port(host);
+        let production = production_before(name.trim_end_matches('.'), label);
+        let page = lane_pages::unknown_lane(
+            snap,
+            settings,
+            &label.to_ascii_lowercase(),
+            &lane_pages::Links::Hostname {
+                scheme,
+                production,
+                port: &host[name.len()..],
+            },
+            headers,
+        );
+        return Decided {
+            lane: resolved.lane.clone(),
+            lane_source: resolved.source,
+            target: None,
+            action: Err(page),
+            unknown,
+        };
+    }
     if let Some(entry) = resolved.free_entry {
         return Decided {
             lane: resolved.lane.clone(),
@@ -120,8 +166,18 @@ pub fn decide(snap: &Snapshot, settings: &ProxySettings, req: &Incoming<'_>) -> 
                     "laneway: {entry} is a lane entry that no lane holds; create a lane or use another entry\n"
                 ),
             )),
+            unknown,
         };
     }
+    // a lane entered by hostname: redirects and cookies stay in it
+    let into_lane = (resolved.source == LaneSource::Hostname).then(|| {
+        IntoLane::new(
+            &resolved.lane.name,
+            &settings.lanes.domain,
+            if scheme == "https" { "https" } else { "http" },
+            host,
+        )
+    });
     let lane = resolved.lane.clone();
     let production_host = resolved.host_recovered.then(|| resolved.host.to_string());
     let info = RequestInfo {
@@ -185,6 +241,16 @@ pub fn decide(snap: &Snapshot, settings: &ProxySettings, req: &Incoming<'_>) -> 
                         status,
                         intercept: intercept.copied(),
                         as_get,
+                        // (checked here: a plain request clones nothing)
+                        rewrite: if into_lane.is_some() || location.proxy_rewrites.is_some() {
+                            ResponseRewrite::new(
+                                &snap.rules,
+                                into_lane.clone(),
+                                location.proxy_rewrites.clone(),
+                            )
+                        } else {
+                            None
+                        },
                     }),
                     (Err(msg), _) => Err(LocalResponse::text(
                         503,
@@ -222,12 +288,41 @@ pub fn decide(snap: &Snapshot, settings: &ProxySettings, req: &Incoming<'_>) -> 
             format!("laneway: bad request: {why}\n"),
         )),
     };
+    let action = match action {
+        Err(mut resp) if into_lane.is_some() && into_lane_local(&resp) => {
+            if let Some(rw) = ResponseRewrite::new(&snap.rules, into_lane, None) {
+                rw.local_headers(&mut resp.headers);
+            }
+            Err(resp)
+        }
+        other => other,
+    };
     Decided {
         lane,
         lane_source: resolved.source,
         target,
         action,
+        unknown,
     }
+}
+
+/// A local response with a header the lane rewriting may change.
+fn into_lane_local(resp: &LocalResponse) -> bool {
+    resp.headers.iter().any(|(n, _)| {
+        n == http::header::LOCATION
+            || n == http::header::CONTENT_LOCATION
+            || n == http::header::REFRESH
+            || n == http::header::SET_COOKIE
+    })
+}
+
+/// The production host before `.<label>.<domain>` in a lane hostname.
+fn production_before<'h>(name: &'h str, label: &str) -> Option<&'h str> {
+    let (before, _) = name.rsplit_once('.')?; // drop the domain's last label
+    let at = before
+        .to_ascii_lowercase()
+        .rfind(&format!(".{}.", label.to_ascii_lowercase()))?;
+    (at > 0).then(|| &name[..at])
 }
 
 /// A fresh request id: 32 hex digits.
@@ -249,6 +344,21 @@ pub fn fill_request_id(out: &mut [u8; 32]) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_production_host_is_found_before_the_lane_label() {
+        let p = super::production_before;
+        assert_eq!(
+            p("bj.example.com.t-43.lanes.test", "t-43"),
+            Some("bj.example.com")
+        );
+        assert_eq!(
+            p("BJ.example.com.T-43.lanes.test", "t-43"),
+            Some("BJ.example.com")
+        );
+        assert_eq!(p("t-43.lanes.test", "t-43"), None);
+        assert_eq!(p("t-43.t-43.lanes.test", "t-43"), Some("t-43"));
+    }
+
     #[test]
     fn request_ids_are_32_lowercase_hex_digits_and_differ() {
         let a = super::new_request_id();

@@ -56,6 +56,7 @@ pub fn settings(control: &Control) -> ProxySettings {
         lanes: LaneSettings {
             header: cfg.lanes.header.clone(),
             cookie: cfg.lanes.cookie.clone(),
+            cookie_max_age: cfg.lanes.cookie_max_age,
             baggage_key: cfg.lanes.baggage_key.clone(),
             domain: cfg.lanes.domain.clone(),
             vip_pool: cfg.lanes.vip_pool.clone().map(Arc::new),

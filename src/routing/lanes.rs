@@ -18,6 +18,8 @@ use crate::allocation::pools::{Pool as _, PortPool, VipPool};
 pub struct LaneSettings {
     pub header: HeaderName,
     pub cookie: String,
+    /// `Max-Age` of the cookie the lane switch sets (`[lanes] cookie_max_age`).
+    pub cookie_max_age: std::time::Duration,
     /// The W3C `baggage` member naming the lane (`laneway-lane`).
     pub baggage_key: String,
     /// Lowercase lane domain, e.g. `lanes.test`.
@@ -66,6 +68,10 @@ pub struct Resolved<'s, 'r> {
     pub host: &'r str,
     /// True when `host` was recovered from a lane hostname.
     pub host_recovered: bool,
+    /// The first lane named by the request that does not exist, and where
+    /// it was named (a header, baggage member or cookie passed over, or a
+    /// lane hostname that nothing before it overrode).
+    pub unknown: Option<(LaneSource, &'r str)>,
 }
 
 /// Resolves the lane of a request. `host` is the request's host (Host header
@@ -80,40 +86,72 @@ pub fn resolve<'s, 'r>(
 ) -> Resolved<'s, 'r> {
     let from_host = lane_host(snap, &settings.domain, host);
     let (host_out, recovered) = match &from_host {
-        Some((_, Some(production))) => (*production, true),
+        HostLane::Known(_, Some(production)) => (*production, true),
         _ => (host, false),
     };
-    let pick = |lane: &'s Arc<LaneView>, source| Resolved {
+    let mut unknown: Option<(LaneSource, &'r str)> = None;
+    let pick = |lane: &'s Arc<LaneView>, source, unknown| Resolved {
         free_entry: None,
         lane,
         source,
         host: host_out,
         host_recovered: recovered,
+        unknown,
     };
 
     for value in headers.get_all(&settings.header) {
-        if let Some(lane) = value.to_str().ok().and_then(|v| snap.lane(v.trim())) {
-            return pick(lane, LaneSource::Header);
+        let Some(name) = value.to_str().ok().map(str::trim) else {
+            continue;
+        };
+        match snap.lane(name) {
+            Some(lane) => return pick(lane, LaneSource::Header, unknown),
+            None if !name.is_empty() && unknown.is_none() => {
+                unknown = Some((LaneSource::Header, name));
+            }
+            None => {}
         }
     }
-    if let Some(lane) = baggage_value(headers, &settings.baggage_key).and_then(|v| snap.lane(v)) {
-        return pick(lane, LaneSource::Baggage);
+    if let Some(name) = baggage_value(headers, &settings.baggage_key) {
+        match snap.lane(name) {
+            Some(lane) => return pick(lane, LaneSource::Baggage, unknown),
+            None => {
+                unknown.get_or_insert((LaneSource::Baggage, name));
+            }
+        }
     }
-    if let Some(lane) = cookie_value(headers, &settings.cookie).and_then(|v| snap.lane(v)) {
-        return pick(lane, LaneSource::Cookie);
+    if let Some(name) = cookie_value(headers, &settings.cookie) {
+        match snap.lane(name) {
+            Some(lane) => return pick(lane, LaneSource::Cookie, unknown),
+            None if !name.is_empty() => {
+                unknown.get_or_insert((LaneSource::Cookie, name));
+            }
+            None => {}
+        }
     }
-    if let Some((lane, _)) = from_host {
-        return pick(lane, LaneSource::Hostname);
+    match from_host {
+        HostLane::Known(lane, _) => return pick(lane, LaneSource::Hostname, unknown),
+        HostLane::Unknown(name) => {
+            if let Some(lane) = snap.lane_by_hostname(&lowercase_name(host)) {
+                return pick(lane, LaneSource::Hostname, unknown);
+            }
+            // a lane hostname of no lane: never served by the baseline
+            return pick(
+                snap.baseline(),
+                LaneSource::Default,
+                Some((LaneSource::Hostname, name)),
+            );
+        }
+        HostLane::None => {}
     }
     if let Some(lane) = snap.lane_by_hostname(strip_port(host).trim_end_matches('.')) {
-        return pick(lane, LaneSource::Hostname);
+        return pick(lane, LaneSource::Hostname, unknown);
     }
     if let Some(dst) = dst {
         if let Some(lane) = snap.lane_by_port(dst.port()) {
-            return pick(lane, LaneSource::Port);
+            return pick(lane, LaneSource::Port, unknown);
         }
         if let Some(lane) = snap.lane_by_vip(dst.ip()) {
-            return pick(lane, LaneSource::Vip);
+            return pick(lane, LaneSource::Vip, unknown);
         }
         let free_port = settings.port_pool.is_some_and(|p| p.contains(dst.port()));
         let free_vip = settings
@@ -121,31 +159,42 @@ pub fn resolve<'s, 'r>(
             .as_ref()
             .is_some_and(|p| p.contains(dst.ip()));
         if free_port || free_vip {
-            let mut r = pick(snap.baseline(), LaneSource::Default);
+            let mut r = pick(snap.baseline(), LaneSource::Default, unknown);
             r.free_entry = Some(dst);
             return r;
         }
     }
-    pick(snap.baseline(), LaneSource::Default)
+    pick(snap.baseline(), LaneSource::Default, unknown)
 }
 
-/// For `<lane>.<domain>` or `<production-host>.<lane>.<domain>` naming a
-/// known lane: that lane and the production host, if any.
-fn lane_host<'s, 'r>(
-    snap: &'s Snapshot,
-    domain: &str,
-    host: &'r str,
-) -> Option<(&'s Arc<LaneView>, Option<&'r str>)> {
+/// What a host under the lane domain names.
+enum HostLane<'s, 'r> {
+    /// `<lane>.<domain>` or `<production-host>.<lane>.<domain>` of a known
+    /// lane: that lane and the production host, if any.
+    Known(&'s Arc<LaneView>, Option<&'r str>),
+    /// The same shape naming a lane that does not exist: its label.
+    Unknown(&'r str),
+    /// Not under the lane domain.
+    None,
+}
+
+/// `host` without port and trailing dot, lowercased (off the common path:
+/// only for hosts under the lane domain).
+fn lowercase_name(host: &str) -> String {
+    strip_port(host).trim_end_matches('.').to_ascii_lowercase()
+}
+
+fn lane_host<'s, 'r>(snap: &'s Snapshot, domain: &str, host: &'r str) -> HostLane<'s, 'r> {
     let name = strip_port(host).trim_end_matches('.');
     if name.len() <= domain.len() + 1 {
-        return None;
+        return HostLane::None;
     }
     let split = name.len() - domain.len();
     if !name.is_char_boundary(split - 1)
         || !name[split..].eq_ignore_ascii_case(domain)
         || name.as_bytes()[split - 1] != b'.'
     {
-        return None;
+        return HostLane::None;
     }
     let prefix = &name[..split - 1];
     let (production, lane_label) = match prefix.rfind('.') {
@@ -156,8 +205,12 @@ fn lane_host<'s, 'r>(
         snap.lane(&lane_label.to_ascii_lowercase())
     } else {
         snap.lane(lane_label)
-    }?;
-    Some((lane, production.filter(|p| !p.is_empty())))
+    };
+    match lane {
+        Some(lane) => HostLane::Known(lane, production.filter(|p| !p.is_empty())),
+        None if lane_label.is_empty() => HostLane::None,
+        None => HostLane::Unknown(lane_label),
+    }
 }
 
 /// `host` without a trailing `:port` (IPv6 literals keep their brackets).
@@ -286,6 +339,7 @@ mod tests {
         LaneSettings {
             header: HeaderName::from_static("x-laneway-lane"),
             cookie: "laneway_lane".into(),
+            cookie_max_age: std::time::Duration::from_secs(3600),
             baggage_key: "laneway-lane".into(),
             domain: "lanes.test".into(),
             vip_pool: None,
@@ -347,9 +401,44 @@ mod tests {
             (&*r.lane.name, r.source, r.host),
             ("t-7", LaneSource::Cookie, "a.nope.lanes.test")
         );
+        assert_eq!(r.unknown, Some((LaneSource::Header, "nope")));
         let empty = HeaderMap::new();
         let r = resolve(&s, &settings(), &empty, "lanes.test", None);
-        assert_eq!(r.source, LaneSource::Default);
+        assert_eq!((r.source, r.unknown), (LaneSource::Default, None));
+    }
+
+    #[test]
+    fn unknown_lanes_are_reported_with_their_source() {
+        let m = Metrics::new();
+        let s = snapshot(&m);
+        let st = settings();
+        let none = HeaderMap::new();
+        let r = resolve(&s, &st, &none, "bj.example.com.t-43.lanes.test:80", None);
+        assert_eq!(
+            (&*r.lane.name, r.source, r.unknown),
+            (
+                "baseline",
+                LaneSource::Default,
+                Some((LaneSource::Hostname, "t-43"))
+            )
+        );
+        let r = resolve(&s, &st, &none, "T-44.lanes.test", None);
+        assert_eq!(r.unknown, Some((LaneSource::Hostname, "T-44")));
+        let h = headers(&[("baggage", "laneway-lane=t-9")]);
+        let r = resolve(&s, &st, &h, "bj.example.com", None);
+        assert_eq!(r.unknown, Some((LaneSource::Baggage, "t-9")));
+        let h = headers(&[("cookie", "laneway_lane=t-8")]);
+        let r = resolve(&s, &st, &h, "bj.example.com", None);
+        assert_eq!(
+            (&*r.lane.name, r.unknown),
+            ("baseline", Some((LaneSource::Cookie, "t-8")))
+        );
+        // A known lane anywhere leaves nothing unknown.
+        let r = resolve(&s, &st, &none, "bj.example.com", None);
+        assert_eq!(r.unknown, None);
+        let h = headers(&[("x-laneway-lane", " ")]);
+        let r = resolve(&s, &st, &h, "t-42.lanes.test", None);
+        assert_eq!((&*r.lane.name, r.unknown), ("t-42", None));
     }
 
     #[test]

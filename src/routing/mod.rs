@@ -4,5 +4,6 @@
 
 pub(crate) mod hash;
 pub mod lanes;
+pub mod rewrite;
 pub mod rules;
 pub mod snapshot;

@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime};
 use super::access_writer::AccessWriter;
 
 /// Every field an access-log line can have, in the order of a text line.
-pub const ACCESS_FIELDS: [&str; 16] = [
+pub const ACCESS_FIELDS: [&str; 17] = [
     "ts",
     "client",
     "method",
@@ -32,6 +32,7 @@ pub const ACCESS_FIELDS: [&str; 16] = [
     "uri",
     "lane",
     "lane_source",
+    "lane_unknown",
     "service",
     "version",
     "upstream",
@@ -44,7 +45,7 @@ pub const ACCESS_FIELDS: [&str; 16] = [
 ];
 
 /// The fields of a JSON line when `[log] access_fields` is not set.
-pub const ACCESS_FIELDS_DEFAULT: [&str; 13] = [
+pub const ACCESS_FIELDS_DEFAULT: [&str; 14] = [
     "ts",
     "client",
     "method",
@@ -52,6 +53,7 @@ pub const ACCESS_FIELDS_DEFAULT: [&str; 13] = [
     "uri",
     "lane",
     "lane_source",
+    "lane_unknown",
     "service",
     "version",
     "upstream",
@@ -72,6 +74,9 @@ pub struct AccessRecord<'a> {
     pub lane: &'a str,
     /// How the lane was found (`header`, `cookie`, …, `default`).
     pub lane_source: &'a str,
+    /// A lane the request named that does not exist (a text line has the
+    /// field only then).
+    pub lane_unknown: Option<&'a str>,
     pub service: Option<&'a str>,
     /// The service version served.
     pub version: Option<&'a str>,
@@ -100,6 +105,7 @@ pub enum Field {
     Uri,
     Lane,
     LaneSource,
+    LaneUnknown,
     Service,
     Version,
     Upstream,
@@ -111,7 +117,7 @@ pub enum Field {
     Error,
 }
 
-const ALL: [Field; 16] = [
+const ALL: [Field; 17] = [
     Field::Ts,
     Field::Client,
     Field::Method,
@@ -119,6 +125,7 @@ const ALL: [Field; 16] = [
     Field::Uri,
     Field::Lane,
     Field::LaneSource,
+    Field::LaneUnknown,
     Field::Service,
     Field::Version,
     Field::Upstream,
@@ -205,6 +212,7 @@ pub fn log_refused(
         uri,
         lane: crate::allocation::lanes::BASELINE,
         lane_source: "default",
+        lane_unknown: None,
         service: None,
         version: None,
         upstream: None,
@@ -264,6 +272,10 @@ fn text_line(out: &mut Vec<u8>, r: &AccessRecord<'_>, now: SystemTime) {
     text_str(out, Some(r.lane));
     out.extend_from_slice(b" lane_source=");
     text_str(out, Some(r.lane_source));
+    if r.lane_unknown.is_some() {
+        out.extend_from_slice(b" lane_unknown=");
+        text_str(out, r.lane_unknown);
+    }
     out.extend_from_slice(b" service=");
     text_str(out, r.service);
     out.extend_from_slice(b" version=");
@@ -308,6 +320,7 @@ fn json_line(out: &mut Vec<u8>, fields: &[Field], r: &AccessRecord<'_>, now: Sys
             Field::Uri => json_str(out, Some(r.uri)),
             Field::Lane => json_str(out, Some(r.lane)),
             Field::LaneSource => json_str(out, Some(r.lane_source)),
+            Field::LaneUnknown => json_str(out, r.lane_unknown),
             Field::Service => json_str(out, r.service),
             Field::Version => json_str(out, r.version),
             Field::Upstream => json_addr(out, r.upstream),
@@ -538,6 +551,7 @@ mod tests {
             uri: "/a?b=1",
             lane: "t-1",
             lane_source: "header",
+            lane_unknown: None,
             service: Some("web"),
             version: Some("v2"),
             upstream: Some("127.0.0.1:8081".parse().unwrap()),
@@ -649,8 +663,11 @@ mod tests {
         assert_eq!(get("duration_ms"), "2000.000");
         assert_eq!(get("upstream_ms"), "-");
         assert_eq!(get("error"), "ConnectRefused");
+        // no lane named that does not exist: the text line has no field
+        assert!(p.iter().all(|(k, _)| k != "lane_unknown"));
         let j: Json = serde_json::from_str(&json(&ACCESS_FIELDS, &r)).unwrap();
         assert_eq!(j["upstream_ms"], Json::Null);
+        assert_eq!(j["lane_unknown"], "-");
         assert_eq!(j["client"], "-");
         assert_eq!(j["duration_ms"].as_f64(), Some(2000.0));
     }
@@ -664,6 +681,7 @@ mod tests {
             host: Some(host),
             method: "G ET",
             lane: "",
+            lane_unknown: Some("t-\"9 x=1"),
             ..record()
         };
         let line = text(&r);
@@ -678,6 +696,7 @@ mod tests {
         assert_eq!(get("host"), host);
         assert_eq!(get("method"), "G ET");
         assert_eq!(get("lane"), "");
+        assert_eq!(get("lane_unknown"), "t-\"9 x=1");
         assert_eq!(get("status"), "200");
         // bytes outside ASCII come back one \xNN at a time
         let want: String = uri.bytes().map(char::from).collect();

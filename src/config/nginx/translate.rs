@@ -229,7 +229,6 @@ const IGNORED: &[&str] = &[
 /// Directives that matter but that laneway does not do, and what it does.
 fn unsupported(name: &str) -> Option<&'static str> {
     Some(match name {
-        "proxy_redirect" => "laneway passes the upstream's Location header unchanged",
         "proxy_hide_header" | "proxy_pass_header" => "laneway passes upstream headers unchanged",
         "limit_req" | "limit_conn" | "limit_rate" => "laneway does not rate-limit",
         "allow" | "deny" | "auth_basic" | "auth_basic_user_file" | "auth_request" | "satisfy" => {
@@ -246,7 +245,7 @@ fn unsupported(name: &str) -> Option<&'static str> {
         | "proxy_method"
         | "proxy_pass_request_body"
         | "proxy_pass_request_headers" => "laneway forwards the request as it came",
-        "proxy_cookie_domain" | "proxy_cookie_path" => "laneway passes cookies unchanged",
+        "proxy_cookie_path" => "laneway passes cookie paths unchanged",
         "return" | "rewrite" | "set" | "if" | "break" => "not allowed here",
         _ => return None,
     })
@@ -264,6 +263,19 @@ struct Inherit {
     error_pages: Option<Vec<(String, Directive)>>,
     intercept_errors: Option<(bool, Directive)>,
     recursive_error_pages: Option<(bool, Directive)>,
+    /// `proxy_redirect` items of the nearest level that has any.
+    redirect: Option<Vec<Replacement>>,
+    /// `proxy_cookie_domain` items of the nearest level that has any.
+    cookie_domain: Option<Vec<Replacement>>,
+}
+
+/// One `proxy_redirect` / `proxy_cookie_domain` directive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Replacement {
+    Off,
+    /// `proxy_redirect default`: the `proxy_pass` URL becomes the location.
+    Default,
+    Pair(String, String),
 }
 
 struct Emitter {
@@ -573,6 +585,41 @@ impl Tr<'_> {
                     &mut own.recursive_error_pages
                 };
                 *slot = Some((on, d.clone()));
+                self.done(d, Outcome::Translated, "");
+                true
+            }
+            "proxy_redirect" | "proxy_cookie_domain" => {
+                let redirect = d.name == "proxy_redirect";
+                let item = match d.args.as_slice() {
+                    [w] if w == "off" || (redirect && w == "false") => Replacement::Off,
+                    [w] if redirect && w == "default" => Replacement::Default,
+                    [from, to] => {
+                        if let Some(why) = replacement_variables(from, to) {
+                            self.done(d, Outcome::Unsupported, &why);
+                            return true;
+                        }
+                        if let Err(why) = crate::routing::rewrite::Replace::parse(from, to) {
+                            self.error(d, format!("\"{}\": {why}", d.name));
+                            return true;
+                        }
+                        Replacement::Pair(from.clone(), to.clone())
+                    }
+                    _ => {
+                        let forms = if redirect {
+                            "default, off, or a redirect and its replacement"
+                        } else {
+                            "off, or a domain and its replacement"
+                        };
+                        self.error(d, format!("\"{}\" takes {forms}", d.name));
+                        return true;
+                    }
+                };
+                let slot = if redirect {
+                    &mut own.redirect
+                } else {
+                    &mut own.cookie_domain
+                };
+                slot.get_or_insert_with(Vec::new).push(item);
                 self.done(d, Outcome::Translated, "");
                 true
             }
@@ -1079,6 +1126,11 @@ impl Tr<'_> {
             ..Inherit::default()
         };
         merge(&mut inh, own);
+        let redirect = redirect_pairs(
+            inh.redirect.as_deref(),
+            proxy_pass.as_ref().map(|(u, _)| u.as_str()),
+            &pattern,
+        );
         em.line("", l);
         em.line(&format!("[[{path}]]  # {}", l.at()), l);
         em.line(&format!("match = {}", toml_str(&pattern)), l);
@@ -1103,6 +1155,24 @@ impl Tr<'_> {
         }
         // routes.toml inherits them from the enclosing level as nginx does
         emit_error_pages(em, &own_errors);
+        let cookie_domain = inh
+            .cookie_domain
+            .as_deref()
+            .map(|items| redirect_pairs(Some(items), None, &pattern))
+            .unwrap_or_default();
+        for (key, pairs) in [
+            ("proxy_redirect", &redirect),
+            ("proxy_cookie_domain", &cookie_domain),
+        ] {
+            if pairs.is_empty() {
+                continue;
+            }
+            let items: Vec<String> = pairs
+                .iter()
+                .map(|(f, t)| format!("[{}, {}]", toml_str(f), toml_str(t)))
+                .collect();
+            em.line(&format!("{key} = [{}]", items.join(", ")), l);
+        }
         for (key, list) in [
             ("set_headers", &inh.set_headers),
             ("add_response_headers", &inh.add_headers),
@@ -1158,6 +1228,66 @@ fn merge(inh: &mut Inherit, own: Inherit) {
     }
     if own.recursive_error_pages.is_some() {
         inh.recursive_error_pages = own.recursive_error_pages;
+    }
+    if own.redirect.is_some() {
+        inh.redirect = own.redirect;
+    }
+    if own.cookie_domain.is_some() {
+        inh.cookie_domain = own.cookie_domain;
+    }
+}
+
+/// Why a `proxy_redirect` / `proxy_cookie_domain` pair cannot be
+/// translated: laneway takes literal text and regex captures (`$1`), not
+/// nginx variables.
+fn replacement_variables(from: &str, to: &str) -> Option<String> {
+    let variable = |t: &str| {
+        t.match_indices('$').any(|(i, _)| {
+            let next = t[i + 1..].chars().next();
+            !next.is_some_and(|c| c.is_ascii_digit() || c == '{')
+        })
+    };
+    let from_var = !from.starts_with('~') && from.contains('$');
+    (from_var || variable(to)).then(|| {
+        "nginx variables in the redirect or replacement are not supported (literal text and regex captures are); the directive is ignored".to_string()
+    })
+}
+
+/// The pairs a location applies: its (inherited) items, `default`
+/// expanded, nothing after `off`. With no items at all nginx applies
+/// `default`: a `proxy_pass` URL with a URI becomes the location's prefix
+/// (`proxy_pass http://b/two/` in `location /one/`: `http://b/two/` →
+/// `/one/`); without a URI, or in a regex or named location, it does
+/// nothing.
+fn redirect_pairs(
+    items: Option<&[Replacement]>,
+    proxy_pass: Option<&str>,
+    pattern: &str,
+) -> Vec<(String, String)> {
+    let default = || {
+        let url = proxy_pass?;
+        let after = url.split_once("://")?.1;
+        let uri = &after[after.find('/')?..];
+        let prefix = pattern
+            .strip_prefix("^~ ")
+            .or_else(|| pattern.strip_prefix("= "));
+        let location = prefix.unwrap_or(pattern);
+        if url.contains('$') || uri.is_empty() || location.starts_with(['~', '@']) {
+            return None;
+        }
+        Some((url.to_string(), location.to_string()))
+    };
+    match items {
+        None => default().into_iter().collect(),
+        Some(items) if items.contains(&Replacement::Off) => Vec::new(),
+        Some(items) => items
+            .iter()
+            .filter_map(|i| match i {
+                Replacement::Default => default(),
+                Replacement::Pair(f, t) => Some((f.clone(), t.clone())),
+                Replacement::Off => None,
+            })
+            .collect(),
     }
 }
 

@@ -348,3 +348,77 @@ fn bad_listen_ports_name_the_nginx_line() {
         "{e:?}"
     );
 }
+
+/// The location keys `proxy_redirect` / `proxy_cookie_domain` written for
+/// the location whose `match` is `pattern`.
+fn redirect_keys(t: &Translation, pattern: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut inside = false;
+    for line in t.toml.lines() {
+        if line.starts_with("match = ") {
+            inside = line == format!("match = \"{pattern}\"");
+        } else if inside
+            && (line.starts_with("proxy_redirect") || line.starts_with("proxy_cookie_domain"))
+        {
+            out.push(line.to_string());
+        }
+    }
+    out
+}
+
+#[test]
+fn proxy_redirect_and_proxy_cookie_domain_become_location_keys() {
+    let t = tr(r#"
+http {
+    upstream b { server 127.0.0.1:9; }
+    server {
+        server_name a.example.com;
+        proxy_redirect http://x/ /;
+        proxy_cookie_domain .backend example.com;
+        location /one/ { proxy_pass http://b/two/; proxy_redirect default; proxy_redirect http://y/ /y/; }
+        location /inherit/ { proxy_pass http://b; }
+        location /off/ { proxy_pass http://b/two/; proxy_redirect off; proxy_cookie_domain off; }
+        location ~ ^/rx/ { proxy_pass http://b; proxy_redirect ~*^http://(\w+)/ /$1/; }
+        location /vars/ { proxy_pass http://b; proxy_redirect http://b/ http://$host/; }
+    }
+    server {
+        server_name c.example.com;
+        location /implicit/ { proxy_pass http://b/x/; }
+        location /no-uri/ { proxy_pass http://b; }
+    }
+}
+"#);
+    assert_eq!(
+        redirect_keys(&t, "/one/"),
+        vec![
+            r#"proxy_redirect = [["http://b/two/", "/one/"], ["http://y/", "/y/"]]"#,
+            r#"proxy_cookie_domain = [[".backend", "example.com"]]"#,
+        ]
+    );
+    assert_eq!(
+        redirect_keys(&t, "/inherit/"),
+        vec![
+            r#"proxy_redirect = [["http://x/", "/"]]"#,
+            r#"proxy_cookie_domain = [[".backend", "example.com"]]"#,
+        ]
+    );
+    assert!(redirect_keys(&t, "/off/").is_empty());
+    assert_eq!(
+        redirect_keys(&t, "~ ^/rx/")[0],
+        r#"proxy_redirect = [['~*^http://(\w+)/', "/$1/"]]"#
+    );
+    // nginx's implicit `proxy_redirect default`, and nothing without a URI
+    assert_eq!(
+        redirect_keys(&t, "/implicit/"),
+        vec![r#"proxy_redirect = [["http://b/x/", "/implicit/"]]"#]
+    );
+    assert!(redirect_keys(&t, "/no-uri/").is_empty());
+    // variables are reported, and the level's inherited ones stay
+    let vars = t
+        .report
+        .iter()
+        .find(|e| e.directive == "proxy_redirect" && e.outcome == Outcome::Unsupported)
+        .expect("the variable form is reported");
+    assert!(vars.note.contains("variables"), "{}", vars.note);
+    compiled(&t);
+}

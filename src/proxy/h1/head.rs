@@ -90,6 +90,7 @@ impl H1App {
                 push_header(out, b"x-laneway-version", t.version.as_bytes());
             }
         }
+        self.push_unknown(out, log);
         {
             use std::io::Write;
             let _ = write!(out, "content-length: {}\r\n", resp.body.len()); // Vec write cannot fail
@@ -104,6 +105,23 @@ impl H1App {
             out.extend_from_slice(&resp.body);
         }
         write_flush(&mut c.io, out).await
+    }
+}
+
+impl H1App {
+    /// `X-Laneway-Lane-Unknown` (and the lane served, when lane headers
+    /// are off) for a request that named a lane that does not exist.
+    pub(super) fn push_unknown(&self, out: &mut Vec<u8>, log: &Log) {
+        if let Some(u) = &log.unknown {
+            if !self.settings.response_headers {
+                push_header(
+                    out,
+                    self.settings.lanes.header.as_str().as_bytes(),
+                    log.lane.name.as_bytes(),
+                );
+            }
+            push_header(out, b"x-laneway-lane-unknown", u.name.as_bytes());
+        }
     }
 }
 

@@ -55,6 +55,7 @@ use tracing::debug;
 use self::head::*;
 use self::wire::*;
 use super::http1::{self, ChunkError, ChunkedDecoder, Framing, Reject, RequestHead};
+use super::lane_pages;
 use super::pingora_engine::body_too_large;
 use super::plan::{self, LocalResponse, Plan};
 use super::ProxySettings;
@@ -396,6 +397,7 @@ impl H1App {
                 status: resp.status,
                 upstream_status: 0,
                 local: Some("health"),
+                unknown: None,
             };
             if info.framing != Framing::None {
                 info.keep_alive = false;
@@ -404,6 +406,31 @@ impl H1App {
             return Ok(info.keep_alive);
         }
         let snap = self.snapshot.load_full();
+        if lane_pages::is_switch(&target) {
+            let method = std::str::from_utf8(head.method()).unwrap_or("-");
+            let resp = lane_pages::switch(&snap, &self.settings, method, &target, &headers);
+            self.metrics.local_response(resp.reason).inc();
+            let log = Log {
+                req: AccessInfo::of(&head, &headers, c.peer),
+                tries: 0,
+                started,
+                lane: snap.baseline().clone(),
+                lane_source: LaneSource::Default,
+                target: None,
+                upstream: None,
+                upstream_started: None,
+                status: resp.status,
+                upstream_status: 0,
+                local: Some(resp.reason),
+                unknown: None,
+            };
+            if info.framing != Framing::None {
+                info.keep_alive = false;
+            }
+            self.write_local(c, s, &resp, &log, &info).await?;
+            self.finish(&log);
+            return Ok(info.keep_alive);
+        }
         let incoming = plan::Incoming {
             host,
             target: &target,
@@ -431,6 +458,9 @@ impl H1App {
                 return Ok(false);
             }
         }
+        if let Some(u) = &decided.unknown {
+            self.metrics.unknown_lane(u.source.as_str()).inc();
+        }
         let mut log = Log {
             req: AccessInfo::of(&head, &headers, c.peer),
             tries: 0,
@@ -443,6 +473,7 @@ impl H1App {
             status: 0,
             upstream_status: 0,
             local: None,
+            unknown: decided.unknown,
         };
         // statuses handed back to the rules, and the request body kept to
         // send again (only when the plan may hand a status back)
@@ -622,6 +653,7 @@ impl H1App {
             uri: r.uri(),
             lane: &log.lane.name,
             lane_source: log.lane_source.as_str(),
+            lane_unknown: log.unknown.as_ref().map(|u| &*u.name),
             service: log.target.as_ref().map(|t| &*t.service),
             version: log.target.as_ref().map(|t| &*t.version),
             upstream: log.upstream,
@@ -651,6 +683,8 @@ struct Log {
     /// The status the upstream answered (passive health counts it).
     upstream_status: u16,
     local: Option<&'static str>,
+    /// A lane the request named that does not exist.
+    unknown: Option<plan::UnknownLane>,
 }
 
 /// The request as the access log names it: shared slices of the head, no

@@ -353,6 +353,11 @@ impl H1App {
                     // gets one framing, not two
                     continue;
                 }
+                if let Some(new) = plan.rewrite.as_ref().and_then(|rw| rw.header(n, v)) {
+                    // kept in the lane, or nginx proxy_redirect / cookie_domain
+                    push_header(&mut s.out, n, new.as_bytes());
+                    continue;
+                }
                 push_header(&mut s.out, n, v);
             }
             if self.settings.response_headers {
@@ -365,6 +370,7 @@ impl H1App {
                     push_header(&mut s.out, b"x-laneway-version", t.version.as_bytes());
                 }
             }
+            self.push_unknown(&mut s.out, log);
             for (name, value) in &plan.add_response_headers {
                 push_header(&mut s.out, name.as_str().as_bytes(), value.as_bytes());
             }

@@ -887,6 +887,7 @@ impl Compiler<'_> {
             read_timeout: None,
             write_timeout: None,
             retries: None,
+            proxy_rewrites: None,
             uses_captures: false,
             nginx: None,
         }
@@ -1196,6 +1197,7 @@ impl Compiler<'_> {
                     None
                 }
             });
+        let proxy_rewrites = self.proxy_rewrites(&def);
 
         if self.errors.len() != errors_before {
             return None;
@@ -1228,6 +1230,7 @@ impl Compiler<'_> {
                 read_timeout,
                 write_timeout,
                 retries,
+                proxy_rewrites,
                 uses_captures,
                 nginx,
             },
@@ -1344,6 +1347,47 @@ impl Compiler<'_> {
                 );
             }
         }
+    }
+
+    /// `proxy_redirect` and `proxy_cookie_domain`: `None` when neither
+    /// has a pair (absent or `"off"`).
+    fn proxy_rewrites(
+        &mut self,
+        def: &LocationDef,
+    ) -> Option<Arc<crate::routing::rewrite::ProxyRewrites>> {
+        use crate::config::routes::ReplaceDef;
+        use crate::routing::rewrite::{ProxyRewrites, Replace};
+        let mut out = ProxyRewrites::default();
+        for (key, def, slot) in [
+            ("proxy_redirect", &def.proxy_redirect, &mut out.redirect),
+            (
+                "proxy_cookie_domain",
+                &def.proxy_cookie_domain,
+                &mut out.cookie_domain,
+            ),
+        ] {
+            let Some(def) = def else { continue };
+            match def.get_ref() {
+                ReplaceDef::Word(w) if w == "off" => {}
+                ReplaceDef::Word(w) => self.err(
+                    def.span(),
+                    format!("{key} = {w:?}: write \"off\" or a list of [from, to] pairs"),
+                ),
+                ReplaceDef::Pairs(pairs) => {
+                    for pair in pairs {
+                        let parsed = match pair.as_slice() {
+                            [from, to] => Replace::parse(from, to),
+                            _ => Err(format!("{pair:?} is not a [from, to] pair of two strings")),
+                        };
+                        match parsed {
+                            Ok(r) => slot.push(r),
+                            Err(e) => self.err(def.span(), format!("{key}: {e}")),
+                        }
+                    }
+                }
+            }
+        }
+        (!out.is_empty()).then(|| Arc::new(out))
     }
 
     /// Keys that only mean something when the location proxies.

@@ -189,6 +189,8 @@ pub struct Location {
     /// `retries`: resends of an idempotent request after the upstream closed
     /// or reset before answering (`None`: `[proxy] read_retries`).
     pub retries: Option<usize>,
+    /// nginx `proxy_redirect` / `proxy_cookie_domain` of the location.
+    pub proxy_rewrites: Option<Arc<crate::routing::rewrite::ProxyRewrites>>,
     /// Some template reads a regex capture: run regexes for their groups.
     uses_captures: bool,
     /// nginx features of this location, run by the rewrite engine.
