@@ -68,3 +68,83 @@ async fn a_lane_hostname_shows_the_lanes_version() {
     assert!(text.contains("web-stable"), "{text}");
     b.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_switch_link_puts_the_browser_in_the_lane_and_clear_takes_it_out() {
+    let s = setup();
+    let b = Browser::start(&[resolve_to_loopback()]).await;
+    let site = format!("http://shop.example.com:{}", s.lw.proxy.port());
+    b.goto(&format!("{site}/__laneway/lane?use=t-42&to=/after"))
+        .await;
+    assert_eq!(b.url().await, format!("{site}/after"));
+    let text = b.text().await;
+    assert!(text.contains("web-v2"), "{text}");
+    // the cookie keeps the browser in the lane on the production name
+    b.goto(&format!("{site}/")).await;
+    let text = b.text().await;
+    assert!(text.contains("web-v2"), "{text}");
+    b.goto(&format!("{site}/__laneway/lane?clear=1")).await;
+    b.goto(&format!("{site}/")).await;
+    let text = b.text().await;
+    assert!(text.contains("web-stable"), "{text}");
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_absolute_redirect_keeps_the_browser_in_the_lane() {
+    let s = setup();
+    let b = Browser::start(&[resolve_to_loopback()]).await;
+    let port = s.lw.proxy.port();
+    // v2 answers 302 Location: http://shop.example.com/landing
+    b.goto(&format!(
+        "http://shop.example.com.t-42.lanes.test:{port}/__redirect/shop.example.com/landing"
+    ))
+    .await;
+    assert_eq!(
+        b.url().await,
+        format!("http://shop.example.com.t-42.lanes.test:{port}/landing")
+    );
+    let text = b.text().await;
+    assert!(
+        text.contains("web-v2") && text.contains("/landing"),
+        "{text}"
+    );
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lanes_pac_opens_production_urls_in_the_lane() {
+    let s = setup();
+    let pac = format!("http://{}/api/v1/lanes/t-42/pac", s.lw.admin);
+    let b = Browser::start(&[format!("--proxy-pac-url={pac}")]).await;
+    // no resolver rules: the PAC sends the production name to the lane's port
+    b.goto("http://shop.example.com/browse").await;
+    let text = b.text().await;
+    assert!(
+        text.contains("web-v2") && text.contains("/browse"),
+        "{text}"
+    );
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_unknown_lane_page_lists_the_lanes() {
+    let s = setup();
+    let b = Browser::start(&[resolve_to_loopback()]).await;
+    let port = s.lw.proxy.port();
+    b.goto(&format!("http://shop.example.com.t-43.lanes.test:{port}/"))
+        .await;
+    let text = b.text().await;
+    assert!(text.contains("t-43"), "{text}");
+    assert!(
+        !text.contains("web-stable"),
+        "an unknown lane is not the baseline: {text}"
+    );
+    // the existing lane is listed as a link, and it works
+    let link = b.find("a[href*='t-42.lanes.test']").await;
+    link.click().await.expect("click the lane link");
+    b.settle().await;
+    let text = b.text().await;
+    assert!(text.contains("web-v2"), "{text}");
+    b.close().await;
+}

@@ -194,10 +194,17 @@ fn serve_conn(conn: TcpStream, name: &str, hits: &AtomicUsize, stop: &AtomicBool
         })
         .to_string();
         let status = asked_status(&target).unwrap_or(200);
-        let resp = format!(
-            "HTTP/1.1 {status} Echo\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-upstream: {name}\r\n\r\n{json}",
-            json.len()
-        );
+        // `/__redirect/<host>/<path>`: an absolute redirect to
+        // http://<host>/<path>, as applications answer with their own name
+        let resp = match target.strip_prefix("/__redirect/") {
+            Some(to) => format!(
+                "HTTP/1.1 302 Found\r\nlocation: http://{to}\r\ncontent-length: 0\r\nx-upstream: {name}\r\n\r\n"
+            ),
+            None => format!(
+                "HTTP/1.1 {status} Echo\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-upstream: {name}\r\n\r\n{json}",
+                json.len()
+            ),
+        };
         if writer.write_all(resp.as_bytes()).is_err() || stop.load(Ordering::SeqCst) {
             return;
         }
