@@ -395,6 +395,32 @@ fn the_embedded_registry_refuses_laneways_own_listeners() {
 }
 
 #[test]
+fn allowed_networks_limit_where_instances_may_be() {
+    let up = Upstream::start("web");
+    let lw = Laneway::start(
+        SIMPLE_ROUTES,
+        "[discovery]\nallowed_networks = [\"127.0.0.0/30\"]\n",
+    );
+    let (code, body) = register_at(&lw, "web-far", "web", "127.0.0.9", up.port());
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("allowed_networks (127.0.0.0/30)"), "{body}");
+    let (code, body) = register_at(&lw, "web-name", "web", "localhost", up.port());
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("host name"), "{body}");
+    // inside the networks, laneway's own listeners are still refused
+    let (code, body) = register_at(&lw, "web-loop", "web", "127.0.0.1", lw.admin.port());
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("[admin] listen"), "{body}");
+    let (code, body) = register_at(&lw, "web-1", "web", "127.0.0.1", up.port());
+    assert_eq!(code, 200, "{body}");
+    let (_, list) = lw.api("GET", "/api/v1/instances", None);
+    assert!(
+        list.contains("web-1") && !list.contains("web-far"),
+        "{list}"
+    );
+}
+
+#[test]
 fn consul_instances_at_laneways_own_listener_are_skipped() {
     let double = ConsulDouble::start();
     let up = Upstream::start("web");
@@ -428,5 +454,9 @@ fn consul_instances_at_laneways_own_listener_are_skipped() {
     for _ in 0..10 {
         assert_eq!(lw.get("shop.example.com", "/", &[]).upstream(), "web");
     }
-    assert!(lw.log().contains("own listener skipped"), "{}", lw.log());
+    assert!(
+        lw.log().contains("Consul instance skipped") && lw.log().contains("laneway's own"),
+        "{}",
+        lw.log()
+    );
 }

@@ -44,13 +44,15 @@ pub async fn register(State(c): State<Arc<Control>>, body: Bytes) -> Result<(), 
             .inc();
         ApiError::bad_request(format!("invalid service registration: {e}"))
     })?;
-    if let Some(own) = OwnListeners::from_config(&c.config).find(&instance.address, instance.port) {
+    if let Some(why) =
+        OwnListeners::from_config(&c.config).refusal(&instance.address, instance.port)
+    {
         c.metrics
             .admin_rejects
             .with_label_values(&["register"])
             .inc();
         return Err(ApiError::bad_request(format!(
-            "instance \"{}\" of service \"{}\" at {}:{} is laneway's own {own}: requests to it would come back to laneway in a loop; register the address the service itself listens on",
+            "instance \"{}\" of service \"{}\" at {}:{} is refused: {why}",
             instance.id, instance.service, instance.address, instance.port
         )));
     }

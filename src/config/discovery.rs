@@ -41,6 +41,9 @@ pub struct DiscoveryConfig {
     pub lane_key: String,
     /// Present exactly when `mode` is `Consul`.
     pub consul: Option<ConsulConfig>,
+    /// `[discovery] allowed_networks`: the networks instance addresses must
+    /// be in; empty: any address.
+    pub allowed_networks: Vec<ipnet::IpNet>,
 }
 
 /// Which Consul servers may answer a read (Consul's consistency modes).
@@ -133,13 +136,14 @@ pub(super) struct RawDiscovery {
     register_self: Option<bool>,
     service_name: Option<Spanned<String>>,
     advertise: Option<Spanned<String>>,
+    allowed_networks: Option<Vec<Spanned<String>>>,
 }
 
 /// Keys that mean something only in Consul mode.
 const CONSUL_ONLY: &str = "address, token, token_file, ca_file, datacenter, namespace, consistency, services, service_prefixes, tag, up, wait, concurrency, resync, rate, on_start_unreachable, kv_prefix, register_self, service_name, advertise";
 
 impl Validator<'_> {
-    pub(super) fn discovery(&mut self, raw: RawDiscovery, base: &Path) -> DiscoveryConfig {
+    pub(super) fn discovery(&mut self, mut raw: RawDiscovery, base: &Path) -> DiscoveryConfig {
         let mode = match &raw.mode {
             None => DiscoveryMode::Embedded,
             Some(m) => match m.get_ref().as_str() {
@@ -158,6 +162,7 @@ impl Validator<'_> {
         };
         let version_key = self.key(raw.version_key.clone(), "version_key", "version");
         let lane_key = self.key(raw.lane_key.clone(), "lane_key", "lane");
+        let allowed_networks = self.networks(raw.allowed_networks.take());
         let consul = match mode {
             DiscoveryMode::Consul => Some(self.consul(raw, base)),
             DiscoveryMode::Embedded => {
@@ -178,7 +183,30 @@ impl Validator<'_> {
             version_key,
             lane_key,
             consul,
+            allowed_networks,
         }
+    }
+
+    /// `[discovery] allowed_networks`: CIDRs (`10.0.0.0/8`) or single
+    /// addresses.
+    fn networks(&mut self, items: Option<Vec<Spanned<String>>>) -> Vec<ipnet::IpNet> {
+        let mut out = Vec::new();
+        for item in items.unwrap_or_default() {
+            let text = item.get_ref().trim();
+            let net = text
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            match net {
+                Ok(n) => out.push(n.trunc()),
+                Err(_) => self.err(
+                    item.span().start,
+                    format!(
+                        "[discovery] allowed_networks: {text:?} is not a network (e.g. \"10.0.0.0/8\", \"127.0.0.1\")"
+                    ),
+                ),
+            }
+        }
+        out
     }
 
     fn consul(&mut self, raw: RawDiscovery, base: &Path) -> ConsulConfig {

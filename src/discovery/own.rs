@@ -28,6 +28,8 @@ pub struct OwnListeners {
     vips: Option<(VipPool, Vec<u16>)>,
     /// The port pool and the addresses its ports are served on.
     ports: Option<(PortPool, Vec<IpAddr>)>,
+    /// `[discovery] allowed_networks`; empty: any address.
+    allowed: Vec<ipnet::IpNet>,
 }
 
 /// The listener an instance address stands for.
@@ -71,7 +73,38 @@ impl OwnListeners {
                 .port_pool
                 .map(|pool| (pool, cfg.proxy.listen.iter().map(SocketAddr::ip).collect())),
             listeners,
+            allowed: cfg.discovery.allowed_networks.clone(),
         }
+    }
+
+    /// Why an instance at `address:port` may not be registered: it is
+    /// outside `[discovery] allowed_networks`, or it is one of laneway's
+    /// own listeners. `None`: it may.
+    pub fn refusal(&self, address: &str, port: u16) -> Option<String> {
+        if !self.allowed.is_empty() {
+            let ip = address.trim().trim_matches(['[', ']']).parse::<IpAddr>();
+            let shown: Vec<String> = self.allowed.iter().map(ToString::to_string).collect();
+            match ip {
+                Ok(ip) if self.allowed.iter().any(|n| n.contains(&ip.to_canonical())) => {}
+                Ok(_) => {
+                    return Some(format!(
+                        "{address} is outside [discovery] allowed_networks ({})",
+                        shown.join(", ")
+                    ))
+                }
+                Err(_) => {
+                    return Some(format!(
+                        "{address:?} is a host name; with [discovery] allowed_networks ({}) set, register an IP address",
+                        shown.join(", ")
+                    ))
+                }
+            }
+        }
+        self.find(address, port).map(|own| {
+            format!(
+                "it is laneway's own {own}: requests to it would come back to laneway in a loop; register the address the service itself listens on"
+            )
+        })
     }
 
     /// The listener of laneway's that `address:port` (an instance's
@@ -181,6 +214,37 @@ mod tests {
         // TEST-NET-3: never an address of this host
         assert_eq!(own.find("203.0.113.7", 8081), None);
         assert_eq!(own.find("db.example.com", 8081), None);
+    }
+
+    #[test]
+    fn allowed_networks_limit_instance_addresses() {
+        let own = OwnListeners::from_config(&config(
+            "",
+            "[discovery]\nallowed_networks = [\"10.20.0.0/16\", \"127.0.0.0/8\", \"fd00::/64\"]\n",
+        ));
+        assert_eq!(own.refusal("10.20.3.4", 80), None);
+        assert_eq!(own.refusal("fd00::7", 80), None);
+        let why = own.refusal("10.21.0.1", 80).unwrap();
+        assert!(
+            why.contains(
+                "outside [discovery] allowed_networks (10.20.0.0/16, 127.0.0.0/8, fd00::/64)"
+            ),
+            "{why}"
+        );
+        assert!(own
+            .refusal("db.example.com", 80)
+            .unwrap()
+            .contains("host name"));
+        // inside the networks, laneway's own listeners are still refused
+        let why = own.refusal("127.0.0.1", 8080).unwrap();
+        assert!(why.contains("[proxy] listen 127.0.0.1:8080"), "{why}");
+        // no networks: any address but laneway's own
+        let any = OwnListeners::from_config(&config("", ""));
+        assert_eq!(any.refusal("203.0.113.7", 80), None);
+        assert!(any
+            .refusal("127.0.0.1", 9901)
+            .unwrap()
+            .contains("[admin] listen"));
     }
 
     #[test]

@@ -653,7 +653,7 @@ impl ConsulDiscovery {
     /// Consul (`register_self`), which is expected and skipped quietly.
     fn skip_own(&self, service: &str, list: &mut Vec<Instance>) {
         list.retain(|i| {
-            let Some(own) = self.own.find(&i.address, i.port) else {
+            let Some(own) = self.own.refusal(&i.address, i.port) else {
                 return true;
             };
             if self.cfg.register_self && service == self.cfg.service_name {
@@ -664,8 +664,8 @@ impl ConsulDiscovery {
                     service,
                     instance = %i.id,
                     address = %format_args!("{}:{}", i.address, i.port),
-                    listener = %own,
-                    "Consul instance at laneway's own listener skipped: requests to it would loop back into laneway; register the service's own address"
+                    why = %own,
+                    "Consul instance skipped: its address is refused"
                 );
             }
             false
