@@ -29,6 +29,14 @@ pub struct ExplainArgs {
     /// The admin API to talk to.
     #[arg(long, default_value = "http://127.0.0.1:9900", value_name = "URL")]
     pub admin: String,
+    /// The admin token, sent as `Authorization: Bearer`.
+    #[arg(
+        long,
+        env = "LANEWAY_TOKEN",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
+    pub token: Option<String>,
     /// Print the API's JSON.
     #[arg(long)]
     pub json: bool,
@@ -50,7 +58,11 @@ pub fn run(args: ExplainArgs) -> Result<String, String> {
         }
         let _ = write!(query, "&header={}", encode(h));
     }
-    let v = Api { admin: &admin }.call("GET", &format!("/api/v1/explain?{query}"), None)?;
+    let v = Api {
+        admin: &admin,
+        token: args.token.as_deref(),
+    }
+    .call("GET", &format!("/api/v1/explain?{query}"), None)?;
     if args.json {
         return serde_json::to_string_pretty(&v)
             .map(|s| s + "\n")

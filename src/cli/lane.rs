@@ -21,6 +21,16 @@ pub struct LaneArgs {
         value_name = "URL"
     )]
     pub admin: String,
+    /// The admin token (a `[admin] tokens_file` secret), sent as
+    /// `Authorization: Bearer`.
+    #[arg(
+        long,
+        global = true,
+        env = "LANEWAY_TOKEN",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
+    pub token: Option<String>,
     /// Print the API's JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
@@ -84,7 +94,10 @@ pub enum LaneCommand {
 /// stderr.
 pub fn run(args: LaneArgs) -> Result<String, String> {
     let admin = normalise(&args.admin);
-    let api = Api { admin: &admin };
+    let api = Api {
+        admin: &admin,
+        token: args.token.as_deref(),
+    };
     let (value, kind) = match args.command {
         LaneCommand::Create {
             name,
@@ -199,6 +212,7 @@ enum Kind {
 
 pub(super) struct Api<'a> {
     pub(super) admin: &'a str,
+    pub(super) token: Option<&'a str>,
 }
 
 impl Api<'_> {
@@ -209,7 +223,10 @@ impl Api<'_> {
         body: Option<Value>,
     ) -> Result<Value, String> {
         let url = format!("{}{path}", self.admin);
-        let req = ureq::request(method, &url).timeout(Duration::from_secs(30));
+        let mut req = ureq::request(method, &url).timeout(Duration::from_secs(30));
+        if let Some(t) = self.token {
+            req = req.set("Authorization", &format!("Bearer {t}"));
+        }
         let res = match body {
             Some(b) => req.send_json(b),
             None => req.call(),
