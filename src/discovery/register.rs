@@ -859,9 +859,33 @@ mod tests {
         let statuses: Vec<Health> = inst.checks.iter().map(|c| c.status).collect();
         assert_eq!(
             statuses,
-            [Health::Passing, Health::Critical, Health::Warning]
+            [Health::Critical, Health::Critical, Health::Warning],
+            "critical until the first run, unless Status says otherwise"
         );
         assert_eq!(inst.checks[0].kind, CheckKind::Http);
+        let run = inst.checks[0].spec.run.clone().expect("an HTTP check runs");
+        assert_eq!((run.interval_ms, run.timeout_ms), (10_000, 1_000));
+        assert_eq!(
+            run.probe,
+            Probe::Http {
+                url: "http://10.1.2.3:8080/health".into(),
+                method: "GET".into(),
+                header: [("X".to_owned(), vec!["y".to_owned()])].into(),
+                body: String::new(),
+                tls_skip_verify: true,
+            }
+        );
+        assert_eq!(inst.checks[0].spec.deregister_after_ms, Some(90 * 60_000));
+        assert_eq!(inst.checks[1].spec.notes, "heartbeat");
+        assert_eq!(
+            inst.checks[2].spec.run.as_ref().map(|r| (&r.probe, r.timeout_ms)),
+            Some((
+                &Probe::Tcp {
+                    address: "10.1.2.3:8080".into()
+                },
+                DEFAULT_CHECK_TIMEOUT_MS
+            ))
+        );
         assert_eq!(inst.checks[0].name, "http");
         assert_eq!(inst.checks[1].name, "Service 'user-api' check");
         assert_eq!(inst.checks[1].ttl_ms, Some(30_000));
@@ -1065,6 +1089,63 @@ mod tests {
             err(r#"{"Name":"a","Address":"10.0.0.1","Port":1,"Meta":{"v":1}}"#)
                 .starts_with("unexpected value")
         );
+    }
+
+    #[test]
+    fn checks_must_target_their_instance() {
+        let body = |target: &str| {
+            format!(r#"{{"Name":"a","Address":"127.0.0.1","Port":1,"Check":{{{target},"Interval":"1s"}}}}"#)
+        };
+        assert!(parse(&body(r#""HTTP":"http://127.0.0.1:1/h""#)).is_ok());
+        assert!(parse(&body(r#""HTTP":"http://localhost:1/h""#)).is_ok());
+        assert!(parse(&body(r#""TCP":"127.0.0.1:1""#)).is_ok());
+        let msg = err(&body(r#""HTTP":"http://10.9.9.9/h""#));
+        assert!(msg.contains("targets host \"10.9.9.9\""), "{msg}");
+        assert!(err(&body(r#""TCP":"example.com:22""#)).contains("only against its own instance"));
+        assert!(err(&body(r#""HTTP":"ftp://127.0.0.1/""#)).contains("not an http://"));
+    }
+
+    #[test]
+    fn thresholds_are_kept() {
+        let inst = parse(
+            r#"{"Name":"a","Address":"127.0.0.1","Port":1,"Check":{"TCP":"127.0.0.1:1","Interval":"1s",
+                "SuccessBeforePassing":2,"FailuresBeforeCritical":3,"FailuresBeforeWarning":1}}"#,
+        )
+        .expect("valid");
+        let spec = &inst.checks[0].spec;
+        assert_eq!(
+            (
+                spec.success_before_passing,
+                spec.failures_before_critical,
+                spec.failures_before_warning
+            ),
+            (2, 3, Some(1))
+        );
+        assert!(err(r#"{"Name":"a","Address":"127.0.0.1","Port":1,"Check":{"TTL":"1s","SuccessBeforePassing":-1}}"#)
+            .contains("non-negative"));
+    }
+
+    #[test]
+    fn check_registration_body() {
+        // what py-consul sends for agent.check.register(...)
+        let reg = parse_check_registration(
+            br#"{"name":"web-alive","http":"http://127.0.0.1:8080/","interval":"5s","id":"web-alive-1","notes":"n","serviceid":"web-1"}"#,
+        )
+        .expect("valid");
+        assert_eq!(reg.service_id, "web-1");
+        assert_eq!(
+            (reg.check.id.as_str(), reg.check.name.as_str()),
+            ("web-alive-1", "web-alive")
+        );
+        assert_eq!(reg.check.kind, CheckKind::Http);
+        let reg = parse_check_registration(br#"{"Name":"beat","TTL":"10s","ServiceID":"web-1"}"#)
+            .expect("valid");
+        assert_eq!(reg.check.id, "beat", "ID defaults to the name");
+        let msg = parse_check_registration(br#"{"Name":"beat","TTL":"10s"}"#)
+            .expect_err("no service")
+            .to_string();
+        assert!(msg.starts_with("missing \"ServiceID\""), "{msg}");
+        assert!(parse_check_registration(br#"{"TTL":"10s","ServiceID":"x"}"#).is_err());
     }
 
     #[test]
