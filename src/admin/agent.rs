@@ -59,13 +59,15 @@ pub async fn service(
             (reg.index(), found, reg.subscribe())
         };
         let Some(mut v) = found else {
-            return Err(ConsulError::not_found(format!(
-                "unknown service ID: {id}"
-            )));
+            return Err(ConsulError::not_found(format!("unknown service ID: {id}")));
         };
         let hash = content_hash(&v);
         let settled = wanted_change.is_none_or(|h| h != hash);
-        if settled || tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
+        if settled
+            || tokio::time::timeout_at(deadline, changes.changed())
+                .await
+                .is_err()
+        {
             v["ContentHash"] = Value::String(hash.clone());
             v["Kind"] = Value::String(String::new());
             let mut resp = shape::json_read(index, v);
@@ -178,11 +180,14 @@ pub async fn check_register(State(c): State<Arc<Control>>, body: Bytes) -> Resul
         c.metrics.admin_rejects.with_label_values(&["check"]).inc();
         ConsulError::bad_request(msg)
     };
-    let reg_body = parse_check_registration(&body).map_err(|e| bad(format!("Invalid check: {e}")))?;
+    let reg_body =
+        parse_check_registration(&body).map_err(|e| bad(format!("Invalid check: {e}")))?;
     let explicit_status = serde_json::from_slice::<Value>(&body).is_ok_and(|v| {
-        ["Status", "status"]
-            .iter()
-            .any(|k| v.get(k).and_then(Value::as_str).is_some_and(|s| !s.is_empty()))
+        ["Status", "status"].iter().any(|k| {
+            v.get(k)
+                .and_then(Value::as_str)
+                .is_some_and(|s| !s.is_empty())
+        })
     });
     let mut reg = c.registry.lock().await;
     let Some(inst) = reg.get(&reg_body.service_id) else {
@@ -234,9 +239,9 @@ pub async fn check_update(
             .to_owned()
     };
     let status_text = field("Status");
-    let status: Health = status_text.parse().map_err(|_| {
-        ConsulError::bad_request(format!("Invalid check status: '{status_text}'"))
-    })?;
+    let status: Health = status_text
+        .parse()
+        .map_err(|_| ConsulError::bad_request(format!("Invalid check status: '{status_text}'")))?;
     let mut output = field("Output");
     if output.len() > 4096 {
         let mut cut = 4096;

@@ -304,7 +304,9 @@ impl QueryPairs {
         match self.get(key) {
             None | Some("0" | "f" | "F" | "false" | "FALSE" | "False") => Ok(false),
             Some("" | "1" | "t" | "T" | "true" | "TRUE" | "True") => Ok(true),
-            Some(_) => Err(ConsulError::bad_request(format!("Invalid value for ?{key}"))),
+            Some(_) => Err(ConsulError::bad_request(format!(
+                "Invalid value for ?{key}"
+            ))),
         }
     }
 
@@ -496,7 +498,9 @@ fn tokenize(expr: &str) -> Result<Vec<Tok>, String> {
 
 fn selector(w: &str) -> Option<Vec<String>> {
     let parts: Vec<String> = w.split('.').map(str::to_owned).collect();
-    let keyword = ["and", "or", "not", "in", "contains", "is", "empty", "matches"];
+    let keyword = [
+        "and", "or", "not", "in", "contains", "is", "empty", "matches",
+    ];
     (!parts.iter().any(String::is_empty) && !keyword.contains(&w)).then_some(parts)
 }
 
@@ -600,7 +604,8 @@ mod tests {
 
     #[test]
     fn filter_subset() {
-        let entry = json!({"Service": {"Meta": {"version": "v2"}, "Tags": ["canary", "blue"], "Port": 80}});
+        let entry =
+            json!({"Service": {"Meta": {"version": "v2"}, "Tags": ["canary", "blue"], "Port": 80}});
         for expr in [
             r#"Service.Meta.version == "v2""#,
             r#"Service.Meta.version != "v1""#,
@@ -625,7 +630,9 @@ mod tests {
         ] {
             let e = Filter::parse(Some(expr), HEALTH_FIELDS).expect_err(expr);
             assert_eq!(e.0, StatusCode::BAD_REQUEST, "{expr}");
-            assert!(e.1.starts_with("Failed to create boolean expression evaluator"));
+            assert!(e
+                .1
+                .starts_with("Failed to create boolean expression evaluator"));
         }
     }
 
@@ -640,11 +647,17 @@ mod tests {
         let q = QueryPairs::parse(Some("wait=1h"));
         assert!(q.blocking().expect("valid").1 <= MAX_WAIT + MAX_WAIT / 16);
         assert_eq!(
-            QueryPairs::parse(Some("index=-1")).blocking().expect_err("bad").1,
+            QueryPairs::parse(Some("index=-1"))
+                .blocking()
+                .expect_err("bad")
+                .1,
             "Invalid index"
         );
         assert_eq!(
-            QueryPairs::parse(Some("wait=5x")).blocking().expect_err("bad").1,
+            QueryPairs::parse(Some("wait=5x"))
+                .blocking()
+                .expect_err("bad")
+                .1,
             "Invalid wait time"
         );
     }

@@ -62,10 +62,7 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/v1/agent/services", get(agent::services))
         .route("/v1/agent/service/:id", get(agent::service))
         .route("/v1/agent/checks", get(agent::checks))
-        .route(
-            "/v1/agent/service/maintenance/:id",
-            put(agent::maintenance),
-        )
+        .route("/v1/agent/service/maintenance/:id", put(agent::maintenance))
         .route("/v1/agent/check/register", put(agent::check_register))
         .route(
             "/v1/agent/check/deregister/:id",

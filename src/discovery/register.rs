@@ -516,7 +516,11 @@ fn one_check(
     let failures_before_critical =
         count(field, "FailuresBeforeCritical", &c.failures_before_critical)?;
     let failures_before_warning = match given(&c.failures_before_warning) {
-        true => Some(count(field, "FailuresBeforeWarning", &c.failures_before_warning)?),
+        true => Some(count(
+            field,
+            "FailuresBeforeWarning",
+            &c.failures_before_warning,
+        )?),
         false => None,
     };
 
@@ -556,9 +560,7 @@ fn one_check(
             .parse::<Health>()
             .map_err(|e| invalid(format!("{field}.Status"), format!("is invalid: {e}")))?,
         // Critical until the first run or TTL update, as in Consul.
-        _ if matches!(kind, CheckKind::Ttl | CheckKind::Http | CheckKind::Tcp) => {
-            Health::Critical
-        }
+        _ if matches!(kind, CheckKind::Ttl | CheckKind::Http | CheckKind::Tcp) => Health::Critical,
         // Not run by laneway: see the module doc.
         _ => Health::Passing,
     };
@@ -695,7 +697,8 @@ pub fn check_target(inst: &Instance, check: &CheckState) -> Result<(), RegisterE
         Probe::Tcp { address } => ("TCP", tcp_host(address)),
     };
     let host = host.unwrap_or_default();
-    let same = host.eq_ignore_ascii_case(&inst.address) || (is_loopback(&host) && is_loopback(&inst.address));
+    let same = host.eq_ignore_ascii_case(&inst.address)
+        || (is_loopback(&host) && is_loopback(&inst.address));
     if same {
         return Ok(());
     }
@@ -878,7 +881,11 @@ mod tests {
         assert_eq!(inst.checks[0].spec.deregister_after_ms, Some(90 * 60_000));
         assert_eq!(inst.checks[1].spec.notes, "heartbeat");
         assert_eq!(
-            inst.checks[2].spec.run.as_ref().map(|r| (&r.probe, r.timeout_ms)),
+            inst.checks[2]
+                .spec
+                .run
+                .as_ref()
+                .map(|r| (&r.probe, r.timeout_ms)),
             Some((
                 &Probe::Tcp {
                     address: "10.1.2.3:8080".into()
@@ -1094,7 +1101,9 @@ mod tests {
     #[test]
     fn checks_must_target_their_instance() {
         let body = |target: &str| {
-            format!(r#"{{"Name":"a","Address":"127.0.0.1","Port":1,"Check":{{{target},"Interval":"1s"}}}}"#)
+            format!(
+                r#"{{"Name":"a","Address":"127.0.0.1","Port":1,"Check":{{{target},"Interval":"1s"}}}}"#
+            )
         };
         assert!(parse(&body(r#""HTTP":"http://127.0.0.1:1/h""#)).is_ok());
         assert!(parse(&body(r#""HTTP":"http://localhost:1/h""#)).is_ok());

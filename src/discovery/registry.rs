@@ -82,7 +82,9 @@ pub enum RegistryError {
     #[error("Unknown check ID {0:?}. Ensure that the check ID is passed, not the check name.")]
     CheckNotFound(String),
     /// A service ID no instance has (404).
-    #[error("Unknown service ID {0:?}. Ensure that the service ID is passed, not the service name.")]
+    #[error(
+        "Unknown service ID {0:?}. Ensure that the service ID is passed, not the service name."
+    )]
     ServiceNotFound(String),
     /// The change could not be saved; nothing changed (500).
     #[error(transparent)]
@@ -267,7 +269,10 @@ impl Registry {
         };
         let seq = base_seq.max(last_seq).max(replayed.last_seq);
         let now = Instant::now();
-        let indexes = instances.keys().map(|id| (id.clone(), (seq.max(1), seq.max(1)))).collect();
+        let indexes = instances
+            .keys()
+            .map(|id| (id.clone(), (seq.max(1), seq.max(1))))
+            .collect();
         let ttl_started = instances
             .values()
             .flat_map(|i| i.checks.iter())
@@ -504,7 +509,10 @@ impl Registry {
 
     /// `(CreateIndex, ModifyIndex)` of an instance.
     pub fn instance_indexes(&self, id: &str) -> (u64, u64) {
-        self.indexes.get(id).copied().unwrap_or((self.index(), self.index()))
+        self.indexes
+            .get(id)
+            .copied()
+            .unwrap_or((self.index(), self.index()))
     }
 
     /// When the TTL check `check_id` expires unless updated before.
