@@ -4,6 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh nginx   # nginx: the differential conformance tests run it
+# py-consul: tests/consul_agent.rs drives the embedded Consul agent API with
+# a real Consul client library (tests/py_consul/test_agent.py).
+PY_CONSUL_VERSION=1.8.0
+if ! python3 -c "import consul, importlib.metadata as m; assert m.version('py-consul') == '$PY_CONSUL_VERSION'" 2>/dev/null; then
+  python3 -m pip --version >/dev/null 2>&1 || ./scripts/setup.sh python3-pip
+  python3 -m pip install --quiet "py-consul==$PY_CONSUL_VERSION"
+fi
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 log="$(mktemp)"
