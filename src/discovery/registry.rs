@@ -991,6 +991,132 @@ mod tests {
     }
 
     #[test]
+    fn the_index_moves_with_durable_changes_only_and_survives_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut reg = Registry::open(dir.path()).expect("open");
+        assert_eq!(reg.index(), 1, "never 0");
+        let mut changes = reg.subscribe();
+        reg.register(web("web-1", "v1")).expect("register");
+        assert!(changes.has_changed().expect("open"));
+        let after_register = reg.index();
+        assert_eq!(
+            reg.instance_indexes("web-1"),
+            (after_register, after_register)
+        );
+        changes.mark_unchanged();
+        reg.update_check("web-1-ttl", Health::Passing, Some("a".into()))
+            .expect("pass");
+        let after_pass = reg.index();
+        assert!(after_pass > after_register);
+        assert_eq!(reg.instance_indexes("web-1"), (after_register, after_pass));
+        changes.mark_unchanged();
+        reg.update_check("web-1-ttl", Health::Passing, Some("b".into()))
+            .expect("heartbeat");
+        assert_eq!(reg.index(), after_pass, "an output-only heartbeat");
+        assert!(!changes.has_changed().expect("open"));
+        drop(reg);
+        assert_eq!(
+            Registry::open(dir.path()).expect("reopen").index(),
+            after_pass
+        );
+    }
+
+    #[test]
+    fn checks_are_added_removed_and_kept_across_reregistration() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut reg = Registry::open(dir.path()).expect("open");
+        reg.register(web("web-1", "v1")).expect("register");
+        let extra = inst(
+            r#"{"ID":"x","Name":"x","Address":"10.0.0.1","Port":1,"Check":{"CheckID":"beat","TTL":"1h","Status":"passing"}}"#,
+        )
+        .checks
+        .remove(0);
+        assert!(reg.add_check("web-1", extra.clone(), true).expect("add"));
+        assert!(matches!(
+            reg.add_check("ghost", extra, false),
+            Err(RegistryError::ServiceNotFound(_))
+        ));
+        assert_eq!(
+            reg.find_check("beat")
+                .map(|(i, c)| (i.id.as_str(), c.status)),
+            Some(("web-1", Health::Passing))
+        );
+        // a re-registration that does not list it keeps it
+        reg.register_keeping_checks(web("web-1", "v1"))
+            .expect("register");
+        assert!(reg.find_check("beat").is_some());
+        reg.remove_check("beat").expect("remove");
+        assert!(reg.find_check("beat").is_none());
+        assert!(matches!(
+            reg.remove_check("beat"),
+            Err(RegistryError::CheckNotFound(_))
+        ));
+        // a plain register replaces the check list
+        reg.add_check(
+            "web-1",
+            reg.find_check("web-1-ttl")
+                .map(|(_, c)| CheckState {
+                    id: "b2".into(),
+                    ..c.clone()
+                })
+                .expect("check"),
+            false,
+        )
+        .expect("add");
+        reg.register(web("web-1", "v1")).expect("register");
+        assert!(reg.find_check("b2").is_none());
+        assert_eq!(
+            Registry::open(dir.path())
+                .expect("reopen")
+                .catalog()
+                .instances,
+            reg.catalog().instances
+        );
+    }
+
+    #[test]
+    fn maintenance_is_a_critical_check_that_comes_and_goes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut reg = Registry::open(dir.path()).expect("open");
+        reg.register(web("web-1", "v1")).expect("register");
+        reg.update_check("web-1-ttl", Health::Passing, None)
+            .expect("pass");
+        assert!(reg
+            .set_maintenance("web-1", Some(String::new()))
+            .expect("enable"));
+        assert!(!reg
+            .set_maintenance("web-1", Some("again".into()))
+            .expect("enable twice"));
+        let (inst, check) = reg.find_check("_service_maintenance:web-1").expect("added");
+        assert_eq!(
+            (inst.health, check.kind),
+            (Health::Critical, CheckKind::Maintenance)
+        );
+        assert_eq!(check.spec.notes, DEFAULT_MAINTENANCE_REASON);
+        assert!(reg.set_maintenance("web-1", None).expect("disable"));
+        assert!(!reg.set_maintenance("web-1", None).expect("disable twice"));
+        assert_eq!(reg.get("web-1").map(|i| i.health), Some(Health::Passing));
+        assert!(matches!(
+            reg.set_maintenance("ghost", None),
+            Err(RegistryError::ServiceNotFound(_))
+        ));
+    }
+
+    #[test]
+    fn ttl_deadlines_restart_on_every_update() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut reg = Registry::open(dir.path()).expect("open");
+        let before = Instant::now();
+        reg.register(web("web-1", "v1")).expect("register");
+        let first = reg.ttl_deadline("web-1-ttl").expect("a TTL check");
+        assert!(first >= before + Duration::from_secs(10));
+        reg.update_check("web-1-ttl", Health::Passing, None)
+            .expect("pass");
+        assert!(reg.ttl_deadline("web-1-ttl").expect("deadline") >= first);
+        assert_eq!(reg.ttl_deadline("nope"), None);
+    }
+
+    #[test]
     fn register_persists_across_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut reg = Registry::open(dir.path()).expect("open empty");
