@@ -343,8 +343,7 @@ fn blocking_queries_wake_on_a_change_and_end_at_the_wait() {
         let body: Value = serde_json::from_str(&r.into_string().expect("body")).expect("json");
         (new_index, body)
     });
-    // The query is held: give it a moment to block, then change something.
-    // (Whether or not it blocked yet, it must see the new instance.)
+    // Whether or not the query is held yet, it must see the new instance.
     put(
         &lw,
         "/v1/agent/service/register",
@@ -353,6 +352,34 @@ fn blocking_queries_wake_on_a_change_and_end_at_the_wait() {
     let (new_index, body) = blocked.join().expect("thread");
     assert!(new_index > index, "{new_index} > {index}");
     assert_eq!(body.as_array().map(Vec::len), Some(2), "{body}");
+
+    // /v1/agent/service/<id> blocks on its content hash.
+    let (svc, _) = get_json(&lw, "/v1/agent/service/web-1");
+    let hash = svc["ContentHash"].as_str().expect("hash").to_owned();
+    let (same, _) = get_json(
+        &lw,
+        &format!("/v1/agent/service/web-1?hash={hash}&wait=200ms"),
+    );
+    assert_eq!(
+        same["ContentHash"],
+        hash.as_str(),
+        "unchanged at the end of the wait"
+    );
+    let path = format!("/v1/agent/service/web-1?hash={hash}&wait=60s");
+    let admin = lw.admin;
+    let blocked = std::thread::spawn(move || {
+        let r = ureq::get(&format!("http://{admin}{path}"))
+            .timeout(Duration::from_secs(90))
+            .call()
+            .expect("blocking query");
+        serde_json::from_str::<Value>(&r.into_string().expect("body")).expect("json")
+    });
+    let mut changed = register_body("web-1", up.port(), "v1", Value::Null);
+    changed["Tags"] = json!(["moved"]);
+    put(&lw, "/v1/agent/service/register", changed);
+    let after = blocked.join().expect("thread");
+    assert_ne!(after["ContentHash"], hash.as_str());
+    assert_eq!(after["Tags"], json!(["moved"]));
 }
 
 #[test]

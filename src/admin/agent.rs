@@ -63,10 +63,12 @@ pub async fn service(
         };
         let hash = content_hash(&v);
         let settled = wanted_change.is_none_or(|h| h != hash);
+        // Settled, or the wait ended: answer with what there is now.
         if settled
-            || tokio::time::timeout_at(deadline, changes.changed())
-                .await
-                .is_err()
+            || !matches!(
+                tokio::time::timeout_at(deadline, changes.changed()).await,
+                Ok(Ok(()))
+            )
         {
             v["ContentHash"] = Value::String(hash.clone());
             v["Kind"] = Value::String(String::new());

@@ -312,6 +312,11 @@ impl QueryPairs {
 
     /// `?index=` and `?wait=` of a blocking query, with Consul's errors.
     pub fn blocking(&self) -> Result<(u64, Duration), ConsulError> {
+        if self.get("stale").is_some() && self.get("consistent").is_some() {
+            return Err(ConsulError::bad_request(
+                "Cannot specify ?stale with ?consistent, conflicting semantics.",
+            ));
+        }
         let mut wait = DEFAULT_WAIT;
         if let Some(w) = self.get("wait").filter(|w| !w.is_empty()) {
             let nanos = crate::discovery::register::parse_go_duration(w)
