@@ -20,7 +20,7 @@ cargo test --locked --lib --bins --tests 2>&1 | tee "$log"
 # The engine-neutral end-to-end suites again on the Pingora engine: both
 # engines are one behaviour (tests/common/mod.rs `engine`).
 LANEWAY_ENGINE=pingora cargo test --locked \
-  --test spine --test h1 --test observability --test health --test entries --test lvs \
+  --test spine --test h1 --test observability --test health --test entries --test lvs --test consul_agent \
   2>&1 | tee -a "$log"
 # One closing line over every test binary.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "laneway tests: %d passed, %d failed\n", p, f }' "$log"
