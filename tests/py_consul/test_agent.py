@@ -68,6 +68,17 @@ index, tagged = c.health.service("web", tag="canary")
 assert [e["Service"]["ID"] for e in tagged] == ["web-2"], tagged
 index, checks = c.health.checks("web")
 assert {ch["CheckID"] for ch in checks} == {"service:web-1", "web-2-beat"}, checks
+me = c.agent.self()
+assert me["Config"]["Datacenter"] == "dc1", me
+assert me["Config"]["NodeName"], me
+
+# A TCP check on the live port passes.
+assert c.agent.check.register(
+    "web-2-tcp", check=Check.tcp("127.0.0.1", upstream, "100ms"), check_id="web-2-tcp", service_id="web-2"
+)
+assert eventually(lambda: c.agent.checks().get("web-2-tcp", {}).get("Status") == "passing"), c.agent.checks()
+assert c.agent.check.deregister("web-2-tcp")
+
 leader = c.status.leader()
 assert leader == f"{host}:{port}", leader
 assert c.status.peers() == [leader]
