@@ -257,6 +257,12 @@ fn reads_answer_in_consul_shapes_with_an_index() {
     let (hc, _) = get_json(&lw, "/v1/health/checks/web");
     assert_eq!(hc.as_array().map(Vec::len), Some(1));
     assert_eq!(hc[0]["CheckID"], "web-2-ttl");
+    let (critical, _) = get_json(&lw, "/v1/health/state/critical");
+    assert_eq!(critical.as_array().map(Vec::len), Some(1));
+    assert_eq!(critical[0]["CheckID"], "web-2-ttl");
+    let (passing, _) = get_json(&lw, "/v1/health/state/passing");
+    assert_eq!(passing, json!([]));
+    assert_eq!(call(&lw, "GET", "/v1/health/state/ok", None).0, 400);
 
     let (status, _, leader) = call(&lw, "GET", "/v1/status/leader", None);
     assert_eq!(status, 200);

@@ -1,6 +1,7 @@
 //! The embedded registry's Consul catalog, health and status reads:
 //! `/v1/catalog/services`, `/v1/catalog/service/<name>`,
-//! `/v1/health/service/<name>`, `/v1/health/checks/<service>` (all
+//! `/v1/health/service/<name>`, `/v1/health/checks/<service>`,
+//! `/v1/health/state/<state>` (all
 //! blocking queries with `?index=&wait=`), `/v1/status/leader` and
 //! `/v1/status/peers`. Control plane only (admin API).
 //!
@@ -145,6 +146,42 @@ pub async fn health_checks(
                 let indexes = reg.instance_indexes(&i.id);
                 i.checks
                     .iter()
+                    .map(|ch| shape::health_check(&node, i, ch, indexes))
+                    .collect::<Vec<_>>()
+            })
+            .filter(|v| filter.matches(v))
+            .collect::<Vec<Value>>()
+    })
+    .await?;
+    Ok(shape::json_read(index, Value::Array(list)))
+}
+
+/// `GET /v1/health/state/<state>`: every check in `state` (`any`,
+/// `passing`, `warning`, `critical`); one blocking query here notices any
+/// health change.
+pub async fn health_state(
+    State(c): State<Arc<Control>>,
+    Path(state): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ConsulError> {
+    embedded_only_consul(&c)?;
+    if !matches!(state.as_str(), "any" | "passing" | "warning" | "critical") {
+        return Err(ConsulError::bad_request(format!(
+            "Invalid check state: {state:?}; use any, passing, warning or critical"
+        )));
+    }
+    let q = QueryPairs::parse(raw.as_deref());
+    let filter = Filter::parse(q.get("filter"), shape::CHECK_FIELDS)?;
+    let node = node(&c);
+    let (index, list) = block(&c, &q, |reg| {
+        reg.catalog()
+            .instances
+            .iter()
+            .flat_map(|i| {
+                let indexes = reg.instance_indexes(&i.id);
+                i.checks
+                    .iter()
+                    .filter(|ch| state == "any" || ch.status.as_str() == state)
                     .map(|ch| shape::health_check(&node, i, ch, indexes))
                     .collect::<Vec<_>>()
             })

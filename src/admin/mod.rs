@@ -73,6 +73,7 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/v1/catalog/service/:name", get(catalog::service))
         .route("/v1/health/service/:name", get(catalog::health_service))
         .route("/v1/health/checks/:name", get(catalog::health_checks))
+        .route("/v1/health/state/:state", get(catalog::health_state))
         .route("/v1/status/leader", get(catalog::leader))
         .route("/v1/status/peers", get(catalog::peers))
         .fallback(not_found)
