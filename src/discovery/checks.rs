@@ -166,8 +166,12 @@ pub async fn run(control: Arc<Control>) {
         start_and_stop(&control, &clients, &permits, &mut running, &checks);
         expire_ttls(&control, &checks).await;
         reap(&control, &checks, &mut critical_since).await;
-        let wake = Instant::now() + TICK;
-        let wake = next_ttl.map_or(wake, |d| d.min(wake));
+        let now = Instant::now();
+        // Never sooner than a few milliseconds: a TTL that cannot be
+        // recorded (a store error) must not make this loop spin.
+        let wake = next_ttl
+            .map_or(now + TICK, |d| d.min(now + TICK))
+            .max(now + Duration::from_millis(20));
         tokio::select! {
             r = changes.changed() => if r.is_err() { return },
             () = tokio::time::sleep_until(wake.into()) => {}

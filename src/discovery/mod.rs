@@ -1,6 +1,6 @@
 //! Discovery: the instance model (`Instance`, `Health`, `Catalog`) that the
 //! snapshot compiler consumes, the parser for Consul's agent register body,
-//! and the embedded registry. Control plane only: nothing here runs on the
+//! the embedded registry and the runner of its checks. Control plane only: nothing here runs on the
 //! request path; the data plane sees instances only through a compiled
 //! snapshot.
 
