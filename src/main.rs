@@ -293,6 +293,10 @@ fn run(config_path: PathBuf, upgrade: bool) -> anyhow::Result<()> {
         tokio::spawn(control.clone().run_compiler());
         tokio::spawn(control.clone().run_reaper());
         control.start_consul();
+        if control.consul.is_none() {
+            // Embedded mode: laneway runs the registered checks itself.
+            tokio::spawn(laneway::discovery::checks::run(control.clone()));
+        }
         let watcher = control.watch_rules();
         let admin_control = control.clone();
         tokio::spawn(async move {

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use laneway::config::nginx::parse::{parse_str, NginxConfig};
 use laneway::config::nginx::translate::translate;
-use laneway::discovery::register::parse_registration;
+use laneway::discovery::register::{parse_check_registration, parse_registration};
 use laneway::proxy::http1::{self, ChunkError, ChunkedDecoder, Framing, HeadScanner, Span};
 use laneway::routing::rules::{RequestInfo, RuleSet};
 
@@ -270,8 +270,15 @@ pub fn routes_compile(data: &[u8]) {
 }
 
 /// `consul_register`: a Consul agent register body through
-/// [`parse_registration`]: an error or an instance with a name and id.
+/// [`parse_registration`] (an error or an instance with a name and id),
+/// and the same bytes as a check register body through
+/// [`parse_check_registration`] (an error or a check with an id that
+/// names its service).
 pub fn consul_register(data: &[u8]) {
+    if let Ok(reg) = parse_check_registration(data) {
+        assert!(!reg.check.id.is_empty(), "a check without an id");
+        assert!(!reg.service_id.is_empty(), "a check without a service");
+    }
     if let Ok(instance) = parse_registration(data, "version", "lane") {
         assert!(
             !instance.service.is_empty(),

@@ -4,13 +4,14 @@
 //! [`Control`] and never touches the request path.
 
 mod access;
+mod agent;
 #[allow(dead_code)] // until the admin handlers record changes
 mod audit;
-#[allow(dead_code)] // until the admin middleware uses it
 mod auth;
+mod catalog;
+mod consul_shape;
 mod error;
 mod explain;
-#[allow(dead_code)] // until the admin middleware uses it
 mod guard;
 mod lanes;
 mod pac;
@@ -64,6 +65,25 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/v1/agent/check/pass/:id", put(registry::check_pass))
         .route("/v1/agent/check/warn/:id", put(registry::check_warn))
         .route("/v1/agent/check/fail/:id", put(registry::check_fail))
+        // The rest of the Consul agent, catalog and health API (embedded mode).
+        .route("/v1/agent/self", get(agent::agent_self))
+        .route("/v1/agent/services", get(agent::services))
+        .route("/v1/agent/service/:id", get(agent::service))
+        .route("/v1/agent/checks", get(agent::checks))
+        .route("/v1/agent/service/maintenance/:id", put(agent::maintenance))
+        .route("/v1/agent/check/register", put(agent::check_register))
+        .route(
+            "/v1/agent/check/deregister/:id",
+            put(agent::check_deregister),
+        )
+        .route("/v1/agent/check/update/:id", put(agent::check_update))
+        .route("/v1/catalog/services", get(catalog::services))
+        .route("/v1/catalog/service/:name", get(catalog::service))
+        .route("/v1/health/service/:name", get(catalog::health_service))
+        .route("/v1/health/checks/:name", get(catalog::health_checks))
+        .route("/v1/health/state/:state", get(catalog::health_state))
+        .route("/v1/status/leader", get(catalog::leader))
+        .route("/v1/status/peers", get(catalog::peers))
         .fallback(not_found)
         .with_state(control)
 }

@@ -1,6 +1,7 @@
 //! The embedded registry's endpoints, compatible with Consul's agent API
 //! (`/v1/agent/service/register`, `…/deregister/<id>`, `/v1/agent/check/…`)
-//! so deploy tooling written for Consul works unchanged, plus
+//! so deploy tooling written for Consul works unchanged (the rest of the
+//! agent API is in [`agent`](super::agent) and [`catalog`](super::catalog)), plus
 //! `/api/v1/instances`. An instance at one of laneway's own listeners is
 //! refused with 400 naming the listener ([`OwnListeners`]).
 
@@ -9,9 +10,11 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use axum::Json;
 use serde_json::Value;
 
+use super::consul_shape::ConsulError;
 use super::{ApiError, PUBLISH_WAIT};
 use crate::control::Control;
 use crate::discovery::own::OwnListeners;
@@ -34,7 +37,40 @@ fn embedded_only(c: &Control) -> Result<(), ApiError> {
     }
 }
 
-pub async fn register(State(c): State<Arc<Control>>, body: Bytes) -> Result<(), ApiError> {
+/// [`embedded_only`] with a plain-text answer, for the endpoints whose
+/// errors follow Consul's.
+pub(super) fn embedded_only_consul(c: &Control) -> Result<(), ConsulError> {
+    embedded_only(c).map_err(|e| ConsulError(e.status, e.message))
+}
+
+/// A registry error as Consul answers it: 404 with Consul's text for an
+/// unknown check or service ID, 500 when the change could not be saved.
+pub(super) fn registry_error(e: RegistryError) -> ConsulError {
+    match e {
+        RegistryError::CheckNotFound(_) | RegistryError::ServiceNotFound(_) => {
+            ConsulError::not_found(e.to_string())
+        }
+        RegistryError::Store(e) => ConsulError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// After a registry change: reconciles auto lanes and waits (bounded) for
+/// the snapshot that routes with it.
+pub(super) async fn publish(c: &Control) {
+    c.reconcile_auto_lanes().await;
+    let generation = c.changed();
+    c.wait_built(generation, PUBLISH_WAIT).await;
+}
+
+/// `PUT /v1/agent/service/register`. As a Consul agent, checks of an
+/// instance already registered that the body does not list are kept
+/// (checks added with `/v1/agent/check/register`, maintenance), unless
+/// `?replace-existing-checks` is set.
+pub async fn register(
+    State(c): State<Arc<Control>>,
+    Query(q): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Result<(), ApiError> {
     embedded_only(&c)?;
     let d = &c.config.discovery;
     let instance = parse_registration(&body, &d.version_key, &d.lane_key).map_err(|e| {
@@ -56,26 +92,39 @@ pub async fn register(State(c): State<Arc<Control>>, body: Bytes) -> Result<(), 
             instance.id, instance.service, instance.address, instance.port
         )));
     }
-    let changed = c.registry.lock().await.register(instance)?;
+    let replace = q
+        .get("replace-existing-checks")
+        .is_some_and(|v| !matches!(v.as_str(), "0" | "f" | "F" | "false" | "FALSE" | "False"));
+    let changed = {
+        let mut reg = c.registry.lock().await;
+        match replace {
+            true => reg.register(instance)?,
+            false => reg.register_keeping_checks(instance)?,
+        }
+    };
     if changed {
-        c.reconcile_auto_lanes().await;
-        let generation = c.changed();
-        c.wait_built(generation, PUBLISH_WAIT).await;
+        publish(&c).await;
     }
     Ok(())
 }
 
+/// `PUT /v1/agent/service/deregister/<id>`; an unknown ID is a 404 with
+/// Consul's text.
 pub async fn deregister(
     State(c): State<Arc<Control>>,
     Path(id): Path<String>,
-) -> Result<(), ApiError> {
-    embedded_only(&c)?;
-    let existed = c.registry.lock().await.deregister(&id)?;
-    if existed {
-        c.reconcile_auto_lanes().await;
-        let generation = c.changed();
-        c.wait_built(generation, PUBLISH_WAIT).await;
+) -> Result<(), ConsulError> {
+    embedded_only_consul(&c)?;
+    let existed = c
+        .registry
+        .lock()
+        .await
+        .deregister(&id)
+        .map_err(|e| ConsulError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    if !existed {
+        return Err(registry_error(RegistryError::ServiceNotFound(id)));
     }
+    publish(&c).await;
     Ok(())
 }
 
@@ -84,19 +133,18 @@ async fn check(
     id: String,
     status: Health,
     note: Option<String>,
-) -> Result<(), ApiError> {
-    embedded_only(&c)?;
+) -> Result<(), ConsulError> {
+    embedded_only_consul(&c)?;
     let changed = c
         .registry
         .lock()
         .await
         .update_check(&id, status, note)
-        .map_err(|e| match e {
-            RegistryError::CheckNotFound(_) => {
+        .map_err(|e| {
+            if matches!(e, RegistryError::CheckNotFound(_)) {
                 c.metrics.admin_rejects.with_label_values(&["check"]).inc();
-                ApiError::not_found(e.to_string())
             }
-            RegistryError::Store(e) => e.into(),
+            registry_error(e)
         })?;
     if changed {
         let generation = c.changed();
@@ -109,7 +157,7 @@ pub async fn check_pass(
     State(c): State<Arc<Control>>,
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
-) -> Result<(), ApiError> {
+) -> Result<(), ConsulError> {
     check(c, id, Health::Passing, q.get("note").cloned()).await
 }
 
@@ -117,7 +165,7 @@ pub async fn check_warn(
     State(c): State<Arc<Control>>,
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
-) -> Result<(), ApiError> {
+) -> Result<(), ConsulError> {
     check(c, id, Health::Warning, q.get("note").cloned()).await
 }
 
@@ -125,7 +173,7 @@ pub async fn check_fail(
     State(c): State<Arc<Control>>,
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
-) -> Result<(), ApiError> {
+) -> Result<(), ConsulError> {
     check(c, id, Health::Critical, q.get("note").cloned()).await
 }
 

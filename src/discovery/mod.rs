@@ -1,9 +1,10 @@
 //! Discovery: the instance model (`Instance`, `Health`, `Catalog`) that the
 //! snapshot compiler consumes, the parser for Consul's agent register body,
-//! and the embedded registry. Control plane only: nothing here runs on the
+//! the embedded registry and the runner of its checks. Control plane only: nothing here runs on the
 //! request path; the data plane sees instances only through a compiled
 //! snapshot.
 
+pub mod checks;
 pub mod consul;
 pub mod own;
 pub mod register;
@@ -70,12 +71,86 @@ impl FromStr for Health {
 pub enum CheckKind {
     /// Updated from outside through `/v1/agent/check/pass|warn|fail`.
     Ttl,
-    /// An HTTP check (not run by the embedded registry yet).
+    /// An HTTP check, run by [`checks`] in embedded mode.
     Http,
-    /// A TCP check (not run by the embedded registry yet).
+    /// A TCP check, run by [`checks`] in embedded mode.
     Tcp,
     /// gRPC, script, alias, H2PING, UDP, OS service: accepted, not run.
     Other,
+    /// `_service_maintenance:<id>`, added by
+    /// `PUT /v1/agent/service/maintenance/<id>?enable=true`.
+    Maintenance,
+}
+
+impl CheckKind {
+    /// Consul's `Type` of a check: `ttl`, `http`, `tcp`, `maintenance`, or
+    /// `""` for the kinds laneway does not run.
+    pub fn consul_type(self) -> &'static str {
+        match self {
+            CheckKind::Ttl => "ttl",
+            CheckKind::Http => "http",
+            CheckKind::Tcp => "tcp",
+            CheckKind::Other => "",
+            CheckKind::Maintenance => "maintenance",
+        }
+    }
+}
+
+/// What laneway probes for an HTTP or TCP check (Consul's check definition).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Probe {
+    Http {
+        url: String,
+        /// `GET` unless the definition says otherwise.
+        method: String,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        header: BTreeMap<String, Vec<String>>,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        body: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        tls_skip_verify: bool,
+    },
+    /// `host:port` to connect to.
+    Tcp { address: String },
+}
+
+/// How and how often a check runs (HTTP and TCP checks).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckRun {
+    pub probe: Probe,
+    pub interval_ms: u64,
+    /// Consul's default is 10 s.
+    pub timeout_ms: u64,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// The parts of a check's definition beyond its identity and status.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckSpec {
+    /// Consul `Notes`: free text for humans.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub notes: String,
+    /// What laneway runs for an HTTP or TCP check, and how often.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<CheckRun>,
+    /// Consul `SuccessBeforePassing`: passes in a row before the status
+    /// turns passing (0 and 1 mean at once).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub success_before_passing: u32,
+    /// Consul `FailuresBeforeCritical`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failures_before_critical: u32,
+    /// Consul `FailuresBeforeWarning` (defaults to `failures_before_critical`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failures_before_warning: Option<u32>,
+    /// Consul `DeregisterCriticalServiceAfter`: the instance is removed
+    /// once this check has been critical for that long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deregister_after_ms: Option<u64>,
 }
 
 /// One check of an instance and its current status.
@@ -89,9 +164,13 @@ pub struct CheckState {
     /// The last note/output reported for the check (Consul `Output`).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub output: String,
-    /// The TTL of a TTL check, in milliseconds (not enforced yet).
+    /// The TTL of a TTL check, in milliseconds: without an update for
+    /// that long the check turns critical ([`checks`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_ms: Option<u64>,
+    /// How the check runs and when it turns (Consul's check definition).
+    #[serde(flatten)]
+    pub spec: CheckSpec,
 }
 
 /// One registered endpoint of a service.

@@ -17,11 +17,20 @@
 //! `"1m30s"`) or numbers of nanoseconds.
 //!
 //! Deliberate differences:
-//! - A check without `Status`: TTL checks start `critical` as in Consul, but
-//!   HTTP, TCP and other checks start `passing`, because the embedded
-//!   registry does not run them yet (Consul starts them critical until their
-//!   first run). Deploy tooling that wants an instance out of rotation until
-//!   it is ready should use a TTL check or an explicit `"Status": "critical"`.
+//! HTTP, TCP and TTL checks start `critical` (or their `Status`) until they
+//! first run or get an update, as in Consul; [`checks`](super::checks) runs
+//! them. `Method`, `Header`, `Body`, `TLSSkipVerify`, `Timeout`,
+//! `SuccessBeforePassing`, `FailuresBeforeCritical`/`Warning` and
+//! `DeregisterCriticalServiceAfter` are kept with the check.
+//!
+//! Deliberate differences:
+//! - gRPC, script, alias, H2PING, UDP and OS service checks are accepted but
+//!   not run: they start `passing` (or their `Status`) and change only
+//!   through `/v1/agent/check/pass|warn|fail|update`.
+//! - An HTTP or TCP check must target its own instance: the host of its URL
+//!   or address is the instance's `Address`, or both are loopback
+//!   ([`check_target`]); anything else is refused, so registering a check
+//!   cannot make laneway probe arbitrary hosts.
 //! - `Port` must be 1–65535 and `Address` must be set: laneway routes to
 //!   `Address:Port`, and embedded mode has no node address to fall back to.
 //! - Names, IDs and check IDs with whitespace or control characters are
@@ -34,7 +43,7 @@ use std::net::{IpAddr, SocketAddr};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{CheckKind, CheckState, Health, Instance};
+use super::{CheckKind, CheckRun, CheckSpec, CheckState, Health, Instance, Probe};
 
 /// Why a register body was rejected. Every message names the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -151,6 +160,48 @@ struct CheckBody {
         alias = "deregister_critical_service_after"
     )]
     deregister_critical_service_after: Option<Value>,
+    #[serde(rename = "Method", alias = "method")]
+    method: Option<String>,
+    #[serde(rename = "Header", alias = "header")]
+    header: Option<BTreeMap<String, Vec<String>>>,
+    #[serde(rename = "Body", alias = "body")]
+    http_body: Option<String>,
+    #[serde(
+        rename = "TLSSkipVerify",
+        alias = "tls_skip_verify",
+        alias = "tlsskipverify"
+    )]
+    tls_skip_verify: Option<bool>,
+    #[serde(
+        rename = "SuccessBeforePassing",
+        alias = "success_before_passing",
+        alias = "successbeforepassing"
+    )]
+    success_before_passing: Option<Value>,
+    #[serde(
+        rename = "FailuresBeforeCritical",
+        alias = "failures_before_critical",
+        alias = "failuresbeforecritical"
+    )]
+    failures_before_critical: Option<Value>,
+    #[serde(
+        rename = "FailuresBeforeWarning",
+        alias = "failures_before_warning",
+        alias = "failuresbeforewarning"
+    )]
+    failures_before_warning: Option<Value>,
+    /// `PUT /v1/agent/check/register` only: the check's ID (`CheckID` is
+    /// the spelling inside a service registration).
+    #[serde(rename = "ID", alias = "Id", alias = "id")]
+    id: Option<String>,
+    /// `PUT /v1/agent/check/register` only: the service it belongs to.
+    #[serde(
+        rename = "ServiceID",
+        alias = "ServiceId",
+        alias = "service_id",
+        alias = "serviceid"
+    )]
+    service_id: Option<String>,
 }
 
 fn set(s: &Option<String>) -> bool {
@@ -238,6 +289,9 @@ pub fn parse_registration(
         health: Health::Passing,
         checks,
     };
+    for check in &instance.checks {
+        check_target(&instance, check)?;
+    }
     instance.refresh_health();
     Ok(instance)
 }
@@ -415,7 +469,11 @@ fn checks(
     let mut seen = HashSet::new();
     let mut out = Vec::with_capacity(defs.len());
     for (n, (field, c)) in defs.into_iter().enumerate() {
-        let check = one_check(&field, c, id, service, many.then_some(n + 1))?;
+        let default_id = match many {
+            true => format!("service:{id}:{}", n + 1),
+            false => format!("service:{id}"),
+        };
+        let check = one_check(&field, c, default_id, &format!("Service '{service}' check"))?;
         if !seen.insert(check.id.clone()) {
             return Err(invalid(
                 format!("{field}.CheckID"),
@@ -433,30 +491,38 @@ fn checks(
 fn one_check(
     field: &str,
     c: CheckBody,
-    id: &str,
-    service: &str,
-    ordinal: Option<usize>,
+    default_id: String,
+    default_name: &str,
 ) -> Result<CheckState, RegisterError> {
     let check_id = match c.check_id.as_deref() {
         Some(given) if !given.is_empty() => given.to_owned(),
-        _ => match ordinal {
-            Some(n) => format!("service:{id}:{n}"),
-            None => format!("service:{id}"),
-        },
+        _ => default_id,
     };
     check_name(&format!("{field}.CheckID"), &check_id)?;
     let name = match c.name.as_deref() {
         Some(n) if !n.is_empty() => n.to_owned(),
-        _ => format!("Service '{service}' check"),
+        _ => default_name.to_owned(),
     };
     let ttl = duration(field, "TTL", &c.ttl)?.unwrap_or(0.0);
     let interval = duration(field, "Interval", &c.interval)?.unwrap_or(0.0);
-    duration(field, "Timeout", &c.timeout)?;
-    duration(
+    let timeout = duration(field, "Timeout", &c.timeout)?.unwrap_or(0.0);
+    let deregister_after = duration(
         field,
         "DeregisterCriticalServiceAfter",
         &c.deregister_critical_service_after,
-    )?;
+    )?
+    .unwrap_or(0.0);
+    let success_before_passing = count(field, "SuccessBeforePassing", &c.success_before_passing)?;
+    let failures_before_critical =
+        count(field, "FailuresBeforeCritical", &c.failures_before_critical)?;
+    let failures_before_warning = match given(&c.failures_before_warning) {
+        true => Some(count(
+            field,
+            "FailuresBeforeWarning",
+            &c.failures_before_warning,
+        )?),
+        false => None,
+    };
 
     // Consul's CheckType.Validate, in its order.
     let interval_check = c.args.as_ref().is_some_and(|a| !a.is_empty())
@@ -493,18 +559,181 @@ fn one_check(
         Some(s) if !s.is_empty() => s
             .parse::<Health>()
             .map_err(|e| invalid(format!("{field}.Status"), format!("is invalid: {e}")))?,
-        _ if kind == CheckKind::Ttl => Health::Critical,
-        // Not run by the embedded registry yet: see the module doc.
+        // Critical until the first run or TTL update, as in Consul.
+        _ if matches!(kind, CheckKind::Ttl | CheckKind::Http | CheckKind::Tcp) => Health::Critical,
+        // Not run by laneway: see the module doc.
         _ => Health::Passing,
     };
+    let ms = |nanos: f64| (nanos / 1e6).round().max(1.0) as u64;
+    let run = match kind {
+        CheckKind::Http => Some(Probe::Http {
+            url: c.http.unwrap_or_default(),
+            method: c
+                .method
+                .filter(|m| !m.is_empty())
+                .unwrap_or_else(|| "GET".to_owned()),
+            header: c.header.unwrap_or_default(),
+            body: c.http_body.unwrap_or_default(),
+            tls_skip_verify: c.tls_skip_verify.unwrap_or(false),
+        }),
+        CheckKind::Tcp => Some(Probe::Tcp {
+            address: c.tcp.unwrap_or_default(),
+        }),
+        _ => None,
+    }
+    .map(|probe| CheckRun {
+        probe,
+        interval_ms: ms(interval),
+        timeout_ms: if timeout > 0.0 {
+            ms(timeout)
+        } else {
+            DEFAULT_CHECK_TIMEOUT_MS
+        },
+    });
+    if let Some(CheckRun {
+        probe: Probe::Http { url, method, .. },
+        ..
+    }) = &run
+    {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(invalid(
+                format!("{field}.HTTP"),
+                format!("{url:?} is not an http:// or https:// URL"),
+            ));
+        }
+        if !method.bytes().all(|b| b.is_ascii_alphabetic()) {
+            return Err(invalid(
+                format!("{field}.Method"),
+                format!("{method:?} is not an HTTP method"),
+            ));
+        }
+    }
     Ok(CheckState {
         id: check_id,
         name,
         kind,
         status,
         output: String::new(),
-        ttl_ms: (kind == CheckKind::Ttl).then(|| (ttl / 1e6).round() as u64),
+        ttl_ms: (kind == CheckKind::Ttl).then(|| ms(ttl)),
+        spec: CheckSpec {
+            notes: c.notes.unwrap_or_default(),
+            run,
+            success_before_passing,
+            failures_before_critical,
+            failures_before_warning,
+            deregister_after_ms: (deregister_after > 0.0).then(|| ms(deregister_after)),
+        },
     })
+}
+
+/// Consul's default check timeout (10 s).
+pub const DEFAULT_CHECK_TIMEOUT_MS: u64 = 10_000;
+
+/// A non-negative integer field such as `SuccessBeforePassing`; absent is 0.
+fn count(check: &str, key: &str, v: &Option<Value>) -> Result<u32, RegisterError> {
+    match v {
+        None | Some(Value::Null) => Ok(0),
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| {
+                invalid(
+                    format!("{check}.{key}"),
+                    format!("must be a non-negative integer, got {v}"),
+                )
+            }),
+    }
+}
+
+/// A check registered on its own (`PUT /v1/agent/check/register`).
+#[derive(Debug)]
+pub struct CheckRegistration {
+    /// The instance it belongs to (`ServiceID`); laneway's embedded agent
+    /// has no node, so a check without one is refused.
+    pub service_id: String,
+    pub check: CheckState,
+}
+
+/// Parses a `PUT /v1/agent/check/register` body: `Name` is required, `ID`
+/// (or `CheckID`) defaults to it, `ServiceID` names the instance.
+pub fn parse_check_registration(body: &[u8]) -> Result<CheckRegistration, RegisterError> {
+    let raw: CheckBody = serde_json::from_slice(body).map_err(json_error)?;
+    let name = match raw.name.as_deref() {
+        Some(n) if !n.is_empty() => n.to_owned(),
+        _ => {
+            return Err(RegisterError::Missing {
+                field: "Name",
+                hint: "a check registration must name the check",
+            })
+        }
+    };
+    let service_id = match raw.service_id.as_deref() {
+        Some(s) if !s.is_empty() => s.to_owned(),
+        _ => {
+            return Err(RegisterError::Missing {
+                field: "ServiceID",
+                hint: "laneway's embedded agent has no node of its own, so a check must belong to a registered service",
+            })
+        }
+    };
+    let default_id = match raw.id.as_deref() {
+        Some(id) if !id.is_empty() => id.to_owned(),
+        _ => name.clone(),
+    };
+    let check = one_check("Check", raw, default_id, &name)?;
+    Ok(CheckRegistration { service_id, check })
+}
+
+/// Laneway runs a check only against the instance it belongs to: the host
+/// of an HTTP check's URL or a TCP check's address must be the instance's
+/// `Address` (or both loopback), so that registering a check cannot make
+/// laneway probe arbitrary hosts.
+pub fn check_target(inst: &Instance, check: &CheckState) -> Result<(), RegisterError> {
+    let Some(run) = &check.spec.run else {
+        return Ok(());
+    };
+    let (field, host) = match &run.probe {
+        Probe::Http { url, .. } => ("HTTP", url_host(url)),
+        Probe::Tcp { address } => ("TCP", tcp_host(address)),
+    };
+    let host = host.unwrap_or_default();
+    let same = host.eq_ignore_ascii_case(&inst.address)
+        || (is_loopback(&host) && is_loopback(&inst.address));
+    if same {
+        return Ok(());
+    }
+    Err(invalid(
+        format!("{} {field}", check.id),
+        format!(
+            "targets host {host:?}, but instance {:?} is at {:?}: laneway runs a check only against its own instance's address",
+            inst.id, inst.address
+        ),
+    ))
+}
+
+fn url_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    Some(tcp_host(authority).unwrap_or_else(|| authority.to_owned()))
+}
+
+/// The host of `host:port`, `[v6]:port` or a bare host.
+fn tcp_host(address: &str) -> Option<String> {
+    if let Some(rest) = address.strip_prefix('[') {
+        return rest.split_once(']').map(|(h, _)| h.to_owned());
+    }
+    match address.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') && p.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(h.to_owned())
+        }
+        _ => Some(address.to_owned()),
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// A duration field: a Go duration string or a number of nanoseconds.
@@ -530,7 +759,7 @@ fn duration(check: &str, key: &str, v: &Option<Value>) -> Result<Option<f64>, Re
 
 /// Parses Go's `time.ParseDuration` syntax (`"300ms"`, `"1.5h"`,
 /// `"2h45m"`, `"-1s"`, `"0"`) into nanoseconds.
-fn parse_go_duration(text: &str) -> Result<f64, String> {
+pub(crate) fn parse_go_duration(text: &str) -> Result<f64, String> {
     let bad = |why: &str| {
         format!("{text:?} is not a duration ({why}); use e.g. \"10s\", \"500ms\", \"1m30s\"")
     };
@@ -633,9 +862,37 @@ mod tests {
         let statuses: Vec<Health> = inst.checks.iter().map(|c| c.status).collect();
         assert_eq!(
             statuses,
-            [Health::Passing, Health::Critical, Health::Warning]
+            [Health::Critical, Health::Critical, Health::Warning],
+            "critical until the first run, unless Status says otherwise"
         );
         assert_eq!(inst.checks[0].kind, CheckKind::Http);
+        let run = inst.checks[0].spec.run.clone().expect("an HTTP check runs");
+        assert_eq!((run.interval_ms, run.timeout_ms), (10_000, 1_000));
+        assert_eq!(
+            run.probe,
+            Probe::Http {
+                url: "http://10.1.2.3:8080/health".into(),
+                method: "GET".into(),
+                header: [("X".to_owned(), vec!["y".to_owned()])].into(),
+                body: String::new(),
+                tls_skip_verify: true,
+            }
+        );
+        assert_eq!(inst.checks[0].spec.deregister_after_ms, Some(90 * 60_000));
+        assert_eq!(inst.checks[1].spec.notes, "heartbeat");
+        assert_eq!(
+            inst.checks[2]
+                .spec
+                .run
+                .as_ref()
+                .map(|r| (&r.probe, r.timeout_ms)),
+            Some((
+                &Probe::Tcp {
+                    address: "10.1.2.3:8080".into()
+                },
+                DEFAULT_CHECK_TIMEOUT_MS
+            ))
+        );
         assert_eq!(inst.checks[0].name, "http");
         assert_eq!(inst.checks[1].name, "Service 'user-api' check");
         assert_eq!(inst.checks[1].ttl_ms, Some(30_000));
@@ -839,6 +1096,65 @@ mod tests {
             err(r#"{"Name":"a","Address":"10.0.0.1","Port":1,"Meta":{"v":1}}"#)
                 .starts_with("unexpected value")
         );
+    }
+
+    #[test]
+    fn checks_must_target_their_instance() {
+        let body = |target: &str| {
+            format!(
+                r#"{{"Name":"a","Address":"127.0.0.1","Port":1,"Check":{{{target},"Interval":"1s"}}}}"#
+            )
+        };
+        assert!(parse(&body(r#""HTTP":"http://127.0.0.1:1/h""#)).is_ok());
+        assert!(parse(&body(r#""HTTP":"http://localhost:1/h""#)).is_ok());
+        assert!(parse(&body(r#""TCP":"127.0.0.1:1""#)).is_ok());
+        let msg = err(&body(r#""HTTP":"http://10.9.9.9/h""#));
+        assert!(msg.contains("targets host \"10.9.9.9\""), "{msg}");
+        assert!(err(&body(r#""TCP":"example.com:22""#)).contains("only against its own instance"));
+        assert!(err(&body(r#""HTTP":"ftp://127.0.0.1/""#)).contains("not an http://"));
+    }
+
+    #[test]
+    fn thresholds_are_kept() {
+        let inst = parse(
+            r#"{"Name":"a","Address":"127.0.0.1","Port":1,"Check":{"TCP":"127.0.0.1:1","Interval":"1s",
+                "SuccessBeforePassing":2,"FailuresBeforeCritical":3,"FailuresBeforeWarning":1}}"#,
+        )
+        .expect("valid");
+        let spec = &inst.checks[0].spec;
+        assert_eq!(
+            (
+                spec.success_before_passing,
+                spec.failures_before_critical,
+                spec.failures_before_warning
+            ),
+            (2, 3, Some(1))
+        );
+        assert!(err(r#"{"Name":"a","Address":"127.0.0.1","Port":1,"Check":{"TTL":"1s","SuccessBeforePassing":-1}}"#)
+            .contains("non-negative"));
+    }
+
+    #[test]
+    fn check_registration_body() {
+        // what py-consul sends for agent.check.register(...)
+        let reg = parse_check_registration(
+            br#"{"name":"web-alive","http":"http://127.0.0.1:8080/","interval":"5s","id":"web-alive-1","notes":"n","serviceid":"web-1"}"#,
+        )
+        .expect("valid");
+        assert_eq!(reg.service_id, "web-1");
+        assert_eq!(
+            (reg.check.id.as_str(), reg.check.name.as_str()),
+            ("web-alive-1", "web-alive")
+        );
+        assert_eq!(reg.check.kind, CheckKind::Http);
+        let reg = parse_check_registration(br#"{"Name":"beat","TTL":"10s","ServiceID":"web-1"}"#)
+            .expect("valid");
+        assert_eq!(reg.check.id, "beat", "ID defaults to the name");
+        let msg = parse_check_registration(br#"{"Name":"beat","TTL":"10s"}"#)
+            .expect_err("no service")
+            .to_string();
+        assert!(msg.starts_with("missing \"ServiceID\""), "{msg}");
+        assert!(parse_check_registration(br#"{"TTL":"10s","ServiceID":"x"}"#).is_err());
     }
 
     #[test]

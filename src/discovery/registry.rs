@@ -38,20 +38,28 @@
 //! only (their output is written with the next compaction or with a change
 //! to that instance), so steady heartbeats cost no disk writes.
 //!
-//! Differences from a Consul agent: TTLs are recorded but not enforced yet,
-//! HTTP/TCP checks are not run (see [`register`](super::register)), and
-//! `/v1/agent/check/pass|warn|fail` may update any check, not only TTL ones,
-//! which is how an operator takes an instance out of rotation by hand.
+//! The registry's index (Consul's `X-Consul-Index`) is the sequence number
+//! of the last durable change: it only grows, across restarts too, and it
+//! moves when an instance or a check's status changes, not on a heartbeat
+//! that only changes a check's output. [`Registry::subscribe`] wakes
+//! blocking queries when it moves. TTL and HTTP/TCP checks are run by
+//! [`checks`](super::checks), which reads [`Registry::ttl_deadline`].
+//!
+//! Difference from a Consul agent: `/v1/agent/check/pass|warn|fail` may
+//! update any check, not only TTL ones, which is how an operator takes an
+//! instance out of rotation by hand.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
-use super::{Catalog, Health, Instance};
+use super::{Catalog, CheckKind, CheckState, Health, Instance};
 use crate::allocation::file::{persist, read_json};
 use crate::allocation::StoreError;
 
@@ -71,8 +79,13 @@ const COMPACT_MIN: u64 = 1 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     /// `/v1/agent/check/…/<id>` for a check no instance has (404).
-    #[error("check {0:?} is not registered; register the service with this CheckID first")]
+    #[error("Unknown check ID {0:?}. Ensure that the check ID is passed, not the check name.")]
     CheckNotFound(String),
+    /// A service ID no instance has (404).
+    #[error(
+        "Unknown service ID {0:?}. Ensure that the service ID is passed, not the service name."
+    )]
+    ServiceNotFound(String),
     /// The change could not be saved; nothing changed (500).
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -145,7 +158,23 @@ pub struct Registry {
     compact_min: u64,
     /// A compaction running in the background, if any.
     compaction: Option<Compaction>,
+    /// The index as blocking queries see it (`seq`, at least 1).
+    index: watch::Sender<u64>,
+    /// Instance id → (CreateIndex, ModifyIndex); in memory, so after a
+    /// restart every instance starts at the index it was loaded at.
+    indexes: HashMap<String, (u64, u64)>,
+    /// TTL check id → when its TTL last started (registration or update).
+    ttl_started: HashMap<String, Instant>,
 }
+
+/// The id of the check `PUT /v1/agent/service/maintenance/<id>` adds.
+pub fn maintenance_check_id(service_id: &str) -> String {
+    format!("_service_maintenance:{service_id}")
+}
+
+/// Consul's note for a maintenance check enabled without a reason.
+pub const DEFAULT_MAINTENANCE_REASON: &str =
+    "Maintenance mode is enabled for this service, but no reason was provided. This is a default message.";
 
 /// A base being written by a background thread.
 #[derive(Debug)]
@@ -238,6 +267,18 @@ impl Registry {
                 }
             }
         };
+        let seq = base_seq.max(last_seq).max(replayed.last_seq);
+        let now = Instant::now();
+        let indexes = instances
+            .keys()
+            .map(|id| (id.clone(), (seq.max(1), seq.max(1))))
+            .collect();
+        let ttl_started = instances
+            .values()
+            .flat_map(|i| i.checks.iter())
+            .filter(|c| c.ttl_ms.is_some())
+            .map(|c| (c.id.clone(), now))
+            .collect();
         Ok(Registry {
             path,
             journal_path,
@@ -246,9 +287,12 @@ impl Registry {
             journal,
             journal_len: replayed.torn.unwrap_or(replayed.len),
             base_len,
-            seq: base_seq.max(last_seq).max(replayed.last_seq),
+            seq,
             compact_min: COMPACT_MIN,
             compaction: None,
+            index: watch::Sender::new(seq.max(1)),
+            indexes,
+            ttl_started,
         })
     }
 
@@ -341,6 +385,9 @@ impl Registry {
         let status_changed = check.status != status;
         check.status = status;
         check.output = output.unwrap_or_default();
+        if check.ttl_ms.is_some() {
+            self.ttl_started.insert(check_id.to_owned(), Instant::now());
+        }
         inst.refresh_health();
         let id = inst.id.clone();
         if !status_changed {
@@ -349,6 +396,137 @@ impl Registry {
         }
         self.commit(vec![Arc::new(inst)], Vec::new())?;
         Ok(true)
+    }
+
+    /// As [`register`](Self::register), but keeps the checks of the
+    /// instance already registered under this id that the new registration
+    /// does not list (added by `/v1/agent/check/register` or maintenance),
+    /// as a Consul agent does unless `replace-existing-checks` is set.
+    pub fn register_keeping_checks(&mut self, mut inst: Instance) -> Result<bool, StoreError> {
+        if let Some(old) = self.instances.get(&inst.id) {
+            for check in &old.checks {
+                if !inst.checks.iter().any(|c| c.id == check.id) {
+                    inst.checks.push(check.clone());
+                }
+            }
+        }
+        self.register(inst)
+    }
+
+    /// Adds (or replaces) a check of the instance `service_id`
+    /// (`PUT /v1/agent/check/register`). An existing check with this id
+    /// keeps its status unless `check` gives one explicitly.
+    pub fn add_check(
+        &mut self,
+        service_id: &str,
+        check: CheckState,
+        explicit_status: bool,
+    ) -> Result<bool, RegistryError> {
+        let current = self
+            .instances
+            .get(service_id)
+            .ok_or_else(|| RegistryError::ServiceNotFound(service_id.to_owned()))?;
+        let mut inst = Instance::clone(current);
+        let status = check.status;
+        inst.checks.retain(|c| c.id != check.id);
+        inst.checks.push(check.clone());
+        let changed = self.register(inst)?;
+        if explicit_status && self.check(&check.id).is_some_and(|c| c.status != status) {
+            self.update_check(&check.id, status, None)?;
+            return Ok(true);
+        }
+        Ok(changed)
+    }
+
+    /// Removes a check (`PUT /v1/agent/check/deregister/<id>`).
+    pub fn remove_check(&mut self, check_id: &str) -> Result<(), RegistryError> {
+        let not_found = || RegistryError::CheckNotFound(check_id.to_owned());
+        let owner = self.check_owner.get(check_id).ok_or_else(not_found)?;
+        let current = self.instances.get(owner).ok_or_else(not_found)?;
+        let mut inst = Instance::clone(current);
+        inst.checks.retain(|c| c.id != check_id);
+        inst.refresh_health();
+        self.commit(vec![Arc::new(inst)], Vec::new())?;
+        Ok(())
+    }
+
+    /// Puts the instance into maintenance (`reason` given: adds the critical
+    /// `_service_maintenance:<id>` check) or takes it out (`None`: removes
+    /// it). Returns whether anything changed.
+    pub fn set_maintenance(
+        &mut self,
+        service_id: &str,
+        reason: Option<String>,
+    ) -> Result<bool, RegistryError> {
+        let current = self
+            .instances
+            .get(service_id)
+            .ok_or_else(|| RegistryError::ServiceNotFound(service_id.to_owned()))?;
+        let check_id = maintenance_check_id(service_id);
+        let present = current.checks.iter().any(|c| c.id == check_id);
+        let Some(reason) = reason else {
+            if !present {
+                return Ok(false);
+            }
+            self.remove_check(&check_id)?;
+            return Ok(true);
+        };
+        if present {
+            return Ok(false);
+        }
+        let mut inst = Instance::clone(current);
+        inst.checks.push(CheckState {
+            id: check_id,
+            name: "Service Maintenance Mode".into(),
+            kind: CheckKind::Maintenance,
+            status: Health::Critical,
+            output: String::new(),
+            ttl_ms: None,
+            spec: super::CheckSpec {
+                notes: if reason.is_empty() {
+                    DEFAULT_MAINTENANCE_REASON.to_owned()
+                } else {
+                    reason
+                },
+                ..Default::default()
+            },
+        });
+        inst.refresh_health();
+        self.commit(vec![Arc::new(inst)], Vec::new())?;
+        Ok(true)
+    }
+
+    /// The registry's index: the sequence number of the last durable
+    /// change, at least 1 (Consul never answers index 0).
+    pub fn index(&self) -> u64 {
+        self.seq.max(1)
+    }
+
+    /// A receiver that sees the index move (blocking queries wait on it).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.index.subscribe()
+    }
+
+    /// `(CreateIndex, ModifyIndex)` of an instance.
+    pub fn instance_indexes(&self, id: &str) -> (u64, u64) {
+        self.indexes
+            .get(id)
+            .copied()
+            .unwrap_or((self.index(), self.index()))
+    }
+
+    /// When the TTL check `check_id` expires unless updated before.
+    pub fn ttl_deadline(&self, check_id: &str) -> Option<Instant> {
+        let ttl = self.check(check_id)?.ttl_ms?;
+        let started = self.ttl_started.get(check_id)?;
+        Some(*started + Duration::from_millis(ttl))
+    }
+
+    /// The check `check_id` and the id of the instance that has it.
+    pub fn find_check(&self, check_id: &str) -> Option<(&Instance, &CheckState)> {
+        let owner = self.check_owner.get(check_id)?;
+        let inst = self.instances.get(owner)?;
+        Some((inst, inst.checks.iter().find(|c| c.id == check_id)?))
     }
 
     /// All instances, sorted by id; cheap (one `Arc` clone per instance).
@@ -390,6 +568,7 @@ impl Registry {
         let seq = self.seq + 1;
         if matches!(self.journal, Journal::Broken) {
             // Write the whole state with the change; undo it if that fails.
+            let (put2, delete2) = (put.clone(), delete.clone());
             let undo = self.apply(put, delete);
             self.seq = seq;
             if let Err(e) = self.compact() {
@@ -398,6 +577,8 @@ impl Registry {
                 self.seq = seq - 1;
                 return Err(e);
             }
+            self.note_change(&put2, &delete2, seq);
+            self.index.send_replace(seq.max(1));
             return Ok(());
         }
         let mut line = serde_json::to_vec(&RecordOut {
@@ -418,13 +599,36 @@ impl Registry {
             });
         }
         self.journal_len += line.len() as u64;
+        self.note_change(&put, &delete, seq);
         self.apply(put, delete);
         self.seq = seq;
+        self.index.send_replace(seq.max(1));
         self.finish_compaction(false);
         if self.compaction.is_none() && self.journal_len > self.compact_min.max(self.base_len) {
             self.start_compaction();
         }
         Ok(())
+    }
+
+    /// Keeps the in-memory indexes and TTL clocks in step with a change
+    /// about to be applied at `seq`.
+    fn note_change(&mut self, put: &[Arc<Instance>], delete: &[String], seq: u64) {
+        let now = Instant::now();
+        for id in delete {
+            self.indexes.remove(id);
+            if let Some(old) = self.instances.get(id) {
+                for c in &old.checks {
+                    self.ttl_started.remove(&c.id);
+                }
+            }
+        }
+        for inst in put {
+            let create = self.indexes.get(&inst.id).map_or(seq, |(c, _)| *c);
+            self.indexes.insert(inst.id.clone(), (create, seq));
+            for c in inst.checks.iter().filter(|c| c.ttl_ms.is_some()) {
+                self.ttl_started.entry(c.id.clone()).or_insert(now);
+            }
+        }
     }
 
     /// Seals the journal and writes the state as of now as a new base on a
@@ -784,6 +988,132 @@ mod tests {
             r#"{{"ID":"{id}","Name":"web","Address":"10.0.0.1","Port":8080,"Meta":{{"version":"{version}"}},
                 "Check":{{"CheckID":"{id}-ttl","TTL":"10s"}}}}"#
         ))
+    }
+
+    #[test]
+    fn the_index_moves_with_durable_changes_only_and_survives_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut reg = Registry::open(dir.path()).expect("open");
+        assert_eq!(reg.index(), 1, "never 0");
+        let mut changes = reg.subscribe();
+        reg.register(web("web-1", "v1")).expect("register");
+        assert!(changes.has_changed().expect("open"));
+        let after_register = reg.index();
+        assert_eq!(
+            reg.instance_indexes("web-1"),
+            (after_register, after_register)
+        );
+        changes.mark_unchanged();
+        reg.update_check("web-1-ttl", Health::Passing, Some("a".into()))
+            .expect("pass");
+        let after_pass = reg.index();
+        assert!(after_pass > after_register);
+        assert_eq!(reg.instance_indexes("web-1"), (after_register, after_pass));
+        changes.mark_unchanged();
+        reg.update_check("web-1-ttl", Health::Passing, Some("b".into()))
+            .expect("heartbeat");
+        assert_eq!(reg.index(), after_pass, "an output-only heartbeat");
+        assert!(!changes.has_changed().expect("open"));
+        drop(reg);
+        assert_eq!(
+            Registry::open(dir.path()).expect("reopen").index(),
+            after_pass
+        );
+    }
+
+    #[test]
+    fn checks_are_added_removed_and_kept_across_reregistration() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut reg = Registry::open(dir.path()).expect("open");
+        reg.register(web("web-1", "v1")).expect("register");
+        let extra = inst(
+            r#"{"ID":"x","Name":"x","Address":"10.0.0.1","Port":1,"Check":{"CheckID":"beat","TTL":"1h","Status":"passing"}}"#,
+        )
+        .checks
+        .remove(0);
+        assert!(reg.add_check("web-1", extra.clone(), true).expect("add"));
+        assert!(matches!(
+            reg.add_check("ghost", extra, false),
+            Err(RegistryError::ServiceNotFound(_))
+        ));
+        assert_eq!(
+            reg.find_check("beat")
+                .map(|(i, c)| (i.id.as_str(), c.status)),
+            Some(("web-1", Health::Passing))
+        );
+        // a re-registration that does not list it keeps it
+        reg.register_keeping_checks(web("web-1", "v1"))
+            .expect("register");
+        assert!(reg.find_check("beat").is_some());
+        reg.remove_check("beat").expect("remove");
+        assert!(reg.find_check("beat").is_none());
+        assert!(matches!(
+            reg.remove_check("beat"),
+            Err(RegistryError::CheckNotFound(_))
+        ));
+        // a plain register replaces the check list
+        reg.add_check(
+            "web-1",
+            reg.find_check("web-1-ttl")
+                .map(|(_, c)| CheckState {
+                    id: "b2".into(),
+                    ..c.clone()
+                })
+                .expect("check"),
+            false,
+        )
+        .expect("add");
+        reg.register(web("web-1", "v1")).expect("register");
+        assert!(reg.find_check("b2").is_none());
+        assert_eq!(
+            Registry::open(dir.path())
+                .expect("reopen")
+                .catalog()
+                .instances,
+            reg.catalog().instances
+        );
+    }
+
+    #[test]
+    fn maintenance_is_a_critical_check_that_comes_and_goes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut reg = Registry::open(dir.path()).expect("open");
+        reg.register(web("web-1", "v1")).expect("register");
+        reg.update_check("web-1-ttl", Health::Passing, None)
+            .expect("pass");
+        assert!(reg
+            .set_maintenance("web-1", Some(String::new()))
+            .expect("enable"));
+        assert!(!reg
+            .set_maintenance("web-1", Some("again".into()))
+            .expect("enable twice"));
+        let (inst, check) = reg.find_check("_service_maintenance:web-1").expect("added");
+        assert_eq!(
+            (inst.health, check.kind),
+            (Health::Critical, CheckKind::Maintenance)
+        );
+        assert_eq!(check.spec.notes, DEFAULT_MAINTENANCE_REASON);
+        assert!(reg.set_maintenance("web-1", None).expect("disable"));
+        assert!(!reg.set_maintenance("web-1", None).expect("disable twice"));
+        assert_eq!(reg.get("web-1").map(|i| i.health), Some(Health::Passing));
+        assert!(matches!(
+            reg.set_maintenance("ghost", None),
+            Err(RegistryError::ServiceNotFound(_))
+        ));
+    }
+
+    #[test]
+    fn ttl_deadlines_restart_on_every_update() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut reg = Registry::open(dir.path()).expect("open");
+        let before = Instant::now();
+        reg.register(web("web-1", "v1")).expect("register");
+        let first = reg.ttl_deadline("web-1-ttl").expect("a TTL check");
+        assert!(first >= before + Duration::from_secs(10));
+        reg.update_check("web-1-ttl", Health::Passing, None)
+            .expect("pass");
+        assert!(reg.ttl_deadline("web-1-ttl").expect("deadline") >= first);
+        assert_eq!(reg.ttl_deadline("nope"), None);
     }
 
     #[test]

@@ -673,6 +673,7 @@ impl UpstreamHealth {
                         status: Health::Critical,
                         output: state.out_reason().unwrap_or_default(),
                         ttl_ms: None,
+                        spec: Default::default(),
                     });
                     c.refresh_health();
                     let c = Arc::new(c);

@@ -140,6 +140,7 @@ pub fn instances(entries: Vec<HealthEntry>, labels: &Labels<'_>) -> (Vec<Instanc
                 name: c.name,
                 output: String::new(),
                 ttl_ms: None,
+                spec: Default::default(),
             })
             .collect();
         let mut instance = Instance {
