@@ -335,7 +335,7 @@ fn lane_json(
 }
 
 /// The version served and the chain walked to find it.
-fn version_json(snap: &Snapshot, lane: &str, t: &Target) -> Value {
+pub(super) fn version_json(snap: &Snapshot, lane: &str, t: &Target) -> Value {
     let service = &*t.service;
     let mut chain = Vec::new();
     let mut skipped = Vec::new();
@@ -394,7 +394,7 @@ fn version_json(snap: &Snapshot, lane: &str, t: &Target) -> Value {
 
 /// The instances that would be tried (the version's pool, in order) and
 /// those of the same version held out, with the reason.
-fn instances_json(c: &Control, snap: &Snapshot, t: &Target) -> Value {
+pub(super) fn instances_json(c: &Control, snap: &Snapshot, t: &Target) -> Value {
     let mut would_try = Vec::new();
     let mut in_pool = Vec::new();
     if let Ok(pool) = &t.pool {

@@ -1,12 +1,14 @@
-//! The admin plane on `[admin] listen` (axum): the lane REST API, the
-//! Consul-compatible registration endpoints of the embedded registry,
-//! `/metrics` and `/healthz`. Control plane only; it changes state through
+//! The admin plane on `[admin] listen` (axum): the QA dashboard (HTML at
+//! `/`), the lane REST API, the Consul-compatible registration endpoints of
+//! the embedded registry, `/metrics` and `/healthz`. Control plane only; it changes state through
 //! [`Control`] and never touches the request path.
 
+mod dashboard;
 mod error;
 mod explain;
 mod lanes;
 mod registry;
+mod warnings;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,6 +56,8 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/v1/agent/check/pass/:id", put(registry::check_pass))
         .route("/v1/agent/check/warn/:id", put(registry::check_warn))
         .route("/v1/agent/check/fail/:id", put(registry::check_fail))
+        // the dashboard: `/`, `/lanes/…`, `/instances`, `/rules`, `/assets/…`
+        .merge(dashboard::routes())
         .fallback(not_found)
         .with_state(control)
 }
