@@ -341,3 +341,29 @@ fn the_log_says_where_laneway_is_ready() {
     );
     assert_eq!(lw.log().matches("ready: data").count(), 1, "{}", lw.log());
 }
+
+#[test]
+fn the_rules_page_shows_the_errors_of_the_last_reload() {
+    let lw = Laneway::start(SIMPLE_ROUTES, "");
+    let (status, html) = page(&lw, "/rules");
+    assert_eq!(status, 200);
+    assert!(html.contains(r#"id="rules-status">ok<"#), "{html}");
+    assert!(html.contains("proxy to"), "{html}");
+
+    write(
+        &lw.path("routes.toml"),
+        &format!("{SIMPLE_ROUTES}\n[[server]]\nnames = [\"x.example.com\"]\n[[server.location]]\nmatch = \"/\"\nservic = \"web\"\n"),
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let (_, html) = page(&lw, "/rules");
+            html.contains(r#"id="rules-status">rejected<"#)
+                && html.contains("routes.toml:")
+                && html.contains("unknown field `servic`")
+        }),
+        "{}",
+        page(&lw, "/rules").1
+    );
+    // the last good rules still serve and are still listed
+    assert!(page(&lw, "/rules").1.contains("shop.example.com"));
+}

@@ -166,12 +166,8 @@ fn summary(lane: &Lane) -> Markup {
 /// Every service the rules route to (and any the lane's chain overrides),
 /// with the version served, why, and its instances.
 fn services(c: &Control, snap: &Snapshot, lane: &Lane) -> Markup {
-    let mut names: Vec<String> = snap
-        .rules
-        .services()
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let routed = snap.rules.services();
+    let mut names: Vec<String> = routed.iter().map(|s| s.to_string()).collect();
     for l in snap.lane_chain(&lane.name) {
         for s in l.services.keys() {
             if !names.contains(s) {
@@ -195,20 +191,31 @@ fn services(c: &Control, snap: &Snapshot, lane: &Lane) -> Markup {
                             Some(t) => {
                                 @let v = version_json(snap, &lane.name, t);
                                 @let inst = instances_json(c, snap, t);
-                                // explain calls every refusal "strict"; an unpinned
-                                // service with no instance is no lane's choice
+                                // only a strict lane refuses its own or an inherited
+                                // override; any other 503 is no instance anywhere
                                 @let choice = match (&t.pool, t.choice) {
-                                    (Err(_), Choice::Baseline) => "unavailable",
+                                    _ if !routed.iter().any(|r| **r == **name) => "unrouted",
+                                    (Err(_), Choice::Override | Choice::Inherited) => "strict",
+                                    (Err(_), _) => "unavailable",
                                     _ => v["choice"].as_str().unwrap_or(""),
+                                };
+                                @let why = match choice {
+                                    "unrouted" => format!("no rule routes to {name}: no request through laneway reaches it"),
+                                    _ => text(&v["why"]),
                                 };
                                 tr data-service=(name) class=(format!("choice-{choice}")) {
                                     td.service { (name) }
                                     td { span.version { (text(&v["version"])) } }
                                     td.why {
                                         span class=(format!("badge choice {choice}")) {
-                                            @match choice { "strict" => { "strict 503" }, "unavailable" => { "503" }, c => { (c) } }
+                                            @match choice {
+                                                "strict" => { "strict 503" },
+                                                "unavailable" => { "503" },
+                                                "unrouted" => { "not routed" },
+                                                c => { (c) },
+                                            }
                                         }
-                                        " " (text(&v["why"]))
+                                        " " (why)
                                     }
                                     td { (instances(&inst)) }
                                 }

@@ -441,6 +441,16 @@ async fn create_and_patch_answer_warnings() {
         "{warnings:?}"
     );
 
+    // the lane page shows the same warnings, and the override no rule reaches
+    let page = w.call("GET", "/lanes/t-2", None).await.body;
+    for warning in &warnings {
+        assert!(page.contains(&escaped(warning)), "{warning} in {page}");
+    }
+    assert!(
+        page.contains(r#"<tr data-service="payments" class="choice-unrouted">"#),
+        "{page}"
+    );
+
     let a = w
         .api(
             "PATCH",
