@@ -22,6 +22,7 @@ use crate::allocation::lanes::{
 };
 use crate::allocation::pools::{format_unix, unix_now_ms};
 use crate::control::Control;
+use crate::routing::snapshot::Snapshot;
 
 /// What every lane's JSON needs from the configuration and the rules,
 /// gathered once per response.
@@ -34,6 +35,8 @@ pub struct LaneJson {
     /// The exact server names of the loaded rules (no wildcard, no regex),
     /// for the hosts-file line of a VIP and the lane's production URLs.
     production_hosts: Vec<String>,
+    /// The serving snapshot, for each lane's warnings.
+    snapshot: Arc<Snapshot>,
 }
 
 /// Where a lane can be opened, with the data port in every URL that needs
@@ -72,12 +75,14 @@ impl LaneJson {
                 ports.push(a.port());
             }
         }
+        let snapshot = c.snapshot();
         LaneJson {
             domain: c.config.lanes.domain.clone(),
             header: c.config.lanes.header.to_string(),
             cookie: c.config.lanes.cookie.clone(),
             ports,
-            production_hosts: c.snapshot().rules.exact_server_names(),
+            production_hosts: snapshot.rules.exact_server_names(),
+            snapshot,
         }
     }
 
@@ -147,7 +152,7 @@ impl LaneJson {
         }
     }
 
-    /// A lane with its entries, as the API shows it.
+    /// A lane with its entries and its current warnings, as the API shows it.
     pub fn lane_json(&self, lane: &Lane) -> Value {
         let host = format!("{}.{}", lane.name, self.domain);
         let links = self.links(lane);
@@ -194,6 +199,7 @@ impl LaneJson {
                 "header": format!("{}: {}", self.header, lane.name),
                 "cookie": format!("{}={}", self.cookie, lane.name),
             },
+            "warnings": super::warnings::lane_warnings(&self.snapshot, lane),
         })
     }
 }
@@ -293,16 +299,9 @@ pub async fn create_lane(c: &Control, body: &[u8]) -> Result<(StatusCode, Lane),
     })
 }
 
-/// The lane's JSON with `warnings`: what in it will not serve as asked.
-fn with_warnings(c: &Control, lane: &Lane) -> Value {
-    let mut v = LaneJson::new(c).lane_json(lane);
-    v["warnings"] = json!(super::warnings::lane_warnings(&c.snapshot(), lane));
-    v
-}
-
 pub async fn create(State(c): State<Arc<Control>>, body: Bytes) -> Result<Response, ApiError> {
     let (status, lane) = create_lane(&c, &body).await?;
-    Ok((status, Json(with_warnings(&c, &lane))).into_response())
+    Ok((status, Json(LaneJson::new(&c).lane_json(&lane))).into_response())
 }
 
 /// `GET /api/v1/lanes[?owner=o][&label=k=v]…[&auto=true|false]`: every
@@ -416,7 +415,7 @@ pub async fn patch(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let lane = patch_lane(&c, &name, &body).await?;
-    Ok(Json(with_warnings(&c, &lane)))
+    Ok(Json(LaneJson::new(&c).lane_json(&lane)))
 }
 
 /// Body of `POST /api/v1/lanes/<name>/extend` (optional).
