@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 
 use super::ApiError;
 use crate::control::Control;
+use crate::discovery::Instance;
 use crate::proxy::plan;
 use crate::routing::lanes::{self, LaneSource};
 use crate::routing::rules::{Action, Decision, RequestInfo};
@@ -420,25 +421,30 @@ pub(super) fn instances_json(c: &Control, snap: &Snapshot, t: &Target) -> Value 
         .iter()
         .filter(|i| same_version(i.version.as_deref()))
         .filter(|i| !in_pool.iter().any(|id| **id == *i.id))
-        .map(|i| {
-            let reason = c
-                .upstream_health
-                .get(&i.id)
-                .and_then(|s| s.out_reason())
-                .or_else(|| {
-                    i.checks
-                        .iter()
-                        .find(|ch| ch.status == crate::discovery::Health::Critical)
-                        .map(|ch| format!("discovery check {} is critical", ch.id))
-                })
-                .unwrap_or_else(|| "weight 0".to_string());
-            json!({
-                "id": i.id,
-                "address": format!("{}:{}", i.address, i.port),
-                "health": i.health.as_str(),
-                "reason": reason,
-            })
-        })
+        .map(|i| held_out_json(c, i))
         .collect();
     json!({ "would_try": would_try, "held_out": held_out })
+}
+
+/// An instance that is not in its version's pool, with why: laneway's own
+/// verdict (active check, passive ejection), else a critical discovery
+/// check, else its weight of 0.
+pub(super) fn held_out_json(c: &Control, i: &Instance) -> Value {
+    let reason = c
+        .upstream_health
+        .get(&i.id)
+        .and_then(|s| s.out_reason())
+        .or_else(|| {
+            i.checks
+                .iter()
+                .find(|ch| ch.status == crate::discovery::Health::Critical)
+                .map(|ch| format!("discovery check {} is critical", ch.id))
+        })
+        .unwrap_or_else(|| "weight 0".to_string());
+    json!({
+        "id": i.id,
+        "address": format!("{}:{}", i.address, i.port),
+        "health": i.health.as_str(),
+        "reason": reason,
+    })
 }

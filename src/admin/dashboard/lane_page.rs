@@ -13,12 +13,12 @@ use maud::{html, Markup};
 use serde_json::{json, Value};
 
 use super::{copy_button, cross_site, page, problem, respond, when, Nav};
-use crate::admin::explain::{instances_json, version_json};
+use crate::admin::explain::{held_out_json, instances_json, version_json};
 use crate::admin::lanes::{delete_lane, extend_lane, LaneJson, LaneLinks};
 use crate::admin::warnings::lane_warnings;
 use crate::allocation::lanes::{Lane, BASELINE};
 use crate::control::Control;
-use crate::routing::snapshot::{Choice, Snapshot};
+use crate::routing::snapshot::{Choice, Snapshot, Target};
 
 /// `GET /lanes/<name>`.
 pub async fn show(
@@ -217,7 +217,15 @@ fn services(c: &Control, snap: &Snapshot, lane: &Lane) -> Markup {
                                         }
                                         " " (why)
                                     }
-                                    td { (instances(&inst)) }
+                                    td {
+                                        (instances(&inst))
+                                        @for (version, by, members) in passed_over(c, snap, &lane.name, t) {
+                                            div.passed-over {
+                                                "version " span.version { (version) } " of lane " (by) ", not serving:"
+                                                (instances(&json!({ "held_out": members })))
+                                            }
+                                        }
+                                    }
                                 }
                             },
                             None => {
@@ -237,6 +245,33 @@ fn services(c: &Control, snap: &Snapshot, lane: &Lane) -> Markup {
             }
         }
     }
+}
+
+/// The versions the lane's chain pins for the target's service but that do
+/// not serve (a fallback passed over them), each with the lane pinning it
+/// and its instances as held out.
+fn passed_over(
+    c: &Control,
+    snap: &Snapshot,
+    lane: &str,
+    t: &Target,
+) -> Vec<(String, String, Vec<Value>)> {
+    let mut out = Vec::new();
+    for l in snap.lane_chain(lane) {
+        if l.name == *t.served_by {
+            break;
+        }
+        if let Some(v) = l.services.get(&*t.service) {
+            let members = snap
+                .service_members(&t.service)
+                .iter()
+                .filter(|i| i.version.as_deref() == Some(v.as_str()))
+                .map(|i| held_out_json(c, i))
+                .collect();
+            out.push((v.clone(), l.name.clone(), members));
+        }
+    }
+    out
 }
 
 /// The instances explain lists: those in the pool, then those held out.

@@ -30,8 +30,14 @@ pub async fn list(
         .find(|(k, _)| k == "deleted")
         .map(|(_, v)| v.clone());
     let lanes = c.lanes.lock().await.list();
-    // a deleted note only while the lane really is gone
-    let deleted = deleted.filter(|d| !lanes.iter().any(|l| &l.name == d));
+    // a deleted note only for a lane name that really is gone (the query
+    // string is anyone's to write)
+    let deleted = deleted.filter(|d| {
+        d.len() <= 63
+            && d.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !lanes.iter().any(|l| &l.name == d)
+    });
     let view = LaneJson::new(&c);
     let shown: Vec<&Lane> = lanes
         .iter()

@@ -353,6 +353,13 @@ async fn the_lane_page_says_why_each_service_gets_its_version() {
         web.contains("choice-fallback") && web.contains("v3 of lane t-down"),
         "{web}"
     );
+    // the version passed over, with its instance and why it does not serve
+    assert!(web.contains(r#"class="passed-over""#), "{web}");
+    assert!(
+        web.contains("127.0.0.1:18003")
+            && web.contains("discovery check service:web-3 is critical"),
+        "{web}"
+    );
     assert!(
         page.contains(r#"class="warning""#) && page.contains("has 1 instance but none is healthy"),
         "{page}"
