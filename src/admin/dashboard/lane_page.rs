@@ -205,7 +205,11 @@ fn services(c: &Control, snap: &Snapshot, lane: &Lane) -> Markup {
                                 };
                                 tr data-service=(name) class=(format!("choice-{choice}")) {
                                     td.service { (name) }
-                                    td { span.version { (text(&v["version"])) } }
+                                    td { @if choice == "unrouted" {
+                                        span.muted { "—" }
+                                    } @else {
+                                        span.version { (text(&v["version"])) }
+                                    } }
                                     td.why {
                                         span class=(format!("badge choice {choice}")) {
                                             @match choice {
@@ -218,11 +222,17 @@ fn services(c: &Control, snap: &Snapshot, lane: &Lane) -> Markup {
                                         " " (why)
                                     }
                                     td {
-                                        (instances(&inst))
-                                        @for (version, by, members) in passed_over(c, snap, &lane.name, t) {
-                                            div.passed-over {
-                                                "version " span.version { (version) } " of lane " (by) ", not serving:"
-                                                (instances(&json!({ "held_out": members })))
+                                        @if choice == "unrouted" {
+                                            span.muted { "—" }
+                                        } @else {
+                                            (instances(&inst))
+                                        }
+                                        @if choice == "fallback" {
+                                            @for (version, by, members) in passed_over(c, snap, &lane.name, t) {
+                                                div.passed-over {
+                                                    "version " span.version { (version) } " of lane " (by) ", not serving: "
+                                                    (instances(&json!({ "held_out": members })))
+                                                }
                                             }
                                         }
                                     }
