@@ -58,13 +58,13 @@ pub async fn instances(State(c): State<Arc<Control>>) -> Markup {
                 thead { tr { th { "Service" } th { "Version" } th { "Instance" } th { "Address" } th { "Health" } th { "Weight" } th { "Laneway" } } }
                 tbody {
                     @for (service, versions) in &by {
-                        @for (version, list) in versions {
+                        @for (v_index, (version, list)) in versions.iter().enumerate() {
                             @for (n, (i, is_static)) in list.iter().map(|e| (&e.0, e.1)).enumerate() {
                                 @let held = c.upstream_health.get(&i.id).and_then(|s| s.out_reason());
                                 @let health = if held.is_some() { Health::Critical } else { i.health };
                                 tr class=(format!("health {}", health.as_str())) data-service=(service) data-version=(version) {
                                     td.service {
-                                        @if n == 0 {
+                                        @if n == 0 && v_index == 0 {
                                             (service)
                                             @if !routed.iter().any(|r| &**r == *service) {
                                                 " " span.badge title="no rule routes to this service" { "not routed" }
@@ -83,6 +83,7 @@ pub async fn instances(State(c): State<Arc<Control>>) -> Markup {
                                     td { (i.weight()) span.muted { " (passing " (i.weight_passing) ", warning " (i.weight_warning) ")" } }
                                     td { @match &held {
                                         Some(r) => { span.reason { "held out: " (r) } },
+                                        None if i.weight() == 0 => { span.reason { "no traffic: weight 0 at " (i.health.as_str()) } },
                                         None => { span.muted { "in service" } },
                                     } }
                                 }
