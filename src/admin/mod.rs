@@ -1,7 +1,7 @@
 //! The admin plane on `[admin] listen` (axum): the QA dashboard (HTML at
 //! `/`), the lane REST API, the Consul-compatible registration endpoints of
-//! the embedded registry, `/metrics` and `/healthz`. Control plane only; it changes state through
-//! [`Control`] and never touches the request path.
+//! the embedded registry, `/metrics` and `/healthz`. Control plane only; it
+//! changes state through [`Control`] and never touches the request path.
 
 mod dashboard;
 mod error;
