@@ -367,3 +367,32 @@ fn the_rules_page_shows_the_errors_of_the_last_reload() {
     // the last good rules still serve and are still listed
     assert!(page(&lw, "/rules").1.contains("shop.example.com"));
 }
+
+#[test]
+fn the_lane_page_and_instances_page_name_laneways_hold_out_reason() {
+    let lw = Laneway::start(
+        SIMPLE_ROUTES,
+        "[services.web.check]\ntcp = true\ninterval = \"50ms\"\ntimeout = \"1s\"\nrise = 1\nfall = 1\n",
+    );
+    let stable = Upstream::start("web-stable");
+    lw.register("web-1", "web", Some("stable"), stable.port());
+    // nothing listens there: laneway's own check takes it out
+    lw.register("web-4", "web", Some("v4"), free_port());
+    let (status, v) = lw.create_lane(r#"{"name":"t-4","services":{"web":"v4"}}"#);
+    assert_eq!(status, 201, "{v}");
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let web = service_row(&page(&lw, "/lanes/t-4").1, "web");
+            web.contains("choice-fallback") && web.contains("active check failing")
+        }),
+        "{}",
+        page(&lw, "/lanes/t-4").1
+    );
+    let (_, html) = page(&lw, "/instances");
+    let row = html
+        .split("<tr ")
+        .find(|r| r.contains(r#"data-version="v4""#))
+        .unwrap_or_else(|| panic!("a row for v4 in {html}"));
+    assert!(row.contains("health critical"), "{row}");
+    assert!(row.contains("held out: active check failing"), "{row}");
+}
