@@ -317,9 +317,65 @@ fn run(config_path: PathBuf, upgrade: bool) -> anyhow::Result<()> {
         listeners = laneway::proxy::server::listen_addresses(&control.config).len(),
         "data plane listening"
     );
+    runtime.spawn(announce_ready(control.clone()));
     laneway::proxy::server::run(server, control, &runtime);
     drop(watcher);
     Ok(())
+}
+
+/// Logs `ready: data http://…, admin/dashboard http://…/` once every plain
+/// `[proxy] listen` address accepts connections (Pingora binds them on its
+/// own threads after `run` starts), naming every data listener.
+async fn announce_ready(control: Arc<Control>) {
+    const WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+    let cfg = &control.config;
+    let reachable = |a: std::net::SocketAddr| {
+        if a.ip().is_unspecified() {
+            let ip: std::net::IpAddr = if a.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            };
+            std::net::SocketAddr::new(ip, a.port())
+        } else {
+            a
+        }
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    for &addr in &cfg.proxy.listen {
+        loop {
+            if tokio::net::TcpStream::connect(reachable(addr))
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(listen = %addr, "the data listener does not accept connections {} s after start", WAIT.as_secs());
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    let mut data: Vec<String> = cfg
+        .proxy
+        .listen
+        .iter()
+        .chain(&cfg.proxy.h2c_listen)
+        .map(|a| format!("http://{}", reachable(*a)))
+        .collect();
+    if let Some(tls) = &cfg.tls {
+        data.extend(
+            tls.listen
+                .iter()
+                .map(|a| format!("https://{}", reachable(*a))),
+        );
+    }
+    tracing::info!(
+        "ready: data {}, admin/dashboard http://{}/",
+        data.join(", "),
+        reachable(cfg.admin.listen)
+    );
 }
 
 /// The admin listener, with `SO_REUSEPORT` so that a new laneway taking over

@@ -290,6 +290,16 @@ pub async fn check(State(access): State<Arc<Access>>, mut req: Request, next: Ne
             None => (Caller::anonymous(access.anonymous), false),
         },
     };
+    // Without a tokens file a browser opening a dashboard page gets an
+    // anonymous session, so that its forms carry a CSRF token too.
+    let mut new_session = None;
+    if !by_session && access.tokens.is_none() && method == Method::GET && wants_html(&req) {
+        let (id, csrf) = access.new_session(None);
+        new_session = Some(id);
+        let mut c = caller.clone();
+        c.csrf = Some(csrf);
+        req.extensions_mut().insert(c);
+    }
     if let Some(scope) = guard::required_scope(&method, &path) {
         if !caller.scopes.grants(scope) {
             let signed_in = by_session || caller.name != "anonymous";
@@ -365,8 +375,16 @@ pub async fn check(State(access): State<Arc<Access>>, mut req: Request, next: Ne
             );
         }
     }
-    req.extensions_mut().insert(caller);
-    next.run(req).await
+    if req.extensions().get::<Caller>().is_none() {
+        req.extensions_mut().insert(caller);
+    }
+    let mut resp = next.run(req).await;
+    if let Some(id) = new_session {
+        if let Ok(v) = HeaderValue::from_str(&session_cookie(&id)) {
+            resp.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
+    resp
 }
 
 fn constant_eq(a: &str, b: &str) -> bool {

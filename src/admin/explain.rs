@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 
 use super::ApiError;
 use crate::control::Control;
+use crate::discovery::Instance;
 use crate::proxy::plan;
 use crate::routing::lanes::{self, LaneSource};
 use crate::routing::rules::{Action, Decision, RequestInfo};
@@ -335,7 +336,7 @@ fn lane_json(
 }
 
 /// The version served and the chain walked to find it.
-fn version_json(snap: &Snapshot, lane: &str, t: &Target) -> Value {
+pub(super) fn version_json(snap: &Snapshot, lane: &str, t: &Target) -> Value {
     let service = &*t.service;
     let mut chain = Vec::new();
     let mut skipped = Vec::new();
@@ -394,7 +395,7 @@ fn version_json(snap: &Snapshot, lane: &str, t: &Target) -> Value {
 
 /// The instances that would be tried (the version's pool, in order) and
 /// those of the same version held out, with the reason.
-fn instances_json(c: &Control, snap: &Snapshot, t: &Target) -> Value {
+pub(super) fn instances_json(c: &Control, snap: &Snapshot, t: &Target) -> Value {
     let mut would_try = Vec::new();
     let mut in_pool = Vec::new();
     if let Ok(pool) = &t.pool {
@@ -420,25 +421,30 @@ fn instances_json(c: &Control, snap: &Snapshot, t: &Target) -> Value {
         .iter()
         .filter(|i| same_version(i.version.as_deref()))
         .filter(|i| !in_pool.iter().any(|id| **id == *i.id))
-        .map(|i| {
-            let reason = c
-                .upstream_health
-                .get(&i.id)
-                .and_then(|s| s.out_reason())
-                .or_else(|| {
-                    i.checks
-                        .iter()
-                        .find(|ch| ch.status == crate::discovery::Health::Critical)
-                        .map(|ch| format!("discovery check {} is critical", ch.id))
-                })
-                .unwrap_or_else(|| "weight 0".to_string());
-            json!({
-                "id": i.id,
-                "address": format!("{}:{}", i.address, i.port),
-                "health": i.health.as_str(),
-                "reason": reason,
-            })
-        })
+        .map(|i| held_out_json(c, i))
         .collect();
     json!({ "would_try": would_try, "held_out": held_out })
+}
+
+/// An instance that is not in its version's pool, with why: laneway's own
+/// verdict (active check, passive ejection), else a critical discovery
+/// check, else its weight of 0.
+pub(super) fn held_out_json(c: &Control, i: &Instance) -> Value {
+    let reason = c
+        .upstream_health
+        .get(&i.id)
+        .and_then(|s| s.out_reason())
+        .or_else(|| {
+            i.checks
+                .iter()
+                .find(|ch| ch.status == crate::discovery::Health::Critical)
+                .map(|ch| format!("discovery check {} is critical", ch.id))
+        })
+        .unwrap_or_else(|| "weight 0".to_string());
+    json!({
+        "id": i.id,
+        "address": format!("{}:{}", i.address, i.port),
+        "health": i.health.as_str(),
+        "reason": reason,
+    })
 }

@@ -1,5 +1,6 @@
-//! `/api/v1/lanes`: create (with entries), list (with filters), show,
-//! patch, extend and delete lanes.
+//! `/api/v1/lanes`: create (with entries and warnings), list (with
+//! filters), show, patch, extend and delete lanes; the same operations for
+//! the dashboard's forms. Control plane.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -21,6 +22,7 @@ use crate::allocation::lanes::{
 };
 use crate::allocation::pools::{format_unix, unix_now_ms};
 use crate::control::Control;
+use crate::routing::snapshot::Snapshot;
 
 /// What every lane's JSON needs from the configuration and the rules,
 /// gathered once per response.
@@ -31,8 +33,38 @@ pub struct LaneJson {
     /// Distinct `[proxy] listen` ports, in order.
     ports: Vec<u16>,
     /// The exact server names of the loaded rules (no wildcard, no regex),
-    /// for the hosts-file line of a VIP.
+    /// for the hosts-file line of a VIP and the lane's production URLs.
     production_hosts: Vec<String>,
+    /// The serving snapshot, for each lane's warnings.
+    snapshot: Arc<Snapshot>,
+}
+
+/// Where a lane can be opened, with the data port in every URL that needs
+/// it (`:80` left out). Shared by the API's `entries` and the dashboard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaneLinks {
+    /// The lane's entry hostname: `<lane>.<domain>` or the template's.
+    pub hostname: String,
+    /// `http://<lane>.<domain>:<port>/`.
+    pub hostname_url: String,
+    /// `(production host, http://<prod-host>.<lane>.<domain>:<port>/)` for
+    /// every exact server name of the rules.
+    pub production_urls: Vec<(String, String)>,
+    /// `(production host, http://<prod-host>:<port>/__laneway/lane?use=<lane>)`:
+    /// the switch link that sets the lane cookie for that host.
+    pub switch_urls: Vec<(String, String)>,
+    /// `http://<vip>:<port>/`.
+    pub vip_url: Option<String>,
+    /// `http://<hostname>:<pool port>/`.
+    pub port_url: Option<String>,
+    /// A valid `/etc/hosts` line (no port: the hosts file has none) mapping
+    /// the production hosts to the VIP.
+    pub hosts_line: Option<String>,
+    /// `http://<prod-host>:<port>/`: what to open once the hosts line is in
+    /// place (the names then lead to the VIP, the port still matters).
+    pub hosts_urls: Vec<String>,
+    /// `/api/v1/lanes/<name>/pac` on the admin listener.
+    pub pac_path: String,
 }
 
 impl LaneJson {
@@ -43,41 +75,88 @@ impl LaneJson {
                 ports.push(a.port());
             }
         }
-        let mut production_hosts: Vec<String> = Vec::new();
-        for server in c.snapshot().rules.servers() {
-            for name in &server.names {
-                let name = name.trim().trim_end_matches('.').to_ascii_lowercase();
-                if crate::config::is_hostname(&name) && !production_hosts.contains(&name) {
-                    production_hosts.push(name);
-                }
-            }
-        }
+        let snapshot = c.snapshot();
         LaneJson {
             domain: c.config.lanes.domain.clone(),
             header: c.config.lanes.header.to_string(),
             cookie: c.config.lanes.cookie.clone(),
             ports,
-            production_hosts,
+            production_hosts: snapshot.rules.exact_server_names(),
+            snapshot,
         }
     }
 
     /// `http://<host>[:port]/` for every listen port (`:80` left out).
     fn urls(&self, host: &str) -> impl Iterator<Item = String> + '_ {
         let host = host.to_owned();
-        self.ports.iter().map(move |p| match p {
-            80 => format!("http://{host}/"),
-            p => format!("http://{host}:{p}/"),
-        })
+        self.ports.iter().map(move |&p| url_at(&host, p))
     }
 
-    /// A lane with its entries, as the API shows it.
-    pub fn lane_json(&self, lane: &Lane) -> Value {
+    /// `http://<host>[:port]/` on the first listen port.
+    fn url(&self, host: &str) -> String {
+        url_at(host, self.ports.first().copied().unwrap_or(80))
+    }
+
+    /// The exact server names of the loaded rules.
+    pub fn production_hosts(&self) -> &[String] {
+        &self.production_hosts
+    }
+
+    /// Where `lane` can be opened (links on the first listen port).
+    pub fn links(&self, lane: &Lane) -> LaneLinks {
         let host = format!("{}.{}", lane.name, self.domain);
         let hostname = if lane.entries.hostname.is_empty() {
             host.clone()
         } else {
             lane.entries.hostname.clone()
         };
+        let vip_host = lane.entries.vip.map(|vip| match vip {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => format!("[{v6}]"),
+        });
+        let hosts_line = lane.entries.vip.map(|vip| {
+            let mut names: Vec<&str> = self.production_hosts.iter().map(String::as_str).collect();
+            if !names.contains(&hostname.as_str()) {
+                names.push(&hostname);
+            }
+            format!("{vip} {}", names.join(" "))
+        });
+        let lane_name = percent_encoding::utf8_percent_encode(&lane.name, QUERY_VALUE);
+        LaneLinks {
+            hostname_url: self.url(&hostname),
+            production_urls: self
+                .production_hosts
+                .iter()
+                .map(|p| (p.clone(), self.url(&format!("{p}.{host}"))))
+                .collect(),
+            switch_urls: self
+                .production_hosts
+                .iter()
+                .map(|p| {
+                    let base = self.url(p);
+                    (p.clone(), format!("{base}__laneway/lane?use={lane_name}"))
+                })
+                .collect(),
+            vip_url: vip_host.as_deref().map(|h| self.url(h)),
+            port_url: lane
+                .entries
+                .port
+                .map(|port| format!("http://{hostname}:{port}/")),
+            hosts_urls: match hosts_line {
+                Some(_) => self.production_hosts.iter().map(|p| self.url(p)).collect(),
+                None => Vec::new(),
+            },
+            hosts_line,
+            pac_path: format!("/api/v1/lanes/{}/pac", lane.name),
+            hostname,
+        }
+    }
+
+    /// A lane with its entries and its current warnings, as the API shows it.
+    pub fn lane_json(&self, lane: &Lane) -> Value {
+        let host = format!("{}.{}", lane.name, self.domain);
+        let links = self.links(lane);
+        let hostname = &links.hostname;
         let mut urls: Vec<String> = Vec::new();
         if let Some(vip) = lane.entries.vip {
             let vip_host = match vip {
@@ -90,16 +169,9 @@ impl LaneJson {
             urls.push(format!("http://{hostname}:{port}/"));
         }
         urls.extend(self.urls(&host));
-        if hostname != host {
-            urls.extend(self.urls(&hostname));
+        if *hostname != host {
+            urls.extend(self.urls(hostname));
         }
-        let hosts_line = lane.entries.vip.map(|vip| {
-            let mut names: Vec<&str> = self.production_hosts.iter().map(String::as_str).collect();
-            if !names.contains(&hostname.as_str()) {
-                names.push(&hostname);
-            }
-            format!("{vip} {}", names.join(" "))
-        });
         json!({
             "name": lane.name,
             "services": lane.services,
@@ -120,12 +192,30 @@ impl LaneJson {
                 "port": lane.entries.port,
                 "hostname": hostname,
                 "urls": urls,
-                "hosts_line": hosts_line,
+                "hosts_line": links.hosts_line,
+                "hosts_urls": links.hosts_urls,
                 "production_hostnames": format!("<production-host>.{host}"),
+                "production_urls": links.production_urls.iter().map(|(_, u)| u).collect::<Vec<_>>(),
                 "header": format!("{}: {}", self.header, lane.name),
                 "cookie": format!("{}={}", self.cookie, lane.name),
             },
+            "warnings": super::warnings::lane_warnings(&self.snapshot, lane),
         })
+    }
+}
+
+/// What a query value must escape.
+const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// `http://<host>[:port]/`, `:80` left out.
+fn url_at(host: &str, port: u16) -> String {
+    match port {
+        80 => format!("http://{host}/"),
+        p => format!("http://{host}:{p}/"),
     }
 }
 
@@ -189,13 +279,16 @@ fn counted(c: &Control, e: ApiError) -> ApiError {
     e
 }
 
-pub async fn create(State(c): State<Arc<Control>>, body: Bytes) -> Result<Response, ApiError> {
-    let spec: LaneSpec = parse_body(&c, &body, "invalid lane body")?;
+/// Creates a lane from a `POST /api/v1/lanes` body: the one code path of
+/// the API and the dashboard's form. Answers 201 and the lane when created,
+/// 200 when an identical lane already existed.
+pub async fn create_lane(c: &Control, body: &[u8]) -> Result<(StatusCode, Lane), ApiError> {
+    let spec: LaneSpec = parse_body(c, body, "invalid lane body")?;
     let outcome = c
         .mutate_lanes(|lanes| lanes.create(spec.clone()))
         .await
-        .map_err(|e| counted(&c, e.into()))?;
-    let (status, lane) = match outcome {
+        .map_err(|e| counted(c, e.into()))?;
+    Ok(match outcome {
         CreateOutcome::Created(lane) => {
             info!(lane = %lane.name, vip = ?lane.entries.vip, port = ?lane.entries.port, hostname = %lane.entries.hostname, owner = ?lane.owner, expires_at = ?lane.expires_at, "lane created");
             let generation = c.changed();
@@ -203,7 +296,11 @@ pub async fn create(State(c): State<Arc<Control>>, body: Bytes) -> Result<Respon
             (StatusCode::CREATED, lane)
         }
         CreateOutcome::Existing(lane) => (StatusCode::OK, lane),
-    };
+    })
+}
+
+pub async fn create(State(c): State<Arc<Control>>, body: Bytes) -> Result<Response, ApiError> {
+    let (status, lane) = create_lane(&c, &body).await?;
     Ok((status, Json(LaneJson::new(&c).lane_json(&lane))).into_response())
 }
 
@@ -300,18 +397,24 @@ pub async fn show(
     Ok(Json(LaneJson::new(&c).lane_json(&lane)))
 }
 
+/// Applies a `PATCH /api/v1/lanes/<name>` body.
+pub async fn patch_lane(c: &Control, name: &str, body: &[u8]) -> Result<Lane, ApiError> {
+    let patch: LanePatch = parse_body(c, body, "invalid lane patch")?;
+    let lane = c
+        .mutate_lanes(|lanes| lanes.patch(name, patch.clone()))
+        .await
+        .map_err(|e| counted(c, e.into()))?;
+    let generation = c.changed();
+    c.wait_built(generation, PUBLISH_WAIT).await;
+    Ok(lane)
+}
+
 pub async fn patch(
     State(c): State<Arc<Control>>,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let patch: LanePatch = parse_body(&c, &body, "invalid lane patch")?;
-    let lane = c
-        .mutate_lanes(|lanes| lanes.patch(&name, patch.clone()))
-        .await
-        .map_err(|e| counted(&c, e.into()))?;
-    let generation = c.changed();
-    c.wait_built(generation, PUBLISH_WAIT).await;
+    let lane = patch_lane(&c, &name, &body).await?;
     Ok(Json(LaneJson::new(&c).lane_json(&lane)))
 }
 
@@ -323,42 +426,53 @@ struct ExtendBody {
 }
 
 /// Renews a lane's lease: it now ends `ttl` (or the lane's own lease
-/// length) from now.
+/// length) from now. `body` is empty or `{"ttl": "…"}`.
+pub async fn extend_lane(c: &Control, name: &str, body: &[u8]) -> Result<Lane, ApiError> {
+    let body: ExtendBody = if body.iter().all(u8::is_ascii_whitespace) {
+        ExtendBody::default()
+    } else {
+        parse_body(c, body, "invalid extend body")?
+    };
+    let ttl = body
+        .ttl
+        .map(|t| parse_ttl(name, &t))
+        .transpose()
+        .map_err(|e| counted(c, e.into()))?;
+    let now_ms = unix_now_ms();
+    let lane = c
+        .mutate_lanes(|lanes| lanes.extend_at(name, ttl, now_ms))
+        .await
+        .map_err(|e| counted(c, e.into()))?;
+    info!(lane = %lane.name, expires_at = ?lane.expires_at, "lane lease extended");
+    Ok(lane)
+}
+
 pub async fn extend(
     State(c): State<Arc<Control>>,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let body: ExtendBody = if body.iter().all(u8::is_ascii_whitespace) {
-        ExtendBody::default()
-    } else {
-        parse_body(&c, &body, "invalid extend body")?
-    };
-    let ttl = body
-        .ttl
-        .map(|t| parse_ttl(&name, &t))
-        .transpose()
-        .map_err(|e| counted(&c, e.into()))?;
-    let now_ms = unix_now_ms();
-    let lane = c
-        .mutate_lanes(|lanes| lanes.extend_at(&name, ttl, now_ms))
-        .await
-        .map_err(|e| counted(&c, e.into()))?;
-    info!(lane = %lane.name, expires_at = ?lane.expires_at, "lane lease extended");
+    let lane = extend_lane(&c, &name, &body).await?;
     Ok(Json(LaneJson::new(&c).lane_json(&lane)))
+}
+
+/// Deletes a lane; its entries go into quarantine.
+pub async fn delete_lane(c: &Control, name: &str) -> Result<Lane, ApiError> {
+    let lane = c
+        .mutate_lanes(|lanes| lanes.delete(name))
+        .await
+        .map_err(|e| counted(c, e.into()))?;
+    info!(lane = %lane.name, vip = ?lane.entries.vip, port = ?lane.entries.port, "lane deleted; its entries are in quarantine");
+    let generation = c.changed();
+    c.wait_built(generation, PUBLISH_WAIT).await;
+    Ok(lane)
 }
 
 pub async fn delete(
     State(c): State<Arc<Control>>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let lane = c
-        .mutate_lanes(|lanes| lanes.delete(&name))
-        .await
-        .map_err(|e| counted(&c, e.into()))?;
-    info!(lane = %lane.name, vip = ?lane.entries.vip, port = ?lane.entries.port, "lane deleted; its entries are in quarantine");
-    let generation = c.changed();
-    c.wait_built(generation, PUBLISH_WAIT).await;
+    let lane = delete_lane(&c, &name).await?;
     Ok(Json(json!({"deleted": LaneJson::new(&c).lane_json(&lane)})))
 }
 

@@ -1,21 +1,23 @@
-//! The admin plane on `[admin] listen` (axum): the lane REST API, the
-//! Consul-compatible registration endpoints of the embedded registry,
-//! `/metrics` and `/healthz`. Control plane only; it changes state through
-//! [`Control`] and never touches the request path.
+//! The admin plane on `[admin] listen` (axum): the QA dashboard (HTML at
+//! `/`), the lane REST API, the Consul-compatible registration endpoints of
+//! the embedded registry, `/metrics` and `/healthz`. Control plane only; it
+//! changes state through [`Control`] and never touches the request path.
 
-mod access;
+pub(crate) mod access;
 mod agent;
 #[allow(dead_code)] // until the admin handlers record changes
 mod audit;
 mod auth;
 mod catalog;
 mod consul_shape;
+mod dashboard;
 mod error;
 mod explain;
 mod guard;
 mod lanes;
 mod pac;
 mod registry;
+mod warnings;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -84,6 +86,8 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/v1/health/state/:state", get(catalog::health_state))
         .route("/v1/status/leader", get(catalog::leader))
         .route("/v1/status/peers", get(catalog::peers))
+        // the dashboard: `/`, `/lanes/…`, `/instances`, `/rules`, `/assets/…`
+        .merge(dashboard::routes())
         .fallback(not_found)
         .with_state(control)
 }

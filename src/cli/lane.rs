@@ -329,6 +329,10 @@ fn show_lane(lane: &Value) -> String {
     for (k, v) in rows {
         let _ = writeln!(out, "{:<13} {v}", format!("{k}:"));
     }
+    // create and patch say what in the lane will not serve as asked
+    for w in lane["warnings"].as_array().into_iter().flatten() {
+        let _ = writeln!(out, "warning: {}", text(w));
+    }
     out
 }
 
@@ -394,6 +398,21 @@ mod tests {
         assert!(out.contains("description:  -\n"), "{out}");
         assert!(
             out.contains("expires:      2030-01-01T00:00:00Z (ttl 72h)\n"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn show_prints_the_warnings_of_create_and_patch() {
+        assert!(!show_lane(&lane()).contains("warning"));
+        let mut created = lane();
+        created["warnings"] = json!([
+            "version \"v2\" of service \"user-api\" has no registered instance",
+            "service \"pay\" (version \"v1\"): no rule routes to it",
+        ]);
+        let out = show_lane(&created);
+        assert!(
+            out.ends_with("warning: version \"v2\" of service \"user-api\" has no registered instance\nwarning: service \"pay\" (version \"v1\"): no rule routes to it\n"),
             "{out}"
         );
     }
