@@ -8,6 +8,7 @@
 pub mod auto;
 pub mod consul_kv;
 pub mod file;
+pub mod journal;
 pub mod lanes;
 pub mod lifecycle;
 pub mod pools;
