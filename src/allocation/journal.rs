@@ -189,6 +189,7 @@ impl Journal {
     /// it; only then is the change durable and may be applied. On error the
     /// journal is marked broken.
     pub fn append<T: Serialize>(&mut self, record: &T) -> Result<(), StoreError> {
+        self.refuse_after_hand_over()?;
         let mut line = serde_json::to_vec(record).map_err(|source| StoreError::Encode {
             path: self.path.clone(),
             source,
@@ -222,6 +223,9 @@ impl Journal {
         &mut self,
         encode: impl FnOnce(u64) -> Result<Vec<u8>, StoreError> + Send + 'static,
     ) {
+        if super::owner::handed_over() {
+            return;
+        }
         let sealed = self
             .path
             .with_file_name(format!("{}{:020}", self.sealed_prefix, self.seq));
@@ -254,6 +258,7 @@ impl Journal {
         advance: bool,
         encode: impl FnOnce(u64) -> Result<Vec<u8>, StoreError>,
     ) -> Result<(), StoreError> {
+        self.refuse_after_hand_over()?;
         self.finish_compaction(true);
         let seq = self.seq + u64::from(advance);
         self.base_len = write_base(&self.base, &self.sealed_prefix, seq, &encode(seq)?)?;
@@ -313,6 +318,20 @@ impl Journal {
     #[cfg(test)]
     pub fn wait_compaction(&mut self) {
         self.finish_compaction(true);
+    }
+
+    /// After a graceful upgrade handed the data directory to a new process,
+    /// only that process writes the files.
+    fn refuse_after_hand_over(&self) -> Result<(), StoreError> {
+        if !super::owner::handed_over() {
+            return Ok(());
+        }
+        Err(StoreError::Io {
+            path: self.path.clone(),
+            source: io::Error::other(
+                "this laneway handed its data directory to a new process (graceful upgrade) and no longer writes it; send the request to the new one",
+            ),
+        })
     }
 
     /// Collects a finished background compaction (waits for it with `wait`).

@@ -11,6 +11,7 @@ pub mod file;
 pub mod journal;
 pub mod lanes;
 pub mod lifecycle;
+pub mod owner;
 pub mod pools;
 
 pub use file::StoreError;
