@@ -334,22 +334,31 @@ fn run(config_path: PathBuf, upgrade: bool) -> anyhow::Result<()> {
 fn own_addresses(cfg: &Config) -> Vec<(std::net::SocketAddr, String)> {
     use laneway::proxy::server::{listen_addresses, vip_addresses};
     let mut out = vec![(cfg.admin.listen, "[admin] listen".to_owned())];
-    let named = |addrs: Vec<std::net::SocketAddr>, what: &str| -> Vec<_> {
-        let what = if cfg.proxy.bind_entries {
-            format!("{what} (or a lane entry bound for it)")
-        } else {
-            what.to_owned()
-        };
-        addrs.into_iter().map(|a| (a, what.clone())).collect()
+    // what a listener comes from: the setting, or a lane entry bound for it
+    let named = |addrs: Vec<std::net::SocketAddr>, listen: &[std::net::SocketAddr], what: &str| {
+        addrs
+            .into_iter()
+            .map(|a| {
+                let what = if listen.contains(&a) {
+                    what.to_owned()
+                } else {
+                    format!("the lane entry for {what} ([proxy] bind_entries)")
+                };
+                (a, what)
+            })
+            .collect::<Vec<_>>()
     };
-    out.extend(named(listen_addresses(cfg), "[proxy] listen"));
+    let listen = &cfg.proxy.listen;
+    out.extend(named(listen_addresses(cfg), listen, "[proxy] listen"));
     if let Some(tls) = &cfg.tls {
-        out.extend(named(vip_addresses(cfg, &tls.listen), "[tls] listen"));
+        out.extend(named(
+            vip_addresses(cfg, &tls.listen),
+            &tls.listen,
+            "[tls] listen",
+        ));
     }
-    out.extend(named(
-        vip_addresses(cfg, &cfg.proxy.h2c_listen),
-        "[proxy] h2c_listen",
-    ));
+    let h2c = &cfg.proxy.h2c_listen;
+    out.extend(named(vip_addresses(cfg, h2c), h2c, "[proxy] h2c_listen"));
     out
 }
 
