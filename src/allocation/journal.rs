@@ -296,7 +296,7 @@ impl Journal {
 
     /// Bytes in the journal (tests).
     #[cfg(test)]
-    pub fn len(&self) -> u64 {
+    pub fn bytes(&self) -> u64 {
         self.len
     }
 

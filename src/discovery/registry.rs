@@ -651,9 +651,9 @@ mod tests {
         std::fs::remove_dir(tmp_path(&dir.path().join(FILE_NAME))).expect("rmdir");
         assert!(reg.register(web("web-2", "v1")).expect("register"));
         assert!(!reg.journal.is_broken());
-        assert_eq!(reg.journal.len(), 0);
+        assert_eq!(reg.journal.bytes(), 0);
         assert!(reg.register(web("web-3", "v1")).expect("register"));
-        assert!(reg.journal.len() > 0);
+        assert!(reg.journal.bytes() > 0);
         let reopened = Registry::open(dir.path()).expect("reopen");
         assert_eq!(reopened.catalog().instances, reg.catalog().instances);
         assert_eq!(reopened.len(), 3);
