@@ -514,21 +514,27 @@ impl Snapshot {
             changed
         });
         let pools_same = |service: &str| changed.as_ref().is_some_and(|c| !c.contains(service));
-        // The previous definitions by name, unless all are the same (the
-        // common case: instances changed, lanes did not).
-        let previous_defs: Option<FastMap<&str, &Lane>> = previous
-            .filter(|p| *p.lane_defs != *input.lanes)
-            .map(|p| p.lane_defs.iter().map(|l| (l.name.as_str(), l)).collect());
-        let def_same = |lane: &Lane| match &previous_defs {
+        // The lanes defined differently from the previous snapshot (new or
+        // changed), unless all are the same (the common case: instances
+        // changed, lanes did not). Compared once here, looked up per chain.
+        let changed_lanes: Option<FastSet<&str>> =
+            previous.filter(|p| *p.lane_defs != *input.lanes).map(|p| {
+                let old: FastMap<&str, &Lane> =
+                    p.lane_defs.iter().map(|l| (l.name.as_str(), l)).collect();
+                input
+                    .lanes
+                    .iter()
+                    .filter(|l| old.get(l.name.as_str()).is_none_or(|o| *o != *l))
+                    .map(|l| l.name.as_str())
+                    .collect()
+            });
+        let def_same = |lane: &Lane| match &changed_lanes {
             None => previous.is_some(),
-            Some(defs) => defs.get(lane.name.as_str()).is_some_and(|old| *old == lane),
+            Some(changed) => !changed.contains(lane.name.as_str()),
         };
-        let baseline_same = match baseline_lane {
-            Some(b) => def_same(b),
-            None => previous_defs
-                .as_ref()
-                .is_none_or(|defs| !defs.contains_key(BASELINE)),
-        };
+        // (a snapshot without a baseline definition is one built before
+        // the lane store existed, e.g. in tests: nothing to compare)
+        let baseline_same = baseline_lane.is_none_or(def_same);
         let unchanged = |service: &str| baseline_same && pools_same(service);
 
         // The baseline target of every known service.
