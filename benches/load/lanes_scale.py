@@ -3,6 +3,7 @@
 a restart with all of them and as many registered instances.
 
   lanes_scale.py LANEWAY_BIN [LANES] [INSTANCES]
+  lanes_scale.py LANEWAY_BIN --restart DIR    (restarts of a run's directory, SIGKILL each time)
 
 Starts LANEWAY_BIN in a fresh data directory (a VIP pool of 16,384 loopback
 addresses, entries not bound, access log off), then:
@@ -82,7 +83,26 @@ def wait_ready(port, proc, t0, deadline_s=60):
     raise RuntimeError("laneway did not become ready")
 
 
+def restart_only(binary, work, runs=3):
+    """Times restarts of an existing run's directory (left by a run above)."""
+    config = os.path.join(work, "laneway.toml")
+    admin_port = int(open(config).read().split('[admin]\nlisten = "127.0.0.1:')[1].split('"')[0])
+    out = {"dir": work, "restarts_s": []}
+    for _ in range(runs):
+        proc, t0 = start(binary, config)
+        out["restarts_s"].append(round(wait_ready(admin_port, proc, t0), 3))
+        admin = Admin(admin_port)
+        for what, path in (("lanes", "/api/v1/lanes"), ("instances", "/api/v1/instances")):
+            status, data = admin.call("GET", path)
+            out[what] = len(json.loads(data))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    print(json.dumps(out))
+
+
 def main():
+    if len(sys.argv) > 3 and sys.argv[2] == "--restart":
+        return restart_only(sys.argv[1], sys.argv[3])
     binary = sys.argv[1]
     lanes = int(sys.argv[2]) if len(sys.argv) > 2 else 10_000
     instances = int(sys.argv[3]) if len(sys.argv) > 3 else 10_000
