@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use laneway::allocation::owner;
 use laneway::config::Config;
 use laneway::control::Control;
 use laneway::routing::rules::RuleSet;
@@ -270,6 +271,13 @@ fn run(config_path: PathBuf, upgrade: bool) -> anyhow::Result<()> {
     // an exit hook, whichever way the process ends)
     telemetry::init_logging(&config.log)?;
     laneway::proxy::limits::raise_open_file_limit(&config);
+    // One laneway per data directory and per address, before any state is
+    // read (see allocation::owner).
+    let wait = upgrade.then_some(owner::UPGRADE_WAIT);
+    owner::claim_data_dir(&config.store.data_dir, wait)?;
+    if !upgrade {
+        owner::check_addresses_free(&own_addresses(&config))?;
+    }
     let metrics = Arc::new(Metrics::new());
     let access = Arc::new(
         laneway::admin::Access::new(&config.admin)
@@ -300,8 +308,16 @@ fn run(config_path: PathBuf, upgrade: bool) -> anyhow::Result<()> {
         let watcher = control.watch_rules();
         let admin_control = control.clone();
         tokio::spawn(async move {
-            if let Err(e) = laneway::admin::serve(listener, admin_control, access).await {
-                tracing::error!(error = %e, "admin API stopped");
+            tokio::select! {
+                served = laneway::admin::serve(listener, admin_control, access) => {
+                    if let Err(e) = served {
+                        tracing::error!(error = %e, "admin API stopped");
+                    }
+                }
+                // after a graceful upgrade the new process answers
+                () = until_handed_over() => {
+                    tracing::info!("admin listener closed: the new process serves the admin API");
+                }
             }
         });
         watcher
@@ -376,6 +392,46 @@ async fn announce_ready(control: Arc<Control>) {
         data.join(", "),
         reachable(cfg.admin.listen)
     );
+}
+
+/// Every address this laneway listens on, with the setting it comes from.
+fn own_addresses(cfg: &Config) -> Vec<(std::net::SocketAddr, String)> {
+    use laneway::proxy::server::{listen_addresses, vip_addresses};
+    let mut out = vec![(cfg.admin.listen, "[admin] listen".to_owned())];
+    // what a listener comes from: the setting, or a lane entry bound for it
+    let named = |addrs: Vec<std::net::SocketAddr>, listen: &[std::net::SocketAddr], what: &str| {
+        addrs
+            .into_iter()
+            .map(|a| {
+                let what = if listen.contains(&a) {
+                    what.to_owned()
+                } else {
+                    format!("the lane entry for {what} ([proxy] bind_entries)")
+                };
+                (a, what)
+            })
+            .collect::<Vec<_>>()
+    };
+    let listen = &cfg.proxy.listen;
+    out.extend(named(listen_addresses(cfg), listen, "[proxy] listen"));
+    if let Some(tls) = &cfg.tls {
+        out.extend(named(
+            vip_addresses(cfg, &tls.listen),
+            &tls.listen,
+            "[tls] listen",
+        ));
+    }
+    let h2c = &cfg.proxy.h2c_listen;
+    out.extend(named(vip_addresses(cfg, h2c), h2c, "[proxy] h2c_listen"));
+    out
+}
+
+/// Resolves once this process has handed its data directory to a new one
+/// (graceful upgrade).
+async fn until_handed_over() {
+    while !owner::handed_over() {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 /// The admin listener, with `SO_REUSEPORT` so that a new laneway taking over

@@ -211,12 +211,16 @@ fn sigquit_hands_the_listening_sockets_to_a_new_process() {
             .spawn()
             .unwrap(),
     );
-    // The new process waits for the sockets on the upgrade socket.
+    // The new process waits for the old one to hand the data directory
+    // over (then it reads the stores and takes the sockets over
+    // data/upgrade.sock).
     assert!(
-        eventually(Duration::from_secs(20), || old
-            .path("data/upgrade.sock")
-            .exists()),
-        "the new process listens for the sockets"
+        eventually(Duration::from_secs(20), || std::fs::read_to_string(
+            old.path("new.log")
+        )
+        .unwrap_or_default()
+        .contains("waiting for the running laneway to hand over")),
+        "the new process waits for the hand-over"
     );
     old.signal("QUIT");
     let status = old

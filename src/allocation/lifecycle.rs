@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use super::lanes::{
-    lease_end, CreateOutcome, Entries, Lane, LaneError, LaneStore, Quarantined, BASELINE,
+    lease_end, Change, CreateOutcome, Entries, Lane, LaneError, LaneStore, Quarantined, BASELINE,
 };
 use super::pools::{allocate, AllocationError, Holder};
 
@@ -151,26 +151,40 @@ impl LaneStore {
         if due.is_empty() {
             return Ok(Expiry::default());
         }
-        let mut next = self.lanes.clone();
+        // How many lanes fall back to each lane.
+        let mut children: BTreeMap<&str, usize> = BTreeMap::new();
+        for parent in self.lanes.values().filter_map(|l| l.parent.as_deref()) {
+            *children.entry(parent).or_default() += 1;
+        }
         let mut quarantine = self.quarantine.clone();
         let mut released = Vec::new();
+        let mut gone: BTreeSet<&str> = BTreeSet::new();
         // Leaves first: a due parent goes in the same sweep as its due children.
         loop {
             let leaf = due.iter().find(|name| {
-                next.contains_key(*name)
-                    && !next
-                        .values()
-                        .any(|l| l.parent.as_deref() == Some(name.as_str()))
+                !gone.contains(name.as_str()) && children.get(name.as_str()).is_none_or(|&n| n == 0)
             });
-            let Some(name) = leaf.cloned() else { break };
-            if let Some(lane) = next.remove(&name) {
-                quarantine.extend(self.quarantine_record(&lane, now_ms));
-                released.push(lane);
+            let Some(name) = leaf else { break };
+            gone.insert(name);
+            if let Some(lane) = self.lanes.get(name) {
+                if let Some(n) = lane.parent.as_deref().and_then(|p| children.get_mut(p)) {
+                    *n -= 1;
+                }
+                quarantine.extend(self.quarantine_record(lane, now_ms));
+                released.push(lane.clone());
             }
         }
-        let blocked = due.into_iter().filter(|n| next.contains_key(n)).collect();
+        let blocked = due
+            .iter()
+            .filter(|n| !gone.contains(n.as_str()))
+            .cloned()
+            .collect();
         if !released.is_empty() {
-            self.commit(next, quarantine)?;
+            self.commit(Change {
+                delete: released.iter().map(|l| l.name.clone()).collect(),
+                quarantine: Some(quarantine),
+                ..Change::default()
+            })?;
         }
         Ok(Expiry { released, blocked })
     }
@@ -183,7 +197,10 @@ impl LaneStore {
             .cloned()
             .partition(|q| ended(q.until, now_ms));
         if !ended_now.is_empty() {
-            self.commit(self.lanes.clone(), kept)?;
+            self.commit(Change {
+                quarantine: Some(kept),
+                ..Change::default()
+            })?;
         }
         Ok(ended_now)
     }
@@ -217,9 +234,10 @@ impl LaneStore {
         lane.ttl_seconds = Some(ttl);
         lane.expires_at = Some(lease_end(now_ms, ttl));
         lane.updated_at = (now_ms / 1000).max(lane.created_at);
-        let mut next = self.lanes.clone();
-        next.insert(name.to_owned(), lane.clone());
-        self.commit(next, self.quarantine.clone())?;
+        self.commit(Change {
+            put: vec![lane.clone()],
+            ..Change::default()
+        })?;
         Ok(lane)
     }
 
@@ -263,9 +281,10 @@ impl LaneStore {
             return Ok(None);
         }
         lane.updated_at = (now_ms / 1000).max(lane.created_at);
-        let mut next = self.lanes.clone();
-        next.insert(name.to_owned(), lane.clone());
-        self.commit(next, self.quarantine.clone())?;
+        self.commit(Change {
+            put: vec![lane.clone()],
+            ..Change::default()
+        })?;
         Ok(Some(lane))
     }
 }
@@ -572,10 +591,10 @@ mod tests {
         );
         assert_eq!(lane.entries.hostname, "t-1.lanes.test");
         let written = std::fs::read_to_string(dir.path().join(FILE_NAME)).unwrap();
-        assert!(
-            written.contains("\"version\": 2") && written.contains("10.0.0.1"),
-            "{written}"
-        );
+        assert!(written.contains("\"version\":3"), "{written}");
+        drop(store);
+        let store = open_with(dir.path(), Pools::default());
+        assert_eq!(store.get("t-1").unwrap().entries.vip, vip("10.0.0.1"));
 
         // Without pools an old file loads unchanged apart from hostnames.
         let dir = tempfile::tempdir().unwrap();
@@ -628,11 +647,11 @@ mod tests {
             ),
             "{msg}"
         );
-        std::fs::write(dir.path().join(FILE_NAME), r#"{"version":3,"lanes":[]}"#).unwrap();
+        std::fs::write(dir.path().join(FILE_NAME), r#"{"version":4,"lanes":[]}"#).unwrap();
         let msg = LaneStore::open(dir.path(), Pools::default())
             .unwrap_err()
             .to_string();
-        assert!(msg.contains("format version 3"), "{msg}");
+        assert!(msg.contains("format version 4"), "{msg}");
     }
 
     #[test]

@@ -8,8 +8,10 @@
 pub mod auto;
 pub mod consul_kv;
 pub mod file;
+pub mod journal;
 pub mod lanes;
 pub mod lifecycle;
+pub mod owner;
 pub mod pools;
 
 pub use file::StoreError;

@@ -12,27 +12,12 @@
 //!   line, `{"seq":N+1,"put":[instance…],"delete":[id…]}`, each appended and
 //!   fsync'd before the change is applied in memory and acknowledged.
 //!
-//! A change therefore costs one small append and one `fdatasync`, whatever
-//! the registry's size (rewriting a 10,000-instance base costs tens of
-//! milliseconds). When the journal outgrows the base (and 1 MiB) it is
-//! compacted off the change's path: the journal is sealed (renamed
-//! `instances.journal.sealed-<last seq>`), new changes go to a fresh
-//! journal, and a background thread writes the state as of the seal as a
-//! new base, then deletes the sealed journals it includes. The change that
-//! triggers it pays for a rename and a copy of the instance map, not for
-//! the base.
-//!
-//! Crash safety: a record is one line written by one append. At open, the
-//! base is read, then the sealed journals (oldest first) and the journal;
-//! every complete line is applied in order;
-//! records whose `seq` the base already includes are skipped (a crash
-//! between writing a new base and emptying the journal leaves them behind).
-//! An unterminated last line is a write that was never acknowledged (a
-//! crash in the middle of an append): it is dropped and cut off. Anything
-//! else that does not parse, in the base or in a complete journal line, is
-//! an error naming the file and line, never a silent reset. A failed append
-//! leaves memory unchanged and marks the journal unusable: the next change
-//! writes a whole new base instead.
+//! The journal's mechanics (append, compaction on a background thread,
+//! replay, a torn last line dropped, anything else corrupt an error naming
+//! file and line) are shared with the lane store:
+//! [`journal`](crate::allocation::journal). A change therefore costs one
+//! small append and one `fdatasync`, whatever the registry's size. A failed
+//! append leaves memory unchanged; the next change writes a whole new base.
 //!
 //! TTL heartbeats that do not change a check's status are kept in memory
 //! only (their output is written with the next compaction or with a change
@@ -50,8 +35,6 @@
 //! instance out of rotation by hand.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -60,20 +43,16 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::{Catalog, CheckKind, CheckState, Health, Instance};
-use crate::allocation::file::{persist, read_json};
+use crate::allocation::file::read_json;
+use crate::allocation::journal::{Journal, Opened, Sequenced};
 use crate::allocation::StoreError;
 
 /// The registry's base file name inside the data directory.
 pub const FILE_NAME: &str = "instances.json";
 /// The journal of changes since the base, next to it.
 pub const JOURNAL_NAME: &str = "instances.journal";
-/// A journal sealed for compaction: `instances.journal.sealed-<last seq>`.
-const SEALED_PREFIX: &str = "instances.journal.sealed-";
 /// The on-disk format version this build reads and writes.
 const FORMAT: u32 = 1;
-/// The journal is folded into a new base once it is larger than the base
-/// and than this.
-const COMPACT_MIN: u64 = 1 << 20;
 
 /// Why a registry update was refused.
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +90,12 @@ struct Record {
     delete: Vec<String>,
 }
 
+impl Sequenced for Record {
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+}
+
 /// [`Record`] as written, borrowing the instances.
 #[derive(Serialize)]
 struct RecordOut<'a> {
@@ -128,36 +113,14 @@ fn instances_out<S: serde::Serializer>(list: &&[Arc<Instance>], s: S) -> Result<
     s.collect_seq(list.iter().map(|i| &**i))
 }
 
-/// Where the next change goes.
-#[derive(Debug)]
-enum Journal {
-    /// No journal file yet: the first append creates it.
-    Absent,
-    /// Open for appending.
-    Open(File),
-    /// An append failed or the file could not be repaired: the next change
-    /// writes a whole new base and starts a new journal.
-    Broken,
-}
-
 /// The durable set of registered instances, keyed by instance id.
 #[derive(Debug)]
 pub struct Registry {
     path: PathBuf,
-    journal_path: PathBuf,
     instances: BTreeMap<String, Arc<Instance>>,
     /// check id → id of the instance that owns it.
     check_owner: HashMap<String, String>,
     journal: Journal,
-    /// Bytes in the journal, and in the base when it was last written.
-    journal_len: u64,
-    base_len: u64,
-    /// Sequence number of the last change applied.
-    seq: u64,
-    /// Compaction threshold (tests lower it).
-    compact_min: u64,
-    /// A compaction running in the background, if any.
-    compaction: Option<Compaction>,
     /// The index as blocking queries see it (`seq`, at least 1).
     index: watch::Sender<u64>,
     /// Instance id → (CreateIndex, ModifyIndex); in memory, so after a
@@ -176,12 +139,6 @@ pub fn maintenance_check_id(service_id: &str) -> String {
 pub const DEFAULT_MAINTENANCE_REASON: &str =
     "Maintenance mode is enabled for this service, but no reason was provided. This is a default message.";
 
-/// A base being written by a background thread.
-#[derive(Debug)]
-struct Compaction {
-    handle: std::thread::JoinHandle<Result<u64, StoreError>>,
-}
-
 impl Registry {
     /// Loads `<data_dir>/instances.json` and replays `instances.journal`. A
     /// missing file is an empty registry; an unreadable or corrupt file is
@@ -189,14 +146,11 @@ impl Registry {
     pub fn open(data_dir: &Path) -> Result<Registry, StoreError> {
         let path = data_dir.join(FILE_NAME);
         let journal_path = data_dir.join(JOURNAL_NAME);
-        // Listed before the base is read: a compaction finishing meanwhile
-        // writes a base that includes them (their records are skipped) or
-        // deletes one before it is read (then everything is read again).
-        let sealed_list = sealed_journals(data_dir)?;
-        let mut instances = BTreeMap::new();
-        let mut base_seq = 0;
-        let base_len = std::fs::metadata(&path).map_or(0, |m| m.len());
-        if let Some(file) = read_json::<StoredFile>(&path)? {
+        let load_base = || {
+            let mut instances = BTreeMap::new();
+            let Some(file) = read_json::<StoredFile>(&path)? else {
+                return Ok((0, instances));
+            };
             let corrupt = |detail: String| StoreError::Corrupt {
                 path: path.clone(),
                 detail,
@@ -207,7 +161,6 @@ impl Registry {
                     file.version
                 )));
             }
-            base_seq = file.seq;
             for mut inst in file.instances {
                 if inst.id.is_empty() {
                     return Err(corrupt(format!(
@@ -221,53 +174,38 @@ impl Registry {
                     return Err(corrupt(format!("instance {id:?} appears twice")));
                 }
             }
-        }
-        let mut last_seq = 0;
-        let mut sealed_records = 0;
-        for sealed in sealed_list {
-            let r = replay(&sealed, base_seq, last_seq, &mut instances)?;
-            if !r.exists {
-                return Registry::open(data_dir);
+            Ok((file.seq, instances))
+        };
+        let apply = |instances: &mut BTreeMap<String, Arc<Instance>>, record: Record| {
+            for id in record.delete {
+                instances.remove(&id);
             }
-            if r.torn.is_some() {
-                return Err(StoreError::Corrupt {
-                    path: sealed,
-                    detail: "a sealed journal ends in an unfinished record".into(),
-                });
+            for mut inst in record.put {
+                if inst.id.is_empty() {
+                    return Err(format!(
+                        "an instance of service {:?} has an empty id",
+                        inst.service
+                    ));
+                }
+                inst.refresh_health();
+                instances.insert(inst.id.clone(), Arc::new(inst));
             }
-            last_seq = last_seq.max(r.last_seq);
-            sealed_records += r.records;
-        }
-        let replayed = replay(&journal_path, base_seq, last_seq, &mut instances)?;
+            Ok(())
+        };
+        let Opened {
+            state: instances,
+            journal,
+            replayed,
+        } = Journal::open(&path, &journal_path, "registry", load_base, apply)?;
         let check_owner = index_checks(&instances).map_err(|detail| StoreError::Corrupt {
-            path: if replayed.records + sealed_records > 0 {
+            path: if replayed > 0 {
                 journal_path.clone()
             } else {
                 path.clone()
             },
             detail,
         })?;
-        let journal = match replayed.torn {
-            None if replayed.exists => match OpenOptions::new().append(true).open(&journal_path) {
-                Ok(f) => Journal::Open(f),
-                Err(e) => {
-                    tracing::warn!(path = %journal_path.display(), error = %e, "cannot open the registry journal; the next change rewrites the base");
-                    Journal::Broken
-                }
-            },
-            None => Journal::Absent,
-            Some(valid) => {
-                tracing::warn!(path = %journal_path.display(), bytes = replayed.len - valid, "dropping an unfinished journal record (a crash during a registration)");
-                match cut_journal(&journal_path, valid) {
-                    Ok(f) => Journal::Open(f),
-                    Err(e) => {
-                        tracing::warn!(path = %journal_path.display(), error = %e, "cannot repair the registry journal; the next change rewrites the base");
-                        Journal::Broken
-                    }
-                }
-            }
-        };
-        let seq = base_seq.max(last_seq).max(replayed.last_seq);
+        let seq = journal.next_seq().saturating_sub(1);
         let now = Instant::now();
         let indexes = instances
             .keys()
@@ -281,15 +219,9 @@ impl Registry {
             .collect();
         Ok(Registry {
             path,
-            journal_path,
             instances,
             check_owner,
             journal,
-            journal_len: replayed.torn.unwrap_or(replayed.len),
-            base_len,
-            seq,
-            compact_min: COMPACT_MIN,
-            compaction: None,
             index: watch::Sender::new(seq.max(1)),
             indexes,
             ttl_started,
@@ -499,7 +431,12 @@ impl Registry {
     /// The registry's index: the sequence number of the last durable
     /// change, at least 1 (Consul never answers index 0).
     pub fn index(&self) -> u64 {
-        self.seq.max(1)
+        self.seq().max(1)
+    }
+
+    /// The sequence number of the last change applied.
+    fn seq(&self) -> u64 {
+        self.journal.next_seq().saturating_sub(1)
     }
 
     /// A receiver that sees the index move (blocking queries wait on it).
@@ -565,47 +502,36 @@ impl Registry {
     /// Makes one change durable, then applies it. On error nothing changed
     /// in memory.
     fn commit(&mut self, put: Vec<Arc<Instance>>, delete: Vec<String>) -> Result<(), StoreError> {
-        let seq = self.seq + 1;
-        if matches!(self.journal, Journal::Broken) {
+        let seq = self.journal.next_seq();
+        if self.journal.is_broken() {
             // Write the whole state with the change; undo it if that fails.
             let (put2, delete2) = (put.clone(), delete.clone());
-            let undo = self.apply(put, delete);
-            self.seq = seq;
-            if let Err(e) = self.compact() {
-                let (put, delete) = undo;
-                self.apply(put, delete);
-                self.seq = seq - 1;
+            let (undo_put, undo_delete) = self.apply(put, delete);
+            let instances = &self.instances;
+            let path = &self.path;
+            if let Err(e) = self
+                .journal
+                .rewrite(true, |seq| encode(path, seq, instances))
+            {
+                self.apply(undo_put, undo_delete);
                 return Err(e);
             }
             self.note_change(&put2, &delete2, seq);
-            self.index.send_replace(seq.max(1));
+            self.index.send_replace(self.seq().max(1));
             return Ok(());
         }
-        let mut line = serde_json::to_vec(&RecordOut {
+        self.journal.append(&RecordOut {
             seq,
             put: &put,
             delete: &delete,
-        })
-        .map_err(|source| StoreError::Encode {
-            path: self.journal_path.clone(),
-            source,
         })?;
-        line.push(b'\n');
-        if let Err(source) = self.append(&line) {
-            self.journal = Journal::Broken;
-            return Err(StoreError::Io {
-                path: self.journal_path.clone(),
-                source,
-            });
-        }
-        self.journal_len += line.len() as u64;
         self.note_change(&put, &delete, seq);
         self.apply(put, delete);
-        self.seq = seq;
         self.index.send_replace(seq.max(1));
-        self.finish_compaction(false);
-        if self.compaction.is_none() && self.journal_len > self.compact_min.max(self.base_len) {
-            self.start_compaction();
+        if self.journal.wants_compaction() {
+            let (path, instances) = (self.path.clone(), self.instances.clone());
+            self.journal
+                .start_compaction(move |seq| encode(&path, seq, &instances));
         }
         Ok(())
     }
@@ -629,71 +555,6 @@ impl Registry {
                 self.ttl_started.entry(c.id.clone()).or_insert(now);
             }
         }
-    }
-
-    /// Seals the journal and writes the state as of now as a new base on a
-    /// background thread. New changes go to a new journal meanwhile.
-    fn start_compaction(&mut self) {
-        let sealed = self
-            .path
-            .with_file_name(format!("{SEALED_PREFIX}{:020}", self.seq));
-        let sealed_ok =
-            std::fs::rename(&self.journal_path, &sealed).and_then(|()| sync_dir(&sealed));
-        if let Err(e) = sealed_ok {
-            // The change is safe in the journal; try again next time.
-            tracing::warn!(path = %self.journal_path.display(), error = %e, "cannot seal the registry journal for compaction");
-            return;
-        }
-        self.journal = Journal::Absent;
-        self.journal_len = 0;
-        let (path, seq, instances) = (self.path.clone(), self.seq, self.instances.clone());
-        let spawned = std::thread::Builder::new()
-            .name("laneway-compact".into())
-            .spawn(move || write_base(&path, seq, &instances));
-        match spawned {
-            Ok(handle) => self.compaction = Some(Compaction { handle }),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot start the registry compaction; the sealed journal is kept and replayed")
-            }
-        }
-    }
-
-    /// Collects a finished background compaction (waits for it with `wait`).
-    fn finish_compaction(&mut self, wait: bool) {
-        let done = self
-            .compaction
-            .as_ref()
-            .is_some_and(|c| wait || c.handle.is_finished());
-        if !done {
-            return;
-        }
-        let Some(c) = self.compaction.take() else {
-            return;
-        };
-        match c.handle.join() {
-            Ok(Ok(len)) => self.base_len = len,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "registry compaction failed; the sealed journal is kept and replayed")
-            }
-            Err(_) => tracing::error!("registry compaction thread panicked"),
-        }
-    }
-
-    /// Appends one record and syncs it.
-    fn append(&mut self, line: &[u8]) -> io::Result<()> {
-        if matches!(self.journal, Journal::Absent) {
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.journal_path)?;
-            sync_dir(&self.journal_path)?;
-            self.journal = Journal::Open(file);
-        }
-        let Journal::Open(file) = &mut self.journal else {
-            return Err(io::Error::other("the journal is not open"));
-        };
-        file.write_all(line)?;
-        file.sync_data()
     }
 
     /// Applies a change in memory. Returns the change that undoes it.
@@ -735,201 +596,13 @@ impl Registry {
     }
 
     /// Writes the whole state as a new base, then empties the journal
-    /// (synchronously: used when the journal cannot be appended to).
-    fn compact(&mut self) -> Result<(), StoreError> {
-        self.finish_compaction(true);
-        self.base_len = write_base(&self.path, self.seq, &self.instances)?;
-        // The base holds every record now; should emptying the journal fail,
-        // its records are skipped at open (their seq is in the base).
-        let emptied = (|| {
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.journal_path)?;
-            file.set_len(0)?;
-            file.sync_all()?;
-            sync_dir(&self.journal_path)?;
-            Ok::<File, io::Error>(file)
-        })();
-        match emptied {
-            Ok(file) => {
-                self.journal = Journal::Open(file);
-                self.journal_len = 0;
-            }
-            Err(e) => {
-                tracing::warn!(path = %self.journal_path.display(), error = %e, "cannot empty the registry journal; the next change rewrites the base");
-                self.journal = Journal::Broken;
-            }
-        }
-        Ok(())
-    }
-
-    /// Lowers the compaction threshold (tests).
+    /// (synchronously; tests).
     #[cfg(test)]
-    fn compact_above(&mut self, bytes: u64) {
-        self.compact_min = bytes;
+    fn compact(&mut self) -> Result<(), StoreError> {
+        let (path, instances) = (&self.path, &self.instances);
+        self.journal
+            .rewrite(false, |seq| encode(path, seq, instances))
     }
-}
-
-/// What replaying the journal found.
-struct Replayed {
-    exists: bool,
-    /// Bytes in the file.
-    len: u64,
-    /// Records applied (not skipped).
-    records: usize,
-    last_seq: u64,
-    /// `Some(valid length)` when the file ends in an unterminated line.
-    torn: Option<u64>,
-}
-
-/// Applies the journal's records newer than `base_seq` to `instances`.
-fn replay(
-    path: &Path,
-    base_seq: u64,
-    after_seq: u64,
-    instances: &mut BTreeMap<String, Arc<Instance>>,
-) -> Result<Replayed, StoreError> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Ok(Replayed {
-                exists: false,
-                len: 0,
-                records: 0,
-                last_seq: 0,
-                torn: None,
-            })
-        }
-        Err(source) => {
-            return Err(StoreError::Io {
-                path: path.to_owned(),
-                source,
-            })
-        }
-    };
-    let corrupt = |line: usize, detail: String| StoreError::Corrupt {
-        path: path.to_owned(),
-        detail: format!("line {line}: {detail}"),
-    };
-    let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
-    let mut out = Replayed {
-        exists: true,
-        len: bytes.len() as u64,
-        records: 0,
-        last_seq: after_seq,
-        torn: (complete < bytes.len()).then_some(complete as u64),
-    };
-    for (n, line) in bytes[..complete].split(|&b| b == b'\n').enumerate() {
-        let number = n + 1;
-        if line.is_empty() {
-            continue;
-        }
-        let record: Record =
-            serde_json::from_slice(line).map_err(|e| corrupt(number, e.to_string()))?;
-        if record.seq <= out.last_seq {
-            return Err(corrupt(
-                number,
-                format!(
-                    "record {} follows record {}: sequence numbers must increase",
-                    record.seq, out.last_seq
-                ),
-            ));
-        }
-        out.last_seq = record.seq;
-        if record.seq <= base_seq {
-            continue; // already in the base (a crash during compaction)
-        }
-        out.records += 1;
-        for id in record.delete {
-            instances.remove(&id);
-        }
-        for mut inst in record.put {
-            if inst.id.is_empty() {
-                return Err(corrupt(
-                    number,
-                    format!("an instance of service {:?} has an empty id", inst.service),
-                ));
-            }
-            inst.refresh_health();
-            instances.insert(inst.id.clone(), Arc::new(inst));
-        }
-    }
-    Ok(out)
-}
-
-/// Writes `instances` as the base at `seq`, then deletes the sealed
-/// journals it includes. Returns the base's size.
-fn write_base(
-    path: &Path,
-    seq: u64,
-    instances: &BTreeMap<String, Arc<Instance>>,
-) -> Result<u64, StoreError> {
-    let bytes = encode(path, seq, instances)?;
-    persist(path, &bytes)?;
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    for sealed in sealed_journals(dir)? {
-        let included = sealed_seq(&sealed).is_some_and(|s| s <= seq);
-        if included {
-            if let Err(e) = std::fs::remove_file(&sealed) {
-                tracing::warn!(path = %sealed.display(), error = %e, "cannot delete a compacted journal; it is skipped at open");
-            }
-        }
-    }
-    Ok(bytes.len() as u64)
-}
-
-/// The sealed journals in `dir`, oldest first.
-fn sealed_journals(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
-            return Err(StoreError::Io {
-                path: dir.to_owned(),
-                source,
-            })
-        }
-    };
-    let mut found: Vec<(u64, PathBuf)> = entries
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter_map(|p| sealed_seq(&p).map(|s| (s, p)))
-        .collect();
-    found.sort();
-    Ok(found.into_iter().map(|(_, p)| p).collect())
-}
-
-/// The last sequence number a sealed journal holds, from its name.
-fn sealed_seq(path: &Path) -> Option<u64> {
-    path.file_name()?
-        .to_str()?
-        .strip_prefix(SEALED_PREFIX)?
-        .parse()
-        .ok()
-}
-
-/// Cuts an unterminated last line off the journal; returns it open for
-/// appending.
-fn cut_journal(path: &Path, valid: u64) -> io::Result<File> {
-    let file = OpenOptions::new().append(true).open(path)?;
-    file.set_len(valid)?;
-    file.sync_all()?;
-    Ok(file)
-}
-
-#[cfg(unix)]
-fn sync_dir(path: &Path) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    File::open(dir)?.sync_all()
-}
-
-#[cfg(not(unix))]
-fn sync_dir(_path: &Path) -> io::Result<()> {
-    Ok(())
 }
 
 /// check id → owning instance id; a check id owned twice is an error.
@@ -976,6 +649,7 @@ fn encode(
 mod tests {
     use super::*;
     use crate::allocation::file::tmp_path;
+    use std::io::Write;
 
     use crate::discovery::register::parse_registration;
 
@@ -1283,8 +957,8 @@ mod tests {
         // write fail, even as root; a read-only journal handle makes every
         // append fail.
         std::fs::create_dir(tmp_path(&dir.path().join(FILE_NAME))).expect("mkdir");
-        let read_only = File::open(dir.path().join(JOURNAL_NAME)).expect("journal exists");
-        reg.journal = Journal::Open(read_only);
+        let read_only = std::fs::File::open(dir.path().join(JOURNAL_NAME)).expect("journal exists");
+        reg.journal.replace_file(read_only);
 
         let err = reg.register(web("web-2", "v1")).expect_err("cannot write");
         assert!(err.to_string().contains(JOURNAL_NAME), "{err}");
@@ -1312,10 +986,10 @@ mod tests {
         // and a new journal, and later changes append again.
         std::fs::remove_dir(tmp_path(&dir.path().join(FILE_NAME))).expect("rmdir");
         assert!(reg.register(web("web-2", "v1")).expect("register"));
-        assert!(matches!(reg.journal, Journal::Open(_)));
-        assert_eq!(reg.journal_len, 0);
+        assert!(!reg.journal.is_broken());
+        assert_eq!(reg.journal.bytes(), 0);
         assert!(reg.register(web("web-3", "v1")).expect("register"));
-        assert!(reg.journal_len > 0);
+        assert!(reg.journal.bytes() > 0);
         let reopened = Registry::open(dir.path()).expect("reopen");
         assert_eq!(reopened.catalog().instances, reg.catalog().instances);
         assert_eq!(reopened.len(), 3);
@@ -1339,7 +1013,7 @@ mod tests {
 
         let reopened = Registry::open(dir.path()).expect("reopen");
         assert_eq!(reopened.catalog().instances, reg.catalog().instances);
-        assert_eq!(reopened.seq, 4);
+        assert_eq!(reopened.journal.next_seq(), 5);
         assert_eq!(
             reopened.check("web-1-ttl").map(|c| c.status),
             Some(Health::Passing)
@@ -1369,18 +1043,22 @@ mod tests {
     fn compaction_writes_a_base_and_empties_the_journal() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut reg = Registry::open(dir.path()).expect("open");
-        reg.compact_above(2_000);
+        reg.journal.compact_above(2_000);
         for i in 0..20 {
             reg.register(web(&format!("web-{i}"), "v1"))
                 .expect("register");
         }
-        reg.finish_compaction(true);
+        reg.journal.wait_compaction();
         assert!(dir.path().join(FILE_NAME).exists(), "compacted");
         assert!(
-            sealed_journals(dir.path()).expect("list").is_empty(),
+            !std::fs::read_dir(dir.path()).expect("list").any(|e| e
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .contains("sealed")),
             "the sealed journals the base includes are deleted"
         );
-        assert!(reg.journal_len < reg.compact_min.max(reg.base_len));
+        assert!(!reg.journal.wants_compaction());
         let base: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.path().join(FILE_NAME)).expect("base"))
                 .expect("json");
@@ -1390,14 +1068,14 @@ mod tests {
         );
         let reopened = Registry::open(dir.path()).expect("reopen");
         assert_eq!(reopened.catalog().instances, reg.catalog().instances);
-        assert_eq!(reopened.seq, 20);
+        assert_eq!(reopened.journal.next_seq(), 21);
     }
 
     #[test]
     fn changes_during_a_compaction_and_a_crash_before_its_base_survive() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut reg = Registry::open(dir.path()).expect("open");
-        reg.compact_above(1_500);
+        reg.journal.compact_above(1_500);
         for i in 0..30 {
             reg.register(web(&format!("web-{i}"), "v1"))
                 .expect("register");
@@ -1410,15 +1088,18 @@ mod tests {
         // sealed journals and the journal together hold every change.
         let reopened = Registry::open(dir.path()).expect("reopen");
         assert_eq!(reopened.catalog().instances, reg.catalog().instances);
-        assert_eq!(reopened.seq, reg.seq);
-        reg.finish_compaction(true);
+        assert_eq!(reopened.journal.next_seq(), reg.journal.next_seq());
+        reg.journal.wait_compaction();
 
         // A crash after sealing but before the base was written: the
         // sealed journal is replayed.
         reg.register(web("web-a", "v2")).expect("register");
-        let sealed = dir.path().join(format!("{SEALED_PREFIX}{:020}", reg.seq));
+        let sealed = dir.path().join(format!(
+            "{JOURNAL_NAME}.sealed-{:020}",
+            reg.journal.next_seq() - 1
+        ));
         std::fs::rename(dir.path().join(JOURNAL_NAME), &sealed).expect("seal");
-        reg.journal = Journal::Absent;
+        reg.journal.forget_file();
         reg.register(web("web-b", "v2")).expect("register");
         let reopened = Registry::open(dir.path()).expect("reopen");
         assert!(reopened.get("web-a").is_some() && reopened.get("web-b").is_some());
@@ -1452,7 +1133,7 @@ mod tests {
         reopened.register(web("web-3", "v1")).expect("register");
         let again = Registry::open(dir.path()).expect("reopen");
         assert_eq!(again.len(), 2);
-        assert_eq!(again.seq, 4);
+        assert_eq!(again.journal.next_seq(), 5);
     }
 
     #[test]
@@ -1464,7 +1145,10 @@ mod tests {
         drop(reg);
         // a crash in the middle of appending the second record
         let path = dir.path().join(JOURNAL_NAME);
-        let mut f = OpenOptions::new().append(true).open(&path).expect("open");
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .expect("open");
         f.write_all(br#"{"seq":2,"put":[{"id":"web-2","serv"#)
             .expect("write");
         drop(f);

@@ -7,7 +7,7 @@ use tracing::{error, info};
 
 use pingora_core::listeners::{L4BufferSettings, ListenerConfig, TcpSocketOptions};
 use pingora_core::server::configuration::ServerConf;
-use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora_core::server::{ExecutionPhase, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora_core::services::listening::Service;
 
 use super::connect::Tunnels;
@@ -344,6 +344,7 @@ pub fn run(server: Server, control: Arc<Control>, runtime: &tokio::runtime::Runt
     let watch = DrainOnTerm {
         control: control.clone(),
         terminated: std::sync::Mutex::new(Some(terminated_tx)),
+        phase: std::sync::Mutex::new(Some(server.watch_execution_phase())),
     };
     runtime.spawn(exit_when_idle(control, terminated_rx));
     server.run(RunArgs {
@@ -354,6 +355,10 @@ pub fn run(server: Server, control: Arc<Control>, runtime: &tokio::runtime::Runt
 struct DrainOnTerm {
     control: Arc<Control>,
     terminated: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+    /// Pingora's phases: on SIGQUIT, laneway exits only once the listening
+    /// sockets went to the new process (which may still be opening its
+    /// stores when the signal comes, so Pingora retries for a few seconds).
+    phase: std::sync::Mutex<Option<tokio::sync::broadcast::Receiver<ExecutionPhase>>>,
 }
 
 #[async_trait::async_trait]
@@ -387,10 +392,25 @@ impl ShutdownSignalWatch for DrainOnTerm {
             }
             _ = quit.recv() => {
                 info!("SIGQUIT: handing the listeners over for a graceful upgrade");
+                crate::allocation::owner::hand_over();
                 self.control.health.start_draining();
-                if let Some(tx) = self.terminated.lock().ok().and_then(|mut t| t.take()) {
-                    let _ = tx.send(()); // the receiver lives as long as the process
-                }
+                let tx = self.terminated.lock().ok().and_then(|mut t| t.take());
+                let phase = self.phase.lock().ok().and_then(|mut p| p.take());
+                tokio::spawn(async move {
+                    if let Some(mut phase) = phase {
+                        use tokio::sync::broadcast::error::RecvError;
+                        loop {
+                            match phase.recv().await {
+                                Ok(ExecutionPhase::GracefulUpgradeCloseTimeout)
+                                | Err(RecvError::Closed) => break,
+                                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                            }
+                        }
+                    }
+                    if let Some(tx) = tx {
+                        let _ = tx.send(()); // the receiver lives as long as the process
+                    }
+                });
                 ShutdownSignal::GracefulUpgrade
             }
         }

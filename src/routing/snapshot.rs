@@ -496,25 +496,46 @@ impl Snapshot {
             metrics: m,
         };
 
-        // When the lanes are the same as last time, a target can change only
-        // if its service's pools did: these services (new, changed or gone)
-        // are the only ones to resolve again. `None`: resolve everything.
-        let changed: Option<FastSet<&str>> =
-            previous.filter(|p| *p.lane_defs == *input.lanes).map(|p| {
-                let mut changed: FastSet<&str> = pools
+        // A target can change only if its service's pools did (these
+        // services: new, changed or gone) or a lane on its fallback chain
+        // did. `None`: no previous snapshot, resolve everything.
+        let changed: Option<FastSet<&str>> = previous.map(|p| {
+            let mut changed: FastSet<&str> = pools
+                .iter()
+                .filter(|(s, now)| p.pools.get(&***s).is_none_or(|old| !Arc::ptr_eq(old, now)))
+                .map(|(s, _)| &**s)
+                .collect();
+            changed.extend(
+                p.pools
+                    .keys()
+                    .filter(|s| !pools.contains_key(&***s))
+                    .map(|s| &**s),
+            );
+            changed
+        });
+        let pools_same = |service: &str| changed.as_ref().is_some_and(|c| !c.contains(service));
+        // The lanes defined differently from the previous snapshot (new or
+        // changed), unless all are the same (the common case: instances
+        // changed, lanes did not). Compared once here, looked up per chain.
+        let changed_lanes: Option<FastSet<&str>> =
+            previous.filter(|p| *p.lane_defs != *input.lanes).map(|p| {
+                let old: FastMap<&str, &Lane> =
+                    p.lane_defs.iter().map(|l| (l.name.as_str(), l)).collect();
+                input
+                    .lanes
                     .iter()
-                    .filter(|(s, now)| p.pools.get(&***s).is_none_or(|old| !Arc::ptr_eq(old, now)))
-                    .map(|(s, _)| &**s)
-                    .collect();
-                changed.extend(
-                    p.pools
-                        .keys()
-                        .filter(|s| !pools.contains_key(&***s))
-                        .map(|s| &**s),
-                );
-                changed
+                    .filter(|l| old.get(l.name.as_str()).is_none_or(|o| *o != *l))
+                    .map(|l| l.name.as_str())
+                    .collect()
             });
-        let unchanged = |service: &str| changed.as_ref().is_some_and(|c| !c.contains(service));
+        let def_same = |lane: &Lane| match &changed_lanes {
+            None => previous.is_some(),
+            Some(changed) => !changed.contains(lane.name.as_str()),
+        };
+        // (a snapshot without a baseline definition is one built before
+        // the lane store existed, e.g. in tests: nothing to compare)
+        let baseline_same = baseline_lane.is_none_or(def_same);
+        let unchanged = |service: &str| baseline_same && pools_same(service);
 
         // The baseline target of every known service.
         let previous_baseline = previous.map(|p| &p.baseline);
@@ -544,12 +565,19 @@ impl Snapshot {
                 continue;
             }
             let old = previous.and_then(|p| p.lanes.get(lane.name.as_str()));
-            if let Some(old) = old.filter(|o| o.targets.keys().all(|s| unchanged(s))) {
+            let chain = resolver.chain(lane);
+            // A lane whose chain (itself, its parents, the baseline) is
+            // defined as before and whose services' pools are the same
+            // keeps its view: a lane created or changed among thousands
+            // resolves only the lanes that fall back to it.
+            let reusable = |o: &&Arc<LaneView>| {
+                o.targets.keys().all(|s| unchanged(s)) && chain.iter().all(|l| def_same(l))
+            };
+            if let Some(old) = old.filter(reusable) {
                 entries.add(lane, old);
                 lanes.insert(Box::from(lane.name.as_str()), old.clone());
                 continue;
             }
-            let chain = resolver.chain(lane);
             overridden.clear();
             overridden.extend(
                 chain
@@ -1198,6 +1226,66 @@ mod tests {
             .pool
             .clone()
             .expect("healthy")
+    }
+
+    #[test]
+    fn a_lane_change_reaches_the_lanes_that_fall_back_to_it() {
+        let m = Metrics::new();
+        let mut lanes = vec![
+            lane(BASELINE, None, &[], false),
+            lane("t-1", Some(BASELINE), &[("user", "v2")], false),
+            lane("t-2", Some(BASELINE), &[("order", "v2")], false),
+            lane("t-3", Some("t-1"), &[("order", "v2")], false),
+        ];
+        let catalog = Catalog {
+            instances: vec![
+                inst("o1", "order", Some("stable"), 2001),
+                inst("o2", "order", Some("v2"), 2002),
+                inst("u1", "user", Some("stable"), 1001),
+                inst("u2", "user", Some("v2"), 1002),
+                inst("u3", "user", Some("v3"), 1003),
+            ],
+        };
+        let versions = ["stable".to_string()];
+        let port = |s: &Snapshot, lane: &str, service: &str| {
+            pool_of(s, lane, service).instances[0].addr.port()
+        };
+        let first = rebuild(
+            &build(&lanes, catalog.instances.clone(), &m),
+            &lanes,
+            &catalog,
+            &versions,
+            &m,
+        );
+        assert_eq!(port(&first, "t-3", "user"), 1002, "inherited from t-1");
+
+        // The parent changes: its child follows; an unrelated lane is kept.
+        lanes[1] = lane("t-1", Some(BASELINE), &[("user", "v3")], false);
+        let second = rebuild(&first, &lanes, &catalog, &versions, &m);
+        assert_eq!(port(&second, "t-3", "user"), 1003);
+        assert_eq!(port(&second, "t-3", "order"), 2002);
+        assert!(Arc::ptr_eq(
+            second.lane("t-2").expect("t-2"),
+            first.lane("t-2").expect("t-2")
+        ));
+
+        // The baseline pins a version: every lane without an override of
+        // its own follows.
+        lanes[0] = lane(BASELINE, None, &[("user", "v2")], false);
+        let third = rebuild(&second, &lanes, &catalog, &versions, &m);
+        assert_eq!(port(&third, "t-2", "user"), 1002);
+        assert_eq!(port(&third, "t-3", "user"), 1003);
+
+        // A new lane leaves the others as they were.
+        lanes.push(lane("t-4", Some("t-2"), &[], true));
+        let fourth = rebuild(&third, &lanes, &catalog, &versions, &m);
+        assert_eq!(port(&fourth, "t-4", "order"), 2002);
+        for name in ["t-1", "t-2", "t-3"] {
+            assert!(Arc::ptr_eq(
+                fourth.lane(name).expect("lane"),
+                third.lane(name).expect("lane")
+            ));
+        }
     }
 
     #[test]
