@@ -24,7 +24,7 @@ use crate::discovery::consul::client::ConsulError;
 use crate::discovery::consul::farm::SelfRegistration;
 use crate::discovery::consul::ConsulDiscovery;
 use crate::discovery::registry::Registry;
-use crate::discovery::{Catalog, Health};
+use crate::discovery::{Catalog, Health, Instance};
 use crate::health::InstanceHealth;
 use crate::routing::rules::RuleSet;
 use crate::routing::snapshot::{BuildInput, Snapshot};
@@ -59,6 +59,12 @@ pub struct Control {
     self_registration: Option<SelfRegistration>,
     /// Instances' health as laneway's own checks and ejections see it.
     pub upstream_health: Arc<UpstreamHealth>,
+    /// Every change made through the admin API or seen from Consul, with
+    /// who made it (`/api/v1/audit`, target `laneway::audit`).
+    pub audit: crate::telemetry::audit::Audit,
+    /// Consul mode: the catalog as last audited (id → instance), so that
+    /// the audit log records what changed in Consul.
+    consul_view: StdMutex<Option<Catalog>>,
 }
 
 /// Attempts at a lane change before giving up when other laneway
@@ -101,6 +107,8 @@ impl Control {
         let upstream_health = UpstreamHealth::new(config.health_checks.clone(), metrics.clone());
         let control = Arc::new(Control {
             upstream_health,
+            audit: crate::telemetry::audit::Audit::new(),
+            consul_view: StdMutex::new(None),
             config,
             metrics,
             registry: Mutex::new(registry),
@@ -165,6 +173,9 @@ impl Control {
         let generation = self.wanted.load(Ordering::SeqCst);
         let started = Instant::now();
         let mut discovered = self.catalog().await;
+        if self.consul.is_some() {
+            self.audit_consul_view(&discovered);
+        }
         let rules = self.rules.load_full();
         add_static_instances(&mut discovered, &rules);
         // by discovery's verdict, before laneway's own health is applied
@@ -469,6 +480,45 @@ impl Control {
     /// Loads the rules again (the rules file, or the nginx configuration
     /// and its includes); on error keeps the last good rules, logs every
     /// error with file:line and counts it.
+    /// Records in the audit log what changed in Consul's catalog since the
+    /// last build (the first catalog is the starting point, not a change).
+    fn audit_consul_view(&self, now: &Catalog) {
+        let Ok(mut last) = self.consul_view.lock() else {
+            return;
+        };
+        if let Some(before) = last.as_ref() {
+            let json = |i: &Instance| serde_json::to_value(i).unwrap_or_default();
+            for i in &now.instances {
+                match before.get(&i.id) {
+                    None => self.audit.record(
+                        "consul",
+                        "instance.register",
+                        &i.id,
+                        serde_json::Value::Null,
+                        json(i),
+                    ),
+                    Some(old) if **old != **i => {
+                        self.audit
+                            .record("consul", "instance.change", &i.id, json(old), json(i))
+                    }
+                    Some(_) => 0,
+                };
+            }
+            for old in &before.instances {
+                if now.get(&old.id).is_none() {
+                    self.audit.record(
+                        "consul",
+                        "instance.deregister",
+                        &old.id,
+                        json(old),
+                        serde_json::Value::Null,
+                    );
+                }
+            }
+        }
+        *last = Some(now.clone());
+    }
+
     pub fn reload_rules(&self) -> Result<(), Vec<ConfigError>> {
         let routes = &self.config.routes;
         if routes.file.is_none() && routes.nginx.is_none() {
@@ -484,7 +534,22 @@ impl Control {
         let source = routes.nginx.as_ref().or(routes.file.as_ref());
         match result {
             Ok(rules) => {
+                let summary = |r: &RuleSet| {
+                    serde_json::json!({
+                        "servers": r.servers().len(),
+                        "services": r.services().iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                    })
+                };
+                let before = summary(&self.rules.load());
+                let after = summary(&rules);
                 self.rules.store(Arc::new(rules));
+                self.audit.record(
+                    "rules file",
+                    "rules.reload",
+                    &source.map(|p| p.display().to_string()).unwrap_or_default(),
+                    before,
+                    after,
+                );
                 if let Ok(mut errs) = self.rules_errors.lock() {
                     errs.clear();
                 }
@@ -501,6 +566,13 @@ impl Control {
                 if let Ok(mut errs) = self.rules_errors.lock() {
                     errs.clone_from(&errors);
                 }
+                self.audit.record(
+                    "rules file",
+                    "rules.rejected",
+                    &source.map(|p| p.display().to_string()).unwrap_or_default(),
+                    serde_json::Value::Null,
+                    serde_json::json!({ "errors": errors.iter().map(ToString::to_string).collect::<Vec<_>>() }),
+                );
                 Err(errors)
             }
         }

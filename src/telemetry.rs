@@ -6,6 +6,7 @@
 
 pub mod access;
 pub mod access_writer;
+pub mod audit;
 pub mod instance_health;
 
 use std::sync::LazyLock;

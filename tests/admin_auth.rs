@@ -474,3 +474,146 @@ fn an_unauthenticated_admin_off_loopback_refuses_to_start() {
         "{err}"
     );
 }
+
+#[test]
+fn every_change_is_audited_with_who_before_and_after() {
+    let lw = start("");
+    let deploy = bearer("deploy-secret-0123456789");
+    let ops = bearer("ops-secret-0123456789abc");
+    let (s, body, _) = call(
+        &lw,
+        "POST",
+        "/api/v1/lanes",
+        &[("authorization", &deploy)],
+        Some(r#"{"name":"t-1","services":{"web":"v2"}}"#),
+    );
+    assert_eq!(s, 201, "{body}");
+    let (s, body, _) = call(
+        &lw,
+        "PATCH",
+        "/api/v1/lanes/baseline",
+        &[("authorization", &ops)],
+        Some(r#"{"services":{"web":"v9"}}"#),
+    );
+    assert_eq!(s, 200, "{body}");
+    let reg =
+        r#"{"ID":"web-1","Name":"web","Address":"127.0.0.1","Port":1,"Meta":{"version":"v2"}}"#;
+    assert_eq!(
+        call(
+            &lw,
+            "PUT",
+            "/v1/agent/service/register",
+            &[("x-consul-token", "deploy-secret-0123456789")],
+            Some(reg)
+        )
+        .0,
+        200
+    );
+    assert_eq!(
+        call(
+            &lw,
+            "POST",
+            "/api/v1/maintenance",
+            &[("authorization", &ops)],
+            Some(r#"{"enabled":true}"#)
+        )
+        .0,
+        200
+    );
+    assert_eq!(
+        call(
+            &lw,
+            "DELETE",
+            "/api/v1/lanes/t-1",
+            &[("authorization", &deploy)],
+            None
+        )
+        .0,
+        200
+    );
+    // a rules edit is recorded too
+    std::fs::write(
+        lw.path("routes.toml"),
+        format!("{SIMPLE_ROUTES}\n# edited\n"),
+    )
+    .unwrap();
+    let viewer = bearer("viewer-secret-0123456789");
+    let entries = |since: u64| -> Vec<Value> {
+        let (s, body, _) = call(
+            &lw,
+            "GET",
+            &format!("/api/v1/audit?since={since}"),
+            &[("authorization", &viewer)],
+            None,
+        );
+        assert_eq!(s, 200, "{body}");
+        serde_json::from_str::<Value>(&body).unwrap()["entries"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || entries(0)
+            .iter()
+            .any(|e| e["action"] == "rules.reload")),
+        "{:?}",
+        entries(0)
+    );
+    let all = entries(0);
+    let find = |action: &str| {
+        all.iter()
+            .find(|e| e["action"] == action)
+            .unwrap_or_else(|| panic!("no {action}: {all:?}"))
+            .clone()
+    };
+    let create = find("lane.create");
+    assert_eq!(
+        (create["who"].as_str(), create["target"].as_str()),
+        (Some("deploy"), Some("t-1"))
+    );
+    assert!(create["before"].is_null());
+    assert_eq!(create["after"]["services"]["web"], "v2");
+    let baseline = find("baseline.patch");
+    assert_eq!(baseline["who"], "ops");
+    assert_eq!(baseline["after"]["services"]["web"], "v9");
+    assert!(
+        baseline["before"]["services"].get("web").is_none(),
+        "{baseline}"
+    );
+    let register = find("instance.register");
+    assert_eq!(
+        (register["who"].as_str(), register["target"].as_str()),
+        (Some("deploy"), Some("web-1"))
+    );
+    let maintenance = find("maintenance.set");
+    assert_eq!(
+        (
+            maintenance["before"]["enabled"].as_bool(),
+            maintenance["after"]["enabled"].as_bool()
+        ),
+        (Some(false), Some(true))
+    );
+    let delete = find("lane.delete");
+    assert_eq!(delete["before"]["name"], "t-1");
+    assert_eq!(find("rules.reload")["who"], "rules file");
+    // ?since= reads only what came after
+    let last = all.last().unwrap()["seq"].as_u64().unwrap();
+    assert!(entries(last).is_empty());
+    assert_eq!(entries(last - 1).len(), 1);
+    let (s, body, _) = call(
+        &lw,
+        "GET",
+        "/api/v1/audit?since=x",
+        &[("authorization", &viewer)],
+        None,
+    );
+    assert_eq!(s, 400, "{body}");
+    // the log target has it too, and the dashboard page lists it
+    assert!(lw.log().contains("laneway::audit"), "{}", lw.log());
+    let (s, page, _) = call(&lw, "GET", "/audit", &[("authorization", &viewer)], None);
+    assert_eq!(s, 200);
+    assert!(
+        page.contains("baseline.patch") && page.contains("deploy"),
+        "{page}"
+    );
+}

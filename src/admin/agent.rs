@@ -13,11 +13,13 @@ use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use serde_json::{json, Map, Value};
 
 use super::consul_shape::{self as shape, ConsulError, Filter, Node, QueryPairs};
+use super::lanes::who;
 use super::registry::{embedded_only_consul, publish, registry_error};
-use super::PUBLISH_WAIT;
+use super::{Caller, PUBLISH_WAIT};
 use crate::control::Control;
 use crate::discovery::register::{check_target, parse_check_registration};
 use crate::discovery::Health;
@@ -139,6 +141,7 @@ pub async fn agent_self(State(c): State<Arc<Control>>) -> Response {
 /// `PUT /v1/agent/service/maintenance/<id>?enable=true|false&reason=`.
 pub async fn maintenance(
     State(c): State<Arc<Control>>,
+    caller: Option<Extension<Caller>>,
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<(), ConsulError> {
@@ -170,13 +173,24 @@ pub async fn maintenance(
         })?;
     if changed {
         tracing::info!(instance = %id, enable, "service maintenance changed");
+        c.audit.record(
+            who(&caller),
+            "instance.maintenance",
+            &id,
+            json!({ "maintenance": !enable }),
+            json!({ "maintenance": enable, "reason": q.get("reason").unwrap_or("") }),
+        );
         publish(&c).await;
     }
     Ok(())
 }
 
 /// `PUT /v1/agent/check/register`: a check of a registered service.
-pub async fn check_register(State(c): State<Arc<Control>>, body: Bytes) -> Result<(), ConsulError> {
+pub async fn check_register(
+    State(c): State<Arc<Control>>,
+    caller: Option<Extension<Caller>>,
+    body: Bytes,
+) -> Result<(), ConsulError> {
     embedded_only_consul(&c)?;
     let bad = |msg: String| {
         c.metrics.admin_rejects.with_label_values(&["check"]).inc();
@@ -199,11 +213,20 @@ pub async fn check_register(State(c): State<Arc<Control>>, body: Bytes) -> Resul
         )));
     };
     check_target(inst, &reg_body.check).map_err(|e| bad(format!("Invalid check: {e}")))?;
+    let check_json = serde_json::to_value(&reg_body.check).unwrap_or(Value::Null);
+    let check_id = reg_body.check.id.clone();
     let changed = reg
         .add_check(&reg_body.service_id, reg_body.check, explicit_status)
         .map_err(registry_error)?;
     drop(reg);
     if changed {
+        c.audit.record(
+            who(&caller),
+            "check.register",
+            &check_id,
+            Value::Null,
+            check_json,
+        );
         publish(&c).await;
     }
     Ok(())
@@ -212,14 +235,25 @@ pub async fn check_register(State(c): State<Arc<Control>>, body: Bytes) -> Resul
 /// `PUT /v1/agent/check/deregister/<id>`.
 pub async fn check_deregister(
     State(c): State<Arc<Control>>,
+    caller: Option<Extension<Caller>>,
     Path(id): Path<String>,
 ) -> Result<(), ConsulError> {
     embedded_only_consul(&c)?;
-    c.registry
-        .lock()
-        .await
-        .remove_check(&id)
-        .map_err(registry_error)?;
+    let before = {
+        let mut reg = c.registry.lock().await;
+        let before = reg
+            .find_check(&id)
+            .and_then(|(_, check)| serde_json::to_value(check).ok());
+        reg.remove_check(&id).map_err(registry_error)?;
+        before
+    };
+    c.audit.record(
+        who(&caller),
+        "check.deregister",
+        &id,
+        before.unwrap_or(Value::Null),
+        Value::Null,
+    );
     publish(&c).await;
     Ok(())
 }

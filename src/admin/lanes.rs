@@ -10,15 +10,15 @@ use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tracing::info;
 
-use super::{ApiError, PUBLISH_WAIT};
+use super::{ApiError, Caller, PUBLISH_WAIT};
 use crate::allocation::lanes::{
-    parse_ttl, CreateOutcome, Lane, LanePatch, LaneSpec, LaneStore, Quarantined,
+    parse_ttl, CreateOutcome, Lane, LanePatch, LaneSpec, LaneStore, Quarantined, BASELINE,
 };
 use crate::allocation::pools::{format_unix, unix_now_ms};
 use crate::control::Control;
@@ -282,7 +282,11 @@ fn counted(c: &Control, e: ApiError) -> ApiError {
 /// Creates a lane from a `POST /api/v1/lanes` body: the one code path of
 /// the API and the dashboard's form. Answers 201 and the lane when created,
 /// 200 when an identical lane already existed.
-pub async fn create_lane(c: &Control, body: &[u8]) -> Result<(StatusCode, Lane), ApiError> {
+pub async fn create_lane(
+    c: &Control,
+    body: &[u8],
+    who: &str,
+) -> Result<(StatusCode, Lane), ApiError> {
     let spec: LaneSpec = parse_body(c, body, "invalid lane body")?;
     let outcome = c
         .mutate_lanes(|lanes| lanes.create(spec.clone()))
@@ -291,6 +295,13 @@ pub async fn create_lane(c: &Control, body: &[u8]) -> Result<(StatusCode, Lane),
     Ok(match outcome {
         CreateOutcome::Created(lane) => {
             info!(lane = %lane.name, vip = ?lane.entries.vip, port = ?lane.entries.port, hostname = %lane.entries.hostname, owner = ?lane.owner, expires_at = ?lane.expires_at, "lane created");
+            c.audit.record(
+                who,
+                "lane.create",
+                &lane.name,
+                Value::Null,
+                audit_json(&lane),
+            );
             let generation = c.changed();
             c.wait_built(generation, PUBLISH_WAIT).await;
             (StatusCode::CREATED, lane)
@@ -299,8 +310,12 @@ pub async fn create_lane(c: &Control, body: &[u8]) -> Result<(StatusCode, Lane),
     })
 }
 
-pub async fn create(State(c): State<Arc<Control>>, body: Bytes) -> Result<Response, ApiError> {
-    let (status, lane) = create_lane(&c, &body).await?;
+pub async fn create(
+    State(c): State<Arc<Control>>,
+    caller: Option<Extension<Caller>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let (status, lane) = create_lane(&c, &body, who(&caller)).await?;
     Ok((status, Json(LaneJson::new(&c).lane_json(&lane))).into_response())
 }
 
@@ -398,12 +413,25 @@ pub async fn show(
 }
 
 /// Applies a `PATCH /api/v1/lanes/<name>` body.
-pub async fn patch_lane(c: &Control, name: &str, body: &[u8]) -> Result<Lane, ApiError> {
+pub async fn patch_lane(c: &Control, name: &str, body: &[u8], who: &str) -> Result<Lane, ApiError> {
     let patch: LanePatch = parse_body(c, body, "invalid lane patch")?;
+    let before = c.lanes.lock().await.get(name).map(audit_json);
     let lane = c
         .mutate_lanes(|lanes| lanes.patch(name, patch.clone()))
         .await
         .map_err(|e| counted(c, e.into()))?;
+    let action = if name == BASELINE {
+        "baseline.patch"
+    } else {
+        "lane.patch"
+    };
+    c.audit.record(
+        who,
+        action,
+        name,
+        before.unwrap_or(Value::Null),
+        audit_json(&lane),
+    );
     let generation = c.changed();
     c.wait_built(generation, PUBLISH_WAIT).await;
     Ok(lane)
@@ -412,9 +440,10 @@ pub async fn patch_lane(c: &Control, name: &str, body: &[u8]) -> Result<Lane, Ap
 pub async fn patch(
     State(c): State<Arc<Control>>,
     Path(name): Path<String>,
+    caller: Option<Extension<Caller>>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let lane = patch_lane(&c, &name, &body).await?;
+    let lane = patch_lane(&c, &name, &body, who(&caller)).await?;
     Ok(Json(LaneJson::new(&c).lane_json(&lane)))
 }
 
@@ -427,7 +456,12 @@ struct ExtendBody {
 
 /// Renews a lane's lease: it now ends `ttl` (or the lane's own lease
 /// length) from now. `body` is empty or `{"ttl": "…"}`.
-pub async fn extend_lane(c: &Control, name: &str, body: &[u8]) -> Result<Lane, ApiError> {
+pub async fn extend_lane(
+    c: &Control,
+    name: &str,
+    body: &[u8],
+    who: &str,
+) -> Result<Lane, ApiError> {
     let body: ExtendBody = if body.iter().all(u8::is_ascii_whitespace) {
         ExtendBody::default()
     } else {
@@ -439,29 +473,40 @@ pub async fn extend_lane(c: &Control, name: &str, body: &[u8]) -> Result<Lane, A
         .transpose()
         .map_err(|e| counted(c, e.into()))?;
     let now_ms = unix_now_ms();
+    let before = c.lanes.lock().await.get(name).map(audit_json);
     let lane = c
         .mutate_lanes(|lanes| lanes.extend_at(name, ttl, now_ms))
         .await
         .map_err(|e| counted(c, e.into()))?;
     info!(lane = %lane.name, expires_at = ?lane.expires_at, "lane lease extended");
+    c.audit.record(
+        who,
+        "lane.extend",
+        name,
+        before.unwrap_or(Value::Null),
+        audit_json(&lane),
+    );
     Ok(lane)
 }
 
 pub async fn extend(
     State(c): State<Arc<Control>>,
     Path(name): Path<String>,
+    caller: Option<Extension<Caller>>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let lane = extend_lane(&c, &name, &body).await?;
+    let lane = extend_lane(&c, &name, &body, who(&caller)).await?;
     Ok(Json(LaneJson::new(&c).lane_json(&lane)))
 }
 
 /// Deletes a lane; its entries go into quarantine.
-pub async fn delete_lane(c: &Control, name: &str) -> Result<Lane, ApiError> {
+pub async fn delete_lane(c: &Control, name: &str, who: &str) -> Result<Lane, ApiError> {
     let lane = c
         .mutate_lanes(|lanes| lanes.delete(name))
         .await
         .map_err(|e| counted(c, e.into()))?;
+    c.audit
+        .record(who, "lane.delete", name, audit_json(&lane), Value::Null);
     info!(lane = %lane.name, vip = ?lane.entries.vip, port = ?lane.entries.port, "lane deleted; its entries are in quarantine");
     let generation = c.changed();
     c.wait_built(generation, PUBLISH_WAIT).await;
@@ -471,9 +516,21 @@ pub async fn delete_lane(c: &Control, name: &str) -> Result<Lane, ApiError> {
 pub async fn delete(
     State(c): State<Arc<Control>>,
     Path(name): Path<String>,
+    caller: Option<Extension<Caller>>,
 ) -> Result<Json<Value>, ApiError> {
-    let lane = delete_lane(&c, &name).await?;
+    let lane = delete_lane(&c, &name, who(&caller)).await?;
     Ok(Json(json!({"deleted": LaneJson::new(&c).lane_json(&lane)})))
+}
+
+/// The caller's name for the audit log (`anonymous` without the access
+/// middleware, as in-process tests call the router).
+pub(crate) fn who(caller: &Option<Extension<Caller>>) -> &str {
+    caller.as_ref().map_or("anonymous", |c| c.name.as_str())
+}
+
+/// A lane as the audit log records it.
+fn audit_json(lane: &Lane) -> Value {
+    serde_json::to_value(lane).unwrap_or(Value::Null)
 }
 
 #[cfg(test)]

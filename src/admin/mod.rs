@@ -5,8 +5,6 @@
 
 pub(crate) mod access;
 mod agent;
-#[allow(dead_code)] // until the admin handlers record changes
-mod audit;
 mod auth;
 mod catalog;
 mod consul_shape;
@@ -49,6 +47,7 @@ pub fn router(control: Arc<Control>) -> Router {
         )
         .route("/metrics", get(metrics))
         .route("/api/v1/status", get(status))
+        .route("/api/v1/audit", get(audit))
         .route("/api/v1/rules", get(rules))
         .route("/api/v1/explain", get(explain::explain))
         .route("/api/v1/lanes", post(lanes::create).get(lanes::list))
@@ -151,6 +150,7 @@ struct MaintenanceBody {
 /// Takes the instance out of (or back into) the LVS pool; it keeps serving.
 async fn maintenance_set(
     State(c): State<Arc<Control>>,
+    caller: Option<axum::Extension<Caller>>,
     body: axum::body::Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let m: MaintenanceBody = serde_json::from_slice(&body).map_err(|e| {
@@ -162,8 +162,18 @@ async fn maintenance_set(
             "invalid maintenance body: {e}; send {{\"enabled\": true}} or {{\"enabled\": false}}"
         ))
     })?;
+    let before = c.health.maintenance();
     c.health.set_maintenance(m.enabled);
     tracing::info!(enabled = m.enabled, "maintenance mode changed");
+    if before != m.enabled {
+        c.audit.record(
+            lanes::who(&caller),
+            "maintenance.set",
+            "this instance",
+            json!({ "enabled": before }),
+            json!({ "enabled": m.enabled }),
+        );
+    }
     Ok(Json(
         json!({ "enabled": m.enabled, "draining": c.health.draining() }),
     ))
@@ -213,6 +223,23 @@ async fn rules(State(c): State<Arc<Control>>) -> Json<serde_json::Value> {
             "file": e.file.display().to_string(), "line": e.line, "column": e.column, "message": e.message,
         })).collect::<Vec<_>>(),
     }))
+}
+
+/// `GET /api/v1/audit?since=<seq>`: the changes after `since` (default 0)
+/// still in the ring, oldest first; `truncated` says older ones after
+/// `since` were dropped from it (the `laneway::audit` log has them all).
+async fn audit(
+    State(c): State<Arc<Control>>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let since = match q.get("since") {
+        None => 0,
+        Some(s) => s.parse::<u64>().map_err(|_| {
+            ApiError::bad_request(format!("since {s:?} is not a sequence number (0 or more)"))
+        })?,
+    };
+    let (entries, truncated) = c.audit.since(since);
+    Ok(Json(json!({ "entries": entries, "truncated": truncated })))
 }
 
 async fn not_found() -> ApiError {

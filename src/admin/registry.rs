@@ -11,11 +11,12 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::Json;
+use axum::{Extension, Json};
 use serde_json::Value;
 
 use super::consul_shape::ConsulError;
-use super::{ApiError, PUBLISH_WAIT};
+use super::lanes::who;
+use super::{ApiError, Caller, PUBLISH_WAIT};
 use crate::control::Control;
 use crate::discovery::own::OwnListeners;
 use crate::discovery::register::parse_registration;
@@ -68,6 +69,7 @@ pub(super) async fn publish(c: &Control) {
 /// `?replace-existing-checks` is set.
 pub async fn register(
     State(c): State<Arc<Control>>,
+    caller: Option<Extension<Caller>>,
     Query(q): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Result<(), ApiError> {
@@ -95,58 +97,89 @@ pub async fn register(
     let replace = q
         .get("replace-existing-checks")
         .is_some_and(|v| !matches!(v.as_str(), "0" | "f" | "F" | "false" | "FALSE" | "False"));
-    let changed = {
+    let id = instance.id.clone();
+    let (changed, before, after) = {
         let mut reg = c.registry.lock().await;
-        match replace {
+        let before = reg.get(&id).map(instance_json);
+        let changed = match replace {
             true => reg.register(instance)?,
             false => reg.register_keeping_checks(instance)?,
-        }
+        };
+        (changed, before, reg.get(&id).map(instance_json))
     };
     if changed {
+        c.audit.record(
+            who(&caller),
+            "instance.register",
+            &id,
+            before.unwrap_or(Value::Null),
+            after.unwrap_or(Value::Null),
+        );
         publish(&c).await;
     }
     Ok(())
+}
+
+/// An instance as the audit log records it.
+pub(super) fn instance_json(i: &crate::discovery::Instance) -> Value {
+    serde_json::to_value(i).unwrap_or(Value::Null)
 }
 
 /// `PUT /v1/agent/service/deregister/<id>`; an unknown ID is a 404 with
 /// Consul's text.
 pub async fn deregister(
     State(c): State<Arc<Control>>,
+    caller: Option<Extension<Caller>>,
     Path(id): Path<String>,
 ) -> Result<(), ConsulError> {
     embedded_only_consul(&c)?;
-    let existed = c
-        .registry
-        .lock()
-        .await
-        .deregister(&id)
-        .map_err(|e| ConsulError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let (existed, before) = {
+        let mut reg = c.registry.lock().await;
+        let before = reg.get(&id).map(instance_json);
+        let existed = reg
+            .deregister(&id)
+            .map_err(|e| ConsulError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        (existed, before)
+    };
     if !existed {
         return Err(registry_error(RegistryError::ServiceNotFound(id)));
     }
+    c.audit.record(
+        who(&caller),
+        "instance.deregister",
+        &id,
+        before.unwrap_or(Value::Null),
+        Value::Null,
+    );
     publish(&c).await;
     Ok(())
 }
 
 async fn check(
     c: Arc<Control>,
+    caller: Option<Extension<Caller>>,
     id: String,
     status: Health,
     note: Option<String>,
 ) -> Result<(), ConsulError> {
     embedded_only_consul(&c)?;
-    let changed = c
-        .registry
-        .lock()
-        .await
-        .update_check(&id, status, note)
-        .map_err(|e| {
-            if matches!(e, RegistryError::CheckNotFound(_)) {
-                c.metrics.admin_rejects.with_label_values(&["check"]).inc();
-            }
-            registry_error(e)
-        })?;
+    let mut reg = c.registry.lock().await;
+    let before = reg.find_check(&id).map(|(_, check)| check.status);
+    let changed = reg.update_check(&id, status, note).map_err(|e| {
+        if matches!(e, RegistryError::CheckNotFound(_)) {
+            c.metrics.admin_rejects.with_label_values(&["check"]).inc();
+        }
+        registry_error(e)
+    })?;
+    drop(reg);
     if changed {
+        c.audit.record(
+            who(&caller),
+            "check.status",
+            &id,
+            serde_json::to_value(before).unwrap_or(Value::Null),
+            serde_json::to_value(status).unwrap_or(Value::Null),
+        );
         let generation = c.changed();
         c.wait_built(generation, PUBLISH_WAIT).await;
     }
@@ -155,26 +188,29 @@ async fn check(
 
 pub async fn check_pass(
     State(c): State<Arc<Control>>,
+    caller: Option<Extension<Caller>>,
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<(), ConsulError> {
-    check(c, id, Health::Passing, q.get("note").cloned()).await
+    check(c, caller, id, Health::Passing, q.get("note").cloned()).await
 }
 
 pub async fn check_warn(
     State(c): State<Arc<Control>>,
+    caller: Option<Extension<Caller>>,
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<(), ConsulError> {
-    check(c, id, Health::Warning, q.get("note").cloned()).await
+    check(c, caller, id, Health::Warning, q.get("note").cloned()).await
 }
 
 pub async fn check_fail(
     State(c): State<Arc<Control>>,
+    caller: Option<Extension<Caller>>,
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<(), ConsulError> {
-    check(c, id, Health::Critical, q.get("note").cloned()).await
+    check(c, caller, id, Health::Critical, q.get("note").cloned()).await
 }
 
 pub async fn list(State(c): State<Arc<Control>>) -> Result<Json<Value>, ApiError> {

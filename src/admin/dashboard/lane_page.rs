@@ -52,7 +52,14 @@ pub async fn extend(
     } else {
         json!({ "ttl": ttl }).to_string()
     };
-    match extend_lane(&c, &name, body.as_bytes()).await {
+    match extend_lane(
+        &c,
+        &name,
+        body.as_bytes(),
+        crate::admin::lanes::who(&caller),
+    )
+    .await
+    {
         Ok(lane) => see_other(&format!("/lanes/{}?extended=1", lane.name)),
         Err(e) => {
             render(
@@ -74,7 +81,7 @@ pub async fn delete(
     Path(name): Path<String>,
     caller: Option<Extension<Caller>>,
 ) -> Response {
-    match delete_lane(&c, &name).await {
+    match delete_lane(&c, &name, crate::admin::lanes::who(&caller)).await {
         Ok(lane) => see_other(&format!("/?deleted={}", lane.name)),
         Err(e) => {
             render(

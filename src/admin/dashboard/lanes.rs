@@ -169,7 +169,13 @@ pub async fn create(
     Form(fields): Form<Vec<(String, String)>>,
 ) -> Response {
     let body = spec_json(&fields);
-    match create_lane(&c, body.to_string().as_bytes()).await {
+    match create_lane(
+        &c,
+        body.to_string().as_bytes(),
+        crate::admin::lanes::who(&caller),
+    )
+    .await
+    {
         Ok((_, lane)) => (
             StatusCode::SEE_OTHER,
             [(header::LOCATION, format!("/lanes/{}", lane.name))],

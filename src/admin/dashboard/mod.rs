@@ -36,6 +36,7 @@ pub fn routes() -> Router<Arc<Control>> {
         .route("/lanes/:name/delete", post(lane_page::delete))
         .route("/instances", get(pages::instances))
         .route("/rules", get(pages::rules))
+        .route("/audit", get(pages::audit))
         .route("/assets/laneway.css", get(css))
         .route("/assets/laneway.js", get(js))
 }
@@ -66,6 +67,7 @@ enum Nav {
     New,
     Instances,
     Rules,
+    Audit,
 }
 
 /// A whole page: head, navigation, `body`.
@@ -93,6 +95,7 @@ fn page(title: &str, nav: Nav, body: Markup) -> Markup {
                         (item(Nav::New, "/lanes/new", "New lane"))
                         (item(Nav::Instances, "/instances", "Instances"))
                         (item(Nav::Rules, "/rules", "Rules"))
+                        (item(Nav::Audit, "/audit", "Audit"))
                         a href="/api/v1/status" { "API" }
                     }
                 }

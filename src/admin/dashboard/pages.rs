@@ -1,7 +1,8 @@
 //! The dashboard's instances page (service × version × instances, with
 //! discovery health, laneway's hold-out reason and weights) and rules page
 //! (the source files, servers and locations, and the errors of the last
-//! rejected reload). Control plane.
+//! rejected reload), and the audit page (the recent changes, who made
+//! them, before and after). Control plane.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -172,4 +173,51 @@ pub async fn rules(State(c): State<Arc<Control>>) -> Markup {
 
 fn ports(p: &[u16]) -> String {
     p.iter().map(u16::to_string).collect::<Vec<_>>().join(", ")
+}
+
+/// `GET /audit`: the changes still in the audit ring, newest first.
+pub async fn audit(State(c): State<Arc<Control>>) -> Markup {
+    let (mut entries, truncated) = c.audit.since(0);
+    entries.reverse();
+    let compact = |v: &serde_json::Value| {
+        if v.is_null() {
+            String::from("–")
+        } else {
+            v.to_string()
+        }
+    };
+    page(
+        "Audit",
+        Nav::Audit,
+        html! {
+            h1 { "Audit" }
+            p { "Every change made through the admin API or the dashboard, every rules reload, and (in Consul mode) every change seen in Consul. The full history is in the log, target " code { "laneway::audit" } "." }
+            @if truncated { p.notice { "Older entries have left this page; the log has them." } }
+            @if entries.is_empty() {
+                p #no-changes { "No changes since laneway started." }
+            } @else {
+                table #audit {
+                    thead { tr { th { "#" } th { "When" } th { "Who" } th { "What" } th { "Target" } th { "Before → after" } } }
+                    tbody {
+                        @for e in &entries {
+                            tr data-seq=(e.seq) {
+                                td { (e.seq) }
+                                td { (super::when(e.at_ms / 1000)) }
+                                td.who { (e.who) }
+                                td.action { (e.action) }
+                                td.target { (e.target) }
+                                td {
+                                    details {
+                                        summary { "show" }
+                                        pre { (compact(&e.before)) }
+                                        pre { (compact(&e.after)) }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
 }

@@ -1,6 +1,6 @@
 //! The audit trail: every change made through the admin listener (lanes,
-//! the baseline, registrations, maintenance, rules) and every registration
-//! change the Consul watcher sees, with who made it and the state before
+//! the baseline, registrations, maintenance), every rules reload, and every
+//! registration change the Consul watcher sees, with who made it and the state before
 //! and after. Each entry is logged on the `laneway::audit` target (one
 //! JSON object per line with `--log-format json`) and kept in a bounded
 //! in-memory ring for `GET /api/v1/audit?since=<seq>` and the dashboard.
