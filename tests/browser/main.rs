@@ -148,3 +148,43 @@ async fn the_unknown_lane_page_lists_the_lanes() {
     assert!(text.contains("web-v2"), "{text}");
     b.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_lists_a_lane_with_its_urls() {
+    let s = setup();
+    let b = Browser::start(&[]).await;
+    b.goto(&format!("http://{}/", s.lw.admin)).await;
+    let row = b.text_of("#lanes tr[data-lane='t-42']").await;
+    assert!(
+        row.contains("t-42") && row.contains("qa-anna") && row.contains("web"),
+        "{row}"
+    );
+    let url = format!("shop.example.com.t-42.lanes.test:{}", s.lw.proxy.port());
+    assert!(row.contains(&url), "{row}");
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lane_created_in_the_form_opens_at_its_production_host_url() {
+    let s = setup();
+    let b = Browser::start(&[resolve_to_loopback()]).await;
+    b.goto(&format!("http://{}/lanes/new", s.lw.admin)).await;
+    // a bad name first: the API's error, shown next to the form
+    b.fill("form#create-lane #name", "Not A Name").await;
+    b.click("form#create-lane button[type=submit]").await;
+    let error = b.text_of("#form-error").await;
+    assert!(error.contains("Not A Name"), "{error}");
+    b.fill("form#create-lane #name", "t-77").await;
+    b.fill("form#create-lane #services", "web=v2").await;
+    b.click("form#create-lane button[type=submit]").await;
+    assert_eq!(b.url().await, format!("http://{}/lanes/t-77", s.lw.admin));
+    let text = b.text().await;
+    assert!(text.contains("t-77") && text.contains("v2"), "{text}");
+    // the lane page's <prod-host>.<lane> link serves the lane's version
+    let host = format!("shop.example.com.t-77.lanes.test:{}", s.lw.proxy.port());
+    b.click(&format!("a.lane-url[href*='{host}']")).await;
+    assert!(b.url().await.contains(&host), "{}", b.url().await);
+    let text = b.text().await;
+    assert!(text.contains("web-v2"), "{text}");
+    b.close().await;
+}
