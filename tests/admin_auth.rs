@@ -268,6 +268,31 @@ fn foreign_hosts_and_origins_are_refused() {
         Some(r#"{"name":"t-9"}"#),
     );
     assert_eq!(s, 201, "{body}");
+    // health probes answer whatever Host they carry, or none (HTTP/1.0)
+    for head in [
+        "GET /lvs/health HTTP/1.0\r\n\r\n",
+        "GET /healthz HTTP/1.1\r\nHost: probe.example\r\nConnection: close\r\n\r\n",
+    ] {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(lw.admin).unwrap();
+        conn.write_all(head.as_bytes()).unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.") && answer.contains(" 200 "),
+            "{head:?}: {answer}"
+        );
+    }
+    // but the API does not answer a foreign name
+    let mut conn = std::net::TcpStream::connect(lw.admin).unwrap();
+    {
+        use std::io::{Read, Write};
+        conn.write_all(b"GET /api/v1/lanes HTTP/1.0\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).unwrap();
+        assert!(answer.contains(" 421 "), "{answer}");
+    }
 }
 
 #[test]

@@ -251,7 +251,10 @@ pub async fn check(State(access): State<Arc<Access>>, mut req: Request, next: Ne
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    if !guard::host_allowed(&host, &access.hostnames) {
+    // (health probes answer whatever Host they name: LVS and load
+    // balancers probe by address, some without a Host at all)
+    let probe = matches!(req.uri().path(), "/healthz" | "/lvs/health");
+    if !probe && !guard::host_allowed(&host, &access.hostnames) {
         return refuse(
             StatusCode::MISDIRECTED_REQUEST,
             format!(
