@@ -11,6 +11,9 @@
 //! `cargo bench --bench scale -- registry` runs one (`large`, `registry`).
 //! The registry lives in a temporary directory under `$LANEWAY_BENCH_DIR`
 //! (default: the system temp dir); put it on the disk a real data dir uses.
+// The allocation-counting `GlobalAlloc` below can only be written with
+// `unsafe` (the trait and its methods are unsafe); laneway itself denies it.
+#![allow(unsafe_code)]
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::cell::Cell;

@@ -134,11 +134,20 @@ fn start_access_log(cfg: &LogConfig) -> Result<(), LogError> {
     };
     let writer = access_writer::AccessWriter::start(dest, ACCESS_LOG_DROPPED.clone())
         .map_err(LogError::Thread)?;
+    access::install(format, writer);
+    install_process_hooks()
+}
+
+/// The access log's process-wide hooks: SIGUSR1 reopens the file (log
+/// rotation), and an exit hook writes out the lines still queued. This is
+/// the one place laneway uses `unsafe` (Cargo.toml denies it everywhere
+/// else): both are FFI registrations, each with its contract stated below.
+#[allow(unsafe_code)]
+fn install_process_hooks() -> Result<(), LogError> {
     // SAFETY: the action only adds to an atomic counter, which is
     // async-signal-safe.
     unsafe { signal_hook_registry::register(libc::SIGUSR1, access_writer::request_reopen) }
         .map_err(LogError::Signal)?;
-    access::install(format, writer);
     // SAFETY: registering a plain `extern "C" fn` with no arguments.
     if unsafe { libc::atexit(flush_access_log_at_exit) } != 0 {
         tracing::warn!(

@@ -28,7 +28,7 @@ const MAX_OUTPUT: usize = 4096;
 
 /// Sets a check's status within a write; returns false if unchanged. A
 /// check turning critical invalidates the sessions that depend on it.
-pub fn apply_status(tx: &mut Tx, ckey: &Key, status: Status, output: Option<String>) -> bool {
+pub fn apply_status(tx: &mut Tx<'_>, ckey: &Key, status: Status, output: Option<String>) -> bool {
     let Some(current) = tx.st.checks.get(ckey).map(|c| c.status) else {
         return false;
     };

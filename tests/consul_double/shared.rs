@@ -71,7 +71,7 @@ impl Shared {
 
     /// Runs `f` under the store lock. If `f` took an index the global index
     /// moves to it and blocked queries wake.
-    pub fn write<T>(&self, f: impl FnOnce(&mut Tx) -> T) -> T {
+    pub fn write<T>(&self, f: impl FnOnce(&mut Tx<'_>) -> T) -> T {
         let mut guard = self.lock();
         let next = guard.index + 1;
         let mut tx = Tx {
