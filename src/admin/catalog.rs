@@ -80,6 +80,31 @@ fn tags_match(q: &QueryPairs, tags: &[String]) -> bool {
         .all(|t| tags.iter().any(|x| x.eq_ignore_ascii_case(t)))
 }
 
+/// The instances of service `name` that carry every `?tag=`, each in the
+/// shape `entry` gives, kept when `?filter=` (over `fields`) matches: the
+/// one query behind `/v1/catalog/service/<name>` and
+/// `/v1/health/service/<name>`.
+async fn service_entries(
+    c: &Control,
+    name: &str,
+    q: &QueryPairs,
+    fields: &[&str],
+    entry: fn(&Node, &crate::discovery::Instance, (u64, u64)) -> Value,
+) -> Result<(u64, Vec<Value>), ConsulError> {
+    let filter = Filter::parse(q.get("filter"), fields)?;
+    let node = node(c);
+    block(c, q, |reg| {
+        reg.catalog()
+            .instances
+            .iter()
+            .filter(|i| i.service == name && tags_match(q, &i.tags))
+            .map(|i| entry(&node, i, reg.instance_indexes(&i.id)))
+            .filter(|v| filter.matches(v))
+            .collect::<Vec<Value>>()
+    })
+    .await
+}
+
 pub async fn service(
     State(c): State<Arc<Control>>,
     Path(name): Path<String>,
@@ -87,18 +112,8 @@ pub async fn service(
 ) -> Result<Response, ConsulError> {
     embedded_only_consul(&c)?;
     let q = QueryPairs::parse(raw.as_deref());
-    let filter = Filter::parse(q.get("filter"), shape::CATALOG_FIELDS)?;
-    let node = node(&c);
-    let (index, list) = block(&c, &q, |reg| {
-        reg.catalog()
-            .instances
-            .iter()
-            .filter(|i| i.service == name && tags_match(&q, &i.tags))
-            .map(|i| shape::catalog_service(&node, i, reg.instance_indexes(&i.id)))
-            .filter(|v| filter.matches(v))
-            .collect::<Vec<Value>>()
-    })
-    .await?;
+    let (index, list) =
+        service_entries(&c, &name, &q, shape::CATALOG_FIELDS, shape::catalog_service).await?;
     Ok(shape::json_read(index, Value::Array(list)))
 }
 
@@ -109,18 +124,8 @@ pub async fn health_service(
 ) -> Result<Response, ConsulError> {
     embedded_only_consul(&c)?;
     let q = QueryPairs::parse(raw.as_deref());
-    let filter = Filter::parse(q.get("filter"), shape::HEALTH_FIELDS)?;
-    let node = node(&c);
-    let (index, mut list) = block(&c, &q, |reg| {
-        reg.catalog()
-            .instances
-            .iter()
-            .filter(|i| i.service == name && tags_match(&q, &i.tags))
-            .map(|i| shape::health_entry(&node, i, reg.instance_indexes(&i.id)))
-            .filter(|v| filter.matches(v))
-            .collect::<Vec<Value>>()
-    })
-    .await?;
+    let (index, mut list) =
+        service_entries(&c, &name, &q, shape::HEALTH_FIELDS, shape::health_entry).await?;
     // Consul reads ?passing after the query ran.
     if q.flag("passing")? {
         list.retain(shape::all_passing);
